@@ -1,0 +1,5 @@
+import sys
+
+from segrenorm.cli import main
+
+sys.exit(main())

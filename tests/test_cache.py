@@ -1,0 +1,388 @@
+"""Tests of segrenorm.cache: listings, splits, the slice cache and its manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segrenorm import cache, io
+from segrenorm.cache import (
+    SubjectRecord,
+    open_manifest,
+    prepare_cache,
+    read_listing,
+    records_from_inputs,
+    subject_id,
+)
+from segrenorm.errors import CacheError, ConfigError, InputError
+from segrenorm.io import Geometry
+from segrenorm.preprocess import IntensityScaling, foreground_mask, slice_volume, unpad
+
+SHAPE = (20, 24, 16)
+# Voxel axes point Left, Posterior, Superior: prepare must flip x and y to reach RAS.
+AFFINE = np.diag([-1.5, -1.5, 2.0, 1.0])
+
+
+def _ball(radius: float) -> np.ndarray:
+    grid = np.indices(SHAPE).astype(np.float64)
+    centre = np.array([9.5, 11.5, 7.5])
+    return np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(axis=0)) <= radius
+
+
+def _write_subject(
+    folder: Path, name: str, scale: float, seed: int, *, label_name: str | None = None
+) -> tuple[Path, Path]:
+    """A noisy two-tissue ball and its labels (0 background, 1 shell, 2 core)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[_ball(7.0)] = 1
+    labels[_ball(4.0)] = 2
+    data = np.abs(rng.normal(0.0, 5.0, SHAPE))
+    data[labels == 1] = rng.normal(300.0, 10.0, int((labels == 1).sum()))
+    data[labels == 2] = rng.normal(600.0, 10.0, int((labels == 2).sum()))
+    geometry = Geometry.from_affine(AFFINE, SHAPE)
+    folder.mkdir(parents=True, exist_ok=True)
+    image = io.save_image(data * scale, folder / f"{name}_T1w.nii.gz", geometry=geometry)
+    label = io.save_label(
+        labels, folder / f"{label_name or name + '_dseg'}.nii.gz", geometry=geometry
+    )
+    return image, label
+
+
+def _records(tmp_path: Path, n_per_site: int = 3, labels: bool = True) -> list[SubjectRecord]:
+    records = []
+    for site, scale in (("siteA", 1.0), ("siteB", 2.5)):
+        for k in range(n_per_site):
+            image, label = _write_subject(tmp_path / "data" / site, f"sub-{site}{k}", scale, k)
+            records.append(SubjectRecord(f"sub-{k}", site, image, label if labels else None))
+    return records
+
+
+def test_prepare_writes_a_valid_cache(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+    out = prepare_cache(records, tmp_path / "cache", seed=3, progress=False)
+    manifest = open_manifest(out)
+    assert manifest["sites"] == {"A": "siteA", "B": "siteB"}
+    assert manifest["n_classes"] == 3 and manifest["has_labels"] is True
+    assert manifest["class_names"] == ["background", "class_1", "class_2"]
+    assert manifest["slice_shape"] == [32, 32]  # 20x24 axial slices padded to multiples of 16
+    assert manifest["canonical_orientation"] == "RAS"
+    assert [s["site"] for s in manifest["subjects"]] == ["A"] * 3 + ["B"] * 3
+    images = np.load(out / "A" / "images.npy", mmap_mode="r")
+    labels = np.load(out / "A" / "labels.npy")
+    masks = np.load(out / "A" / "masks.npy")
+    slices = np.load(out / "A" / "slices.npy")
+    assert images.dtype == np.float32 and labels.dtype == np.uint8 and slices.dtype == np.int32
+    assert images.min() == -1.0 and images.max() <= 1.0
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert set(np.unique(masks)) == {0, 1}
+    assert images[masks == 0].max() == -1.0  # background and padding are -1
+    assert not list(tmp_path.glob(".cache.*"))  # no temp folder left
+
+    # The first subject's rows are its canonical axial slices, padded; labels exactly as given.
+    subject = manifest["subjects"][0]
+    rows = slice(subject["first_row"], subject["first_row"] + subject["n_slices"])
+    assert (slices[rows, 0] == 0).all()
+    original = io.load_image(records[0].image).data[::-1, ::-1, :]  # LPS -> RAS by flips
+    original_labels = io.load_label(str(records[0].label)).data[::-1, ::-1, :]
+    pads = ((6, 6), (4, 4))
+    kept = slices[rows, 1]
+    np.testing.assert_array_equal(unpad(labels[rows], pads), slice_volume(original_labels, 2)[kept])
+    scaling = IntensityScaling.from_dict(subject["scaling"])
+    assert subject["scaling"]["lower_pct"] == 0.5 and subject["scaling"]["upper_pct"] == 99.5
+    restored = scaling.invert(unpad(np.asarray(images[rows]), pads))
+    expected = slice_volume(original, 2)[kept]
+    inside = (unpad(masks[rows], pads) == 1) & (expected > scaling.low) & (expected < scaling.high)
+    np.testing.assert_allclose(restored[inside], expected[inside], rtol=1e-4, atol=1e-3)
+
+
+def test_slices_with_little_foreground_are_skipped(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=1)
+    out = prepare_cache(records, tmp_path / "cache", min_foreground=0.2, progress=False)
+    manifest = open_manifest(out)
+    kept = np.load(out / "A" / "slices.npy")[:, 1]
+    mask = foreground_mask(io.load_image(records[0].image).data)
+    fraction = mask.reshape(-1, SHAPE[2]).mean(axis=0)  # per axial slice (z unchanged by flips)
+    np.testing.assert_array_equal(kept, np.flatnonzero(fraction >= 0.2))
+    assert 0 < len(kept) < SHAPE[2]
+    assert manifest["subjects"][0]["n_slices"] == len(kept)
+    everything = prepare_cache(records, tmp_path / "all", min_foreground=0.0, progress=False)
+    assert open_manifest(everything)["subjects"][0]["n_slices"] == SHAPE[2]
+
+
+def test_split_is_subject_level_and_seeded(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=5, labels=False)
+
+    def splits(seed: int, name: str) -> dict[tuple[str, str], tuple[str, int]]:
+        out = prepare_cache(records, tmp_path / name, seed=seed, n_folds=2, progress=False)
+        manifest = open_manifest(out)
+        return {(s["site"], s["subject"]): (s["split"], s["fold"]) for s in manifest["subjects"]}
+
+    first, again = splits(0, "c0"), splits(0, "c0b")
+    assert first == again
+    for site in ("A", "B"):
+        tests = [k for k, (split, _) in first.items() if k[0] == site and split == "test"]
+        assert len(tests) == 2  # round(0.3 * 5)
+        assert {fold for k, (_, fold) in first.items() if k[0] == site} == {0, 1}
+    assert any(splits(seed, f"s{seed}") != first for seed in range(1, 4))
+    # Rows of one subject all point at that subject: the split cannot leak slices.
+    manifest = open_manifest(tmp_path / "c0")
+    table = np.load(tmp_path / "c0" / "B" / "slices.npy")
+    for index, subject in enumerate(manifest["subjects"]):
+        if subject["site"] == "B":
+            rows = table[subject["first_row"] : subject["first_row"] + subject["n_slices"]]
+            assert (rows[:, 0] == index).all()
+    # Listing order does not change the draw.
+    shuffled = prepare_cache(
+        records[::-1], tmp_path / "rev", sites=("siteA", "siteB"), n_folds=2, progress=False
+    )
+    subjects = open_manifest(shuffled)["subjects"]
+    assert {(s["site"], s["subject"]): (s["split"], s["fold"]) for s in subjects} == first
+
+
+def test_csv_listing_and_split_column(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=2)
+    lines = ["subject,site,image,label,split"]
+    for k, record in enumerate(records):
+        split = "test" if k in (0, 2) else ""
+        image = record.image.relative_to(tmp_path)  # relative to the CSV's folder
+        lines.append(f"{record.subject},{record.site},{image},{record.label},{split}")
+    listing = tmp_path / "subjects.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    read = read_listing(listing)
+    assert [r.split for r in read] == ["test", None, "test", None]
+    assert read[0].image == records[0].image.resolve()
+    out = prepare_cache(read, tmp_path / "cache", test_fraction=0.0, progress=False)
+    manifest = open_manifest(out)
+    assert [s["split"] for s in manifest["subjects"]] == ["test", "train", "test", "train"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("subject,site\nsub-1,A\n", r"missing column\(s\) image"),
+        ("subject,site,image\n", "has a header but no subject rows"),
+        ("subject,site,image\nsub-1,,img.nii.gz\n", r"line 2: empty value for site"),
+        ("subject,site,image\nsub-1,A,nowhere.nii.gz\n", r"line 2: file .*nowhere.nii.gz does not"),
+        ("subject,site,image,split\nsub-1,A,img.nii.gz,val\n", "line 2: split 'val' must be"),
+        (
+            "subject,site,image\nsub-1,A,img.nii.gz\nsub-1,A,img.nii.gz\n",
+            "line 3: subject 'sub-1' is listed twice for site 'A'",
+        ),
+    ],
+)
+def test_read_listing_errors_name_the_row(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "img.nii.gz").write_bytes(b"")
+    listing = tmp_path / "list.csv"
+    listing.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_listing(listing)
+    with pytest.raises(InputError, match="does not exist"):
+        read_listing(tmp_path / "absent.csv")
+
+
+def test_records_from_inputs_pairs_labels_by_subject_id(tmp_path: Path) -> None:
+    for k in range(2):
+        _write_subject(tmp_path / "a", f"sub-{k}", 1.0, k)
+        _write_subject(tmp_path / "b", f"sub-{k + 5}", 1.0, k, label_name=f"sub-{k + 5}_label")
+    records = records_from_inputs(
+        [str(tmp_path / "a" / "*_T1w.nii.gz")],
+        [str(tmp_path / "b" / "*_T1w.nii.gz")],
+        [str(tmp_path / "a" / "*_dseg.nii.gz")],
+        [str(tmp_path / "b" / "*_label.nii.gz")],
+        site_names=("1.5T", "3T"),
+    )
+    assert [(r.site, r.subject) for r in records] == [
+        ("1.5T", "sub-0"), ("1.5T", "sub-1"), ("3T", "sub-5"), ("3T", "sub-6")
+    ]  # fmt: skip
+    assert all(r.label is not None and subject_id(r.label) == r.subject for r in records)
+    assert subject_id("x/sub-02_T1w.mha") == "sub-02" and subject_id("s_LABELS.nrrd") == "s"
+    unlabelled = records_from_inputs(
+        [tmp_path / "a" / "sub-0_T1w.nii.gz"], [str(tmp_path / "b" / "*T1w*")]
+    )
+    assert unlabelled[0].label is None
+    # Images and labels in one folder: the files given as labels are not taken as images.
+    together = records_from_inputs(
+        [tmp_path / "a"],
+        [tmp_path / "b"],
+        [str(tmp_path / "a" / "*_dseg.nii.gz")],
+        [str(tmp_path / "b" / "*_label.nii.gz")],
+    )
+    assert [r.subject for r in together] == ["sub-0", "sub-1", "sub-5", "sub-6"]
+
+
+def test_records_from_inputs_errors(tmp_path: Path) -> None:
+    _write_subject(tmp_path / "a", "sub-0", 1.0, 0)
+    _write_subject(tmp_path / "a", "sub-1", 1.0, 1, label_name="other_dseg")
+    images = [str(tmp_path / "a" / "*_T1w.nii.gz")]
+    labels = [str(tmp_path / "a" / "*_dseg.nii.gz")]
+    with pytest.raises(
+        InputError, match=r"no label map for .*sub-1_T1w.nii.gz \(subject id 'sub-1'\)"
+    ):
+        records_from_inputs(images, images, labels, labels)
+    with pytest.raises(InputError, match="labels were given for one site only"):
+        records_from_inputs(images, images, labels, None)
+    with pytest.raises(InputError, match="both have subject id 'sub-0'"):
+        records_from_inputs([str(tmp_path / "a" / "sub-0*")], images)
+    with pytest.raises(InputError, match="site A: every image given was also given as a label"):
+        records_from_inputs([tmp_path / "a"], images, [tmp_path / "a"], labels)
+    with pytest.raises(ConfigError, match="must be two different names"):
+        records_from_inputs(images, images, site_names=("X", "X"))
+
+
+def test_prepare_refuses_bad_records_and_options(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=1)
+    out = tmp_path / "cache"
+    third = SubjectRecord("sub-9", "siteC", records[0].image, records[0].label)
+    with pytest.raises(InputError, match="exactly two sites, the records have"):
+        prepare_cache([*records, third], out, progress=False)
+    with pytest.raises(InputError, match=r"no subject at \['siteX'\]"):
+        prepare_cache(records, out, sites=("siteA", "siteX"), progress=False)
+    mixed = [records[0], SubjectRecord("sub-0", "siteB", records[1].image, None)]
+    with pytest.raises(InputError, match="some subjects have label maps and others not"):
+        prepare_cache(mixed, out, progress=False)
+    twice = [records[0], records[0], records[1]]
+    with pytest.raises(InputError, match=r"site 'siteA' lists subject\(s\) \['sub-0'\] more than"):
+        prepare_cache(twice, out, progress=False)
+    with pytest.raises(ConfigError, match="unknown slice axis 'oblique'"):
+        prepare_cache(records, out, slice_axis="oblique", progress=False)
+    with pytest.raises(ConfigError, match=r"test_fraction 1.0 must be in"):
+        prepare_cache(records, out, test_fraction=1.0, progress=False)
+    with pytest.raises(ConfigError, match=r"2 class names \['bg', 'fg'\] given for 3 classes"):
+        prepare_cache(records, out, n_classes=3, class_names=["bg", "fg"], progress=False)
+    with pytest.raises(InputError, match=r"label values 2 fall outside the classes 0\.\.1"):
+        prepare_cache(records, out, class_names=["bg", "fg"], progress=False)
+    with pytest.raises(InputError, match="label values 2 fall outside"):
+        prepare_cache(records, out, n_classes=2, progress=False)
+    with pytest.raises(InputError, match="no slice has 95% foreground"):
+        prepare_cache(records, out, min_foreground=0.95, progress=False)
+    with pytest.raises(InputError, match="split 'dev'"):
+        SubjectRecord("s", "A", records[0].image, None, split="dev")
+    assert not out.exists() and not list(tmp_path.glob(".cache.*"))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"spacing": (1.0, -1.0, 1.0)}, r"spacing \(1.0, -1.0, 1.0\) must be three positive"),
+        ({"lower_pct": 99.0, "upper_pct": 1.0}, "percentiles 99.0, 1.0 must be 0 <= lower"),
+        ({"min_foreground": 1.0}, r"min_foreground 1.0 must be in \[0, 1\)"),
+        ({"pad_multiple": 0}, "pad_multiple 0 must be >= 1"),
+        ({"n_folds": 0}, "n_folds 0 must be >= 1"),
+        ({"n_classes": 300}, r"n_classes 300 must be in 1..256 \(labels are stored as uint8\)"),
+    ],
+)
+def test_prepare_refuses_bad_options(
+    tmp_path: Path, option: dict[str, object], message: str
+) -> None:
+    image = tmp_path / "img.nii.gz"  # options are checked before any volume is read
+    records = [SubjectRecord("s", "A", image, None), SubjectRecord("s", "B", image, None)]
+    with pytest.raises(ConfigError, match=message):
+        prepare_cache(records, tmp_path / "cache", progress=False, **option)  # type: ignore[arg-type]
+
+
+def test_prepare_refuses_bad_outputs_and_wide_labels(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=1)
+    with pytest.raises(InputError, match=r"the folder .*missing for cache c does not exist"):
+        prepare_cache(records, tmp_path / "missing" / "c", progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CacheError, match="file exists and is not a slice cache"):
+        prepare_cache(records, tmp_path / "file", overwrite=True, progress=False)
+    wide = np.zeros(SHAPE, dtype=np.int16)
+    wide[5:10, 5:10, 5:10] = 300
+    label = io.save_label(
+        wide, tmp_path / "wide.nii.gz", geometry=Geometry.from_affine(AFFINE, SHAPE)
+    )
+    records[1] = SubjectRecord("w", "siteB", records[1].image, label)
+    with pytest.raises(InputError, match=r"wide.nii.gz: label value 300 does not fit the cache"):
+        prepare_cache(records, tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.glob(".cache.*"))
+
+
+def test_prepare_resamples_to_spacing(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=1)
+    out = prepare_cache(records, tmp_path / "cache", spacing=(3.0, 3.0, 4.0), progress=False)
+    manifest = open_manifest(out)
+    assert manifest["spacing"] == [3.0, 3.0, 4.0]
+    assert manifest["subjects"][0]["shape"] == [10, 12, 8]
+    assert manifest["subjects"][0]["spacing"] == [3.0, 3.0, 4.0]
+    assert manifest["slice_shape"] == [16, 16]
+    assert set(np.unique(np.load(out / "B" / "labels.npy"))) == {0, 1, 2}
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    records = _records(tmp_path, n_per_site=1, labels=False)
+    out = prepare_cache(records, tmp_path / "cache", progress=False)
+    assert open_manifest(out)["n_classes"] == 1
+    assert open_manifest(out)["class_names"] == ["background"]
+    with pytest.raises(CacheError, match="already exists; pass overwrite"):
+        prepare_cache(records, out, progress=False)
+    prepare_cache(records, out, overwrite=True, slice_axis="coronal", progress=False)
+    assert open_manifest(out)["slice_axis"] == "coronal"
+    assert open_manifest(out)["slice_shape"] == [32, 16]
+    data = tmp_path / "data"  # a folder of volumes, not a cache: never deleted
+    with pytest.raises(CacheError, match=r"is not a slice cache .*refusing to replace"):
+        prepare_cache(records, data, overwrite=True, progress=False)
+    assert any(data.iterdir())
+
+
+def test_interrupted_prepare_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(tmp_path, n_per_site=2)
+    out = prepare_cache(records, tmp_path / "cache", progress=False)
+    before = (out / "manifest.json").read_text()
+    calls = {"n": 0}
+    original = cache._assemble
+
+    def failing(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # site A written, site B half-way
+            raise RuntimeError("disk full")
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "_assemble", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        prepare_cache(records, tmp_path / "fresh", progress=False)
+    assert not (tmp_path / "fresh").exists()
+    calls["n"] = 0
+    with pytest.raises(RuntimeError, match="disk full"):
+        prepare_cache(records, out, overwrite=True, slice_axis="sagittal", progress=False)
+    assert (out / "manifest.json").read_text() == before  # the old cache is untouched
+    open_manifest(out)
+    assert not list(tmp_path.glob(".fresh.*")) and not list(tmp_path.glob(".cache.*"))
+
+
+def test_open_manifest_refuses_broken_caches(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="does not exist; create it with segrenorm prepare"):
+        open_manifest(tmp_path / "nope")
+    out = prepare_cache(_records(tmp_path, n_per_site=1), tmp_path / "cache", progress=False)
+    manifest_path = out / "manifest.json"
+    good = json.loads(manifest_path.read_text())
+
+    def expect(manifest: object, message: str) -> None:
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(CacheError, match=message):
+            open_manifest(out)
+
+    expect({**good, "complete": False}, "is incomplete .*re-run segrenorm prepare")
+    expect({**good, "format_version": 9}, "has format_version 9, this segrenorm reads 1")
+    expect({k: v for k, v in good.items() if k != "slice_shape"}, "lacks slice_shape")
+    expect({**good, "slice_shape": [16, 32]}, r"A/images.npy holds float32 .* expects float32")
+    subjects = [{**good["subjects"][0], "first_row": 3}, good["subjects"][1]]
+    expect({**good, "subjects": subjects}, "first_row values are not contiguous")
+    expect([1, 2], "does not hold a JSON object")
+    manifest_path.write_text("{not json")
+    with pytest.raises(CacheError, match="is not valid JSON"):
+        open_manifest(out)
+    manifest_path.write_text(json.dumps(good))
+    open_manifest(out)
+    (out / "B" / "masks.npy").unlink()
+    with pytest.raises(CacheError, match=r"lacks B/masks.npy; re-run segrenorm prepare"):
+        open_manifest(out)
+    manifest_path.unlink()
+    with pytest.raises(CacheError, match=r"has no manifest.json"):
+        open_manifest(out)

@@ -1,0 +1,319 @@
+"""Tests for the trainer and ``segrenorm train``: run directory, exact resume, stops, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from segrenorm.checkpoint import load_checkpoint, load_translator
+from segrenorm.cli import main
+from segrenorm.config import Config, config_from_dict, load_config
+from segrenorm.errors import ConfigError
+from segrenorm.model import Translator
+from segrenorm.trainer import (
+    StepInfo,
+    TrainingDiverged,
+    TrainingInterrupted,
+    build_optimizers,
+    lr_factor,
+    train,
+)
+
+N_CLASSES = 4
+SLICE = (40, 40)
+
+
+def make_tiny_cache(root: Path, n_classes: int = N_CLASSES, n: int = 6) -> Path:
+    """A hand-written cache (docs/cache-format.md): concentric classes, 6 slices per site."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: SLICE[0], : SLICE[1]]
+    subjects = []
+    for site, offset in (("A", 0.0), ("B", 0.3)):
+        labels = np.zeros((n, *SLICE), np.uint8)
+        for i in range(n):
+            radius = np.hypot(yy - 20 - i % 3, xx - 20)
+            for c in range(1, n_classes):
+                labels[i][radius < 20 - 4 * c] = c
+        noise = 0.05 * rng.standard_normal(labels.shape)
+        images = np.where(labels > 0, -0.6 + 0.4 * labels + offset + noise, -1.0)
+        arrays: dict[str, np.ndarray] = {
+            "images": np.clip(images, -1, 1).astype(np.float32),
+            "labels": labels,
+            "masks": (labels > 0).astype(np.uint8),
+            "slices": np.stack([np.zeros(n), np.arange(n)], 1).astype(np.int32),
+        }
+        (root / site).mkdir(parents=True)
+        for name, array in arrays.items():
+            np.save(root / site / f"{name}.npy", array)
+        subjects.append(
+            {"subject": f"sub-{site}", "site": site, "image": f"/x/{site}.nii.gz", "label": None,
+             "split": "train", "fold": 0, "shape": [*SLICE, n], "n_slices": n, "first_row": 0}
+        )  # fmt: skip
+    manifest = {
+        "format_version": 1, "complete": True, "created": "2026-01-01T00:00:00Z",
+        "segrenorm_version": "0.1.0", "sites": {"A": "1.5T", "B": "3T"},
+        "n_classes": n_classes, "class_names": [f"c{k}" for k in range(n_classes)],
+        "has_labels": True, "slice_axis": "axial", "canonical_orientation": "RAS",
+        "spacing": [1.0, 1.0, 1.0], "slice_shape": list(SLICE), "pad_multiple": 8,
+        "percentiles": [0.5, 99.5], "min_foreground": 0.0,
+        "split": {"seed": 0, "test_fraction": 0.3, "n_folds": 1}, "subjects": subjects,
+    }  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def tiny_config(translator: str = "segrenorm", **sections: dict[str, Any]) -> Config:
+    """ngf 4, two downsamplings, 32x32 crops, batch 2: a step takes a few tens of ms."""
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "model": {"translator": translator, "ngf": 4, "ndf": 4, "n_downsample": 2,
+                  "n_middle_blocks": 1, "seg_ngf": 4, "seg_depth": 2, "embed_dim": 8},
+        "data": {"crop_size": 32, "batch_size": 2, "n_classes": N_CLASSES},
+        "optim": {"iterations": 4, "decay_iterations": 2, "warmup_iterations": 2},
+        "run": {"log_every": 1, "image_every": 3, "checkpoint_every": 2, "keep_checkpoints": 1,
+                "device": "cpu", "amp": "off"},
+    }  # fmt: skip
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    return config_from_dict(data)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (15x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_cache(tmp_path_factory.mktemp("cache") / "cache")
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def params_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def stop_at(step: int) -> Any:
+    def callback(info: StepInfo) -> None:
+        if info.step == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_lr_factor_constant_then_linear_to_zero() -> None:
+    factor = lr_factor(tiny_config().optim)  # 4 constant, 2 decay
+    assert [factor(s) for s in range(7)] == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_cyclegan_has_no_seg_optimizer() -> None:
+    config = tiny_config("cyclegan")
+    optimizers = build_optimizers(Translator.from_config(config), config.optim)
+    assert sorted(optimizers) == ["disc", "gen"]
+    assert optimizers["disc"].param_groups[0]["lr"] == config.optim.lr_disc
+    assert optimizers["gen"].param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_run_directory_layout_and_log(cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(), cache_dir, tmp_path / "runs", progress=False)
+    assert run_dir.name == "00000-tiny-segrenorm"
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["config"] == tiny_config().to_dict()
+    assert record["cache"] == str(cache_dir.resolve())
+    assert {"segrenorm", "torch", "numpy", "python"} <= set(record["versions"])
+    entries = read_log(run_dir)
+    assert [e["step"] for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert {"gen_total", "cycle_a", "seg_real_a", "disc_total", "disc_b"} <= set(
+        entries[0]["losses"]
+    )
+    # Rates used by each step: constant for 4 steps, then 0.5x (step 6 uses factor(5)).
+    assert [e["lr"]["gen"] for e in entries] == [2e-4] * 5 + [1e-4]
+    assert [e["film"] for e in entries] == [False, False, True, True, True, True]
+    assert all(e["it_per_s"] > 0 for e in entries)
+    assert sorted(p.name for p in (run_dir / "images").iterdir()) == [
+        "step-000003.png",
+        "step-000006.png",
+    ]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "last.pt",
+        "step-0000006.pt",  # keep_checkpoints=1 removed step 2 and 4
+    ]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(run_dir.rglob("*.tmp"))
+    translator, config = load_translator(run_dir)
+    assert config == tiny_config() and not translator.training
+    final = params_of(run_dir / "final.pt")
+    assert all(torch.equal(final[k], v) for k, v in translator.state_dict().items())
+    assert translator.translate(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    again = train(tiny_config(), cache_dir, tmp_path / "runs", progress=False, max_steps=1)
+    assert again.name == "00001-tiny-segrenorm"
+    assert load_checkpoint(again / "final.pt")["step"] == 1
+
+
+def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
+    # log_every=2 and a stop at step 3: the log window spans the interruption too.
+    config = tiny_config(run={"log_every": 2})
+    seen: dict[str, dict[int, dict[str, float]]] = {"straight": {}, "split": {}}
+
+    def recorder(key: str) -> Any:
+        def callback(info: StepInfo) -> None:
+            seen[key][info.step] = dict(info.losses)
+
+        return callback
+
+    straight = train(config, cache_dir, tmp_path / "a", callbacks=[recorder("straight")])
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 3.*--resume"):
+        train(config, cache_dir, tmp_path / "b", callbacks=[recorder("split"), stop_at(3)])
+    split = next((tmp_path / "b").iterdir())
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["step"] == 3
+    assert not (split / "final.pt").exists()
+    resumed = train(config, cache_dir, tmp_path / "c", resume=split, callbacks=[recorder("split")])
+    assert resumed == split and not (tmp_path / "c").exists()
+    assert sorted(seen["split"]) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert seen["split"][step] == seen["straight"][step], step  # exact floats
+    first, second = read_log(straight), read_log(resumed)
+    assert [e["step"] for e in second] == [2, 4, 6]
+    assert [e["losses"] for e in first] == [e["losses"] for e in second]
+    p, q = params_of(straight / "final.pt"), params_of(resumed / "final.pt")
+    assert all(torch.equal(p[k], q[k]) for k in p)
+    resumes = json.loads((split / "config.json").read_text())["resumes"]
+    assert [r["step"] for r in resumes] == [3]
+
+
+def test_resume_with_other_model_config_is_refused(cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(), cache_dir, tmp_path, progress=False, max_steps=1)
+    other = tiny_config(model={"ngf": 8})
+    with pytest.raises(ConfigError, match=r"cannot resume .*model\.ngf: checkpoint 4, given 8"):
+        train(other, cache_dir, tmp_path, resume=run_dir, progress=False)
+
+
+def test_sigterm_stops_after_the_step_and_saves(cache_dir: Path, tmp_path: Path) -> None:
+    def send(info: StepInfo) -> None:
+        if info.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3") as caught:
+        train(tiny_config(), cache_dir, tmp_path, progress=False, callbacks=[send])
+    # The signal arrived during step 2's callbacks; the flag stops the loop after step 3.
+    assert load_checkpoint(caught.value.run_dir / "checkpoints" / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Translator.generator_step
+    calls = {"n": 0}
+
+    def poisoned(self: Translator, batch: dict[str, torch.Tensor]) -> Any:
+        total, terms, outputs = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms["cycle_b"] = terms["cycle_b"] * float("nan")
+            total = total * float("nan")
+        return total, terms, outputs
+
+    monkeypatch.setattr(Translator, "generator_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss cycle_b became nan at step 3.*step 2\)"):
+        train(tiny_config(), cache_dir, tmp_path, progress=False)
+    run_dir = next(tmp_path.iterdir())
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert not (run_dir / "final.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.n_classes=3"], r"data\.n_classes=3 but the cache .* has n_classes=4"),
+        (["data.crop_size=64"], r"data\.crop_size=64 is larger than the cache's slices 40x40"),
+        (["model.translator=pix2pix"], r"model\.translator='pix2pix' is unknown"),
+        (["data.crop_size=30"], r"data\.crop_size=30 is not divisible by the network's stride 4"),
+    ],
+)
+def test_bad_configs_are_rejected(
+    cache_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    match: str,
+) -> None:
+    args = ["train", "--config", "cpu", "--data", str(cache_dir), "--out", str(tmp_path)]
+    for item in ["model.n_downsample=2", "model.seg_depth=2", "data.crop_size=32", *overrides]:
+        args += ["--set", item]
+    assert main([*args, "--dry-run"]) == 2
+    assert not list(tmp_path.iterdir())
+    err = capsys.readouterr().err
+    assert err.startswith("segrenorm train: error: ")
+    assert re.search(match, err), err
+
+
+def test_train_api_rejects_class_mismatch(cache_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.n_classes=2 but the cache .* n_classes=4"):
+        train(tiny_config(data={"n_classes": 2}), cache_dir, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"max_steps=0 must be >= 1"):
+        train(tiny_config(), cache_dir, tmp_path, max_steps=0)
+
+
+def test_cli_dry_run_prints_config(cache_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    code = main(["train", "--config", "cpu", "--data", str(cache_dir), "--out", str(tmp_path),
+                 "--set", "data.crop_size=32", "--dry-run"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == load_config("cpu", overrides=["data.crop_size=32"]).to_dict()
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_requires_config_data_and_out(tmp_path: Path, capsys: Any) -> None:
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    assert main(["train", "--config", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert f"checkpoint {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_cli_interrupt_then_resume_from_run_dir(
+    cache_dir: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yaml_file = tmp_path / "tiny.yaml"
+    yaml_file.write_text(json.dumps(tiny_config().to_dict()))
+    from segrenorm.runlog import RunLog
+
+    original = RunLog.log
+
+    def interrupting(self: RunLog, step: int, *args: Any, **kwargs: Any) -> Any:
+        entry = original(self, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt
+        return entry
+
+    monkeypatch.setattr(RunLog, "log", interrupting)
+    args = ["train", "--config", str(yaml_file), "--data", str(cache_dir), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "runs")]) == 130
+    run_dir = tmp_path / "runs" / "00000-tiny-segrenorm"
+    assert f"--resume {run_dir}" in capsys.readouterr().err
+    monkeypatch.setattr(RunLog, "log", original)
+    # No --config, --data or --out: all come from the run's checkpoint.
+    assert main(["train", "--resume", str(run_dir), "--iterations", "4", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir)
+    assert load_checkpoint(run_dir / "final.pt")["step"] == 4
+    assert [e["step"] for e in read_log(run_dir)] == [1, 2, 3, 4]
