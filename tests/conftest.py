@@ -14,3 +14,133 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- harmonize fixtures
+# Tiny checkpoints and phantom volumes shared by test_harmonize*.py and test_export.py.
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+#: Site intensity scales stored in the tiny checkpoints: target B is twice as bright.
+TINY_SCALING = {
+    "A": {"low": 100.0, "high": 900.0, "lower_pct": 0.5, "upper_pct": 99.5, "n_subjects": 3},
+    "B": {"low": 200.0, "high": 1800.0, "lower_pct": 0.5, "upper_pct": 99.5, "n_subjects": 3},
+}
+
+
+def tiny_inference_facts(**changes: Any) -> dict[str, Any]:
+    """What ``runlog.describe_cache`` stores for a 2 mm axial cache (see harmonize_info)."""
+    facts: dict[str, Any] = {
+        "slice_axis": "axial", "orientation": "RAS", "spacing": [2.0, 2.0, 2.0],
+        "resampled": False, "percentiles": [0.5, 99.5], "use_mask": True, "pad_multiple": 8,
+        "site_names": {"A": "1.5T", "B": "3T"}, "scaling": TINY_SCALING,
+    }  # fmt: skip
+    facts.update(changes)
+    return facts
+
+
+def save_tiny_checkpoint(
+    path: Path, *, identity: bool = True, translator: str = "segrenorm", **facts: Any
+) -> Path:
+    """An untrained tiny translator saved as a real checkpoint (no training step).
+
+    ``identity=True`` keeps the zero-initialised residual output, so G(x) = x up to 1e-3 and
+    every harmonized value is predictable; ``False`` gives random, non-trivial networks.
+    """
+    import torch
+
+    from segrenorm.checkpoint import build_checkpoint, save_checkpoint
+    from segrenorm.config import config_from_dict
+    from segrenorm.model import Translator
+
+    config = config_from_dict(
+        {
+            "name": "tiny",
+            "model": {"translator": translator, "ngf": 4, "ndf": 4, "n_downsample": 2,
+                      "n_middle_blocks": 1, "seg_ngf": 4, "seg_depth": 2, "embed_dim": 8,
+                      "residual_output": identity, "zero_init_film": identity},
+            "data": {"crop_size": 32, "batch_size": 2, "n_classes": 4},
+            "run": {"device": "cpu", "amp": "off"},
+        }
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Translator.from_config(config)
+    cache_info = {
+        "path": str(path.parent / "no-such-cache"),
+        "n_classes": 4,
+        "class_names": ["bg", "csf", "gm", "wm"],
+        "slice_shape": [32, 32],
+        "sites": ["1.5T", "3T"],
+        "inference": tiny_inference_facts(**facts),
+    }
+    payload = build_checkpoint(
+        config=config, cache_info=cache_info, model=model, optimizers={}, schedulers={},
+        step=0, data_stream={},
+    )  # fmt: skip
+    return save_checkpoint(payload, path)
+
+
+def phantom_data(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0) -> np.ndarray:
+    """A head-like ellipsoid with three tissue shells and noise, background near 0."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radius = np.sqrt(sum(g**2 for g in grid))
+    data = np.where(radius < 0.85, 250.0, 3.0)
+    data = np.where(radius < 0.7, 520.0, data)
+    data = np.where(radius < 0.45, 800.0 + 60 * grid[0], data)
+    return (data + 6.0 * rng.standard_normal(shape)).clip(0, None)
+
+
+@pytest.fixture
+def write_phantom(tmp_path: Path) -> Callable[..., Path]:
+    """Write a phantom volume: ``write_phantom(name, spacing=2.0, affine=None, dtype='int16')``."""
+    import nibabel as nib
+
+    def write(
+        name: str = "sub-01.nii.gz",
+        *,
+        spacing: float | tuple[float, float, float] = 2.0,
+        affine: np.ndarray | None = None,
+        dtype: str = "int16",
+        shape: tuple[int, int, int] = (20, 24, 16),
+        folder: Path | None = None,
+        seed: int = 0,
+    ) -> Path:
+        sizes = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))
+        if affine is None:
+            affine = np.diag([*sizes, 1.0])
+            affine[:3, 3] = -0.5 * np.asarray(shape) * sizes
+        data = phantom_data(shape, seed).astype(dtype)
+        target = (folder or tmp_path / "in") / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, affine), str(target))
+        return target
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``identity`` and ``random`` tiny checkpoints, saved once per session."""
+    root = tmp_path_factory.mktemp("tiny-ckpt")
+    return {
+        "identity": save_tiny_checkpoint(root / "identity.pt", identity=True),
+        "random": save_tiny_checkpoint(root / "random.pt", identity=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_kit() -> SimpleNamespace:
+    """The helpers above for test modules (conftest is not importable under every mode)."""
+    return SimpleNamespace(
+        scaling=TINY_SCALING,
+        facts=tiny_inference_facts,
+        save_checkpoint=save_tiny_checkpoint,
+        phantom=phantom_data,
+    )

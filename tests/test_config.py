@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from segrenorm.config import (
-    PRESETS,
     AmpMode,
     Config,
     TranslatorKind,
@@ -13,6 +12,7 @@ from segrenorm.config import (
     load_config,
 )
 from segrenorm.errors import ConfigError
+from segrenorm.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -95,3 +95,11 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.name = "x"  # type: ignore[misc]
+
+
+def test_fold_is_optional_int() -> None:
+    assert load_config("cpu").data.fold is None
+    assert load_config("cpu", overrides=["data.fold=3"]).data.fold == 3
+    assert load_config("cpu", overrides=["data.fold=null"]).data.fold is None
+    with pytest.raises(ConfigError, match=r"data.fold=-1 is out of range"):
+        load_config("cpu", overrides=["data.fold=-1"])

@@ -219,18 +219,19 @@ def test_sigterm_stops_after_the_step_and_saves(cache_dir: Path, tmp_path: Path)
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Translator.generator_step
+    original = Translator.generator_half  # the trainer builds the step from its halves
     calls = {"n": 0}
 
-    def poisoned(self: Translator, batch: dict[str, torch.Tensor]) -> Any:
-        total, terms, outputs = original(self, batch)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            terms["cycle_b"] = terms["cycle_b"] * float("nan")
-            total = total * float("nan")
+    def poisoned(self: Translator, batch: dict[str, torch.Tensor], direction: str) -> Any:
+        total, terms, outputs = original(self, batch, direction)
+        if direction == "BA":  # the half holding cycle_b
+            calls["n"] += 1
+            if calls["n"] == 3:
+                terms["cycle_b"] = terms["cycle_b"] * float("nan")
+                total = total * float("nan")
         return total, terms, outputs
 
-    monkeypatch.setattr(Translator, "generator_step", poisoned)
+    monkeypatch.setattr(Translator, "generator_half", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss cycle_b became nan at step 3.*step 2\)"):
         train(tiny_config(), cache_dir, tmp_path, progress=False)
     run_dir = next(tmp_path.iterdir())

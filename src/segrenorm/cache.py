@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segrenorm import io
+from segrenorm.atomic import replace_dir
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.listing import (
     SubjectRecord,
@@ -174,17 +175,7 @@ def _assemble(
 
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished cache into place, replacing an old one only now that the new is whole."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
 
 
 def prepare_cache(

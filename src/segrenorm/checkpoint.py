@@ -16,12 +16,10 @@ Example:
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from segrenorm.atomic import atomic_file
 from segrenorm.config import Config, config_from_dict
 from segrenorm.errors import ConfigError, InputError, SegrenormError
 
@@ -232,17 +231,8 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:
         path: destination file; its folder is created if needed.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(target, fsync=True) as handle:
+        torch.save(dict(payload), handle)
     return target
 
 
@@ -432,11 +422,5 @@ def save_rotating(payload: Mapping[str, Any], folder: str | Path, step: int, *, 
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, source.open("rb") as src:
-            shutil.copyfileobj(src, handle)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as handle, source.open("rb") as src:
+        shutil.copyfileobj(src, handle)

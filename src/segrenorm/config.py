@@ -5,6 +5,8 @@ a YAML file may name a preset under ``preset:`` and override any field, and the 
 line may override single fields with ``--set section.field=value``. Unknown keys and
 out-of-range values raise :class:`~segrenorm.errors.ConfigError` naming the key.
 
+Presets live in :mod:`segrenorm.presets`.
+
 Example:
     >>> cfg = load_config("cpu", overrides=["optim.iterations=10"])
     >>> cfg.optim.iterations
@@ -29,7 +31,6 @@ import yaml
 from segrenorm.errors import ConfigError
 
 __all__ = [
-    "PRESETS",
     "AmpMode",
     "Config",
     "DataConfig",
@@ -186,6 +187,8 @@ class DataConfig:
         semantic_dropout: SemGAN's probability of masking a random subset of classes.
         num_workers: DataLoader worker processes.
         direction: ``AB`` translates cache site A to B as G; ``BA`` swaps the sites.
+        fold: leave-one-subject-out / k-fold: train on every subject whose fold in the
+            cache differs from this one (None uses the cache's train/test split).
     """
 
     crop_size: int = 128
@@ -195,6 +198,7 @@ class DataConfig:
     semantic_dropout: float = 0.0
     num_workers: int = 0
     direction: str = "AB"
+    fold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,8 @@ class RunConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: mixed precision mode.
         compile: wrap the networks with ``torch.compile``.
+        parallel_directions: on CPU, build and back-propagate the two cycle directions of
+            each step in two threads (same computation; faster on few cores).
     """
 
     seed: int = 0
@@ -220,6 +226,7 @@ class RunConfig:
     device: str = "auto"
     amp: AmpMode = AmpMode.AUTO
     compile: bool = False
+    parallel_directions: bool = True
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,8 @@ class Config:
                 f"{m.stride} (2**max(model.n_downsample, model.seg_depth)): use a multiple of "
                 f"{m.stride}, e.g. {max(m.stride, (d.crop_size // m.stride) * m.stride)}."
             )
+        if d.fold is not None:
+            _in_range("data.fold", d.fold, 0, 10**6)
         if d.direction not in ("AB", "BA"):
             raise ConfigError(f"data.direction={d.direction!r} is unknown: use 'AB' or 'BA'.")
         if d.semantic_dropout > 0 and m.translator is not TranslatorKind.SEMGAN:
@@ -318,8 +327,10 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
+def _coerce(name: str, annotation: Any, value: Any, *, optional: bool = False) -> Any:
     """Convert a JSON/YAML value to the field's declared type, or raise ConfigError."""
+    if value is None and optional:
+        return None
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         if isinstance(value, annotation):
             return value
@@ -379,7 +390,8 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Any) -> Any:
         if dataclasses.is_dataclass(current):
             updates[key] = _build(type(current), value, f"{prefix}{key}.", current)
         else:
-            updates[key] = _coerce(prefix + key, _unwrap_optional(hint), value)
+            inner = _unwrap_optional(hint)
+            updates[key] = _coerce(prefix + key, inner, value, optional=inner is not hint)
     return replace(base, **updates)
 
 
@@ -417,6 +429,8 @@ def load_config(source: str | Path, *, overrides: list[str] | None = None) -> Co
     Raises:
         ConfigError: unknown preset, unreadable file, unknown key or invalid value.
     """
+    from segrenorm.presets import PRESETS  # presets are built from this module
+
     text = str(source)
     data: dict[str, Any] = {}
     if text in PRESETS:
@@ -451,49 +465,3 @@ def load_config(source: str | Path, *, overrides: list[str] | None = None) -> Co
                 raise ConfigError(f"override {item!r}: {k} is not a section.")
         node[keys[-1]] = value
     return config_from_dict(data, base=base)
-
-
-def _preset(name: str, **sections: Any) -> Config:
-    return config_from_dict({"name": name, **sections})
-
-
-PRESETS: dict[str, Config] = {
-    # Paper settings for IXI (T1, 4 tissue classes).
-    "ixi": _preset(
-        "ixi",
-        model={"ngf": 64, "ndf": 64},
-        data={"crop_size": 128, "batch_size": 4, "n_classes": 4},
-        loss={"class_weights": [0.5, 0.5]},
-    ),
-    # MS-SEG (FLAIR lesions): sparse foreground, so foreground weighed up.
-    "msseg": _preset(
-        "msseg",
-        model={"ngf": 64, "ndf": 64},
-        data={"crop_size": 256, "batch_size": 2, "n_classes": 2},
-        loss={"class_weights": [0.2, 0.8]},
-    ),
-    # RETOUCH OCT (IRF, SRF, PED).
-    "retouch": _preset(
-        "retouch",
-        model={"ngf": 64, "ndf": 64},
-        data={"crop_size": 256, "batch_size": 2, "n_classes": 4},
-        loss={"class_weights": [0.3, 0.7]},
-    ),
-    # A laptop-CPU first try on the built-in 2 mm benchmark: about 10 minutes on 2 cores.
-    "cpu": _preset(
-        "cpu",
-        model={
-            "ngf": 16,
-            "ndf": 32,
-            "n_downsample": 2,
-            "n_middle_blocks": 2,
-            "seg_ngf": 8,
-            "seg_depth": 2,
-            "embed_dim": 64,
-            "extractor_grid": 2,
-        },
-        data={"crop_size": 64, "batch_size": 4, "n_classes": 4},
-        optim={"iterations": 2000, "decay_iterations": 1000},
-        run={"log_every": 25, "image_every": 500, "checkpoint_every": 500},
-    ),
-}

@@ -7,8 +7,6 @@ one row per scanner plus a label overlay row, columns axial / coronal / sagittal
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from segrenorm.anatomy import LABEL_NAMES
+from segrenorm.atomic import atomic_file
 from segrenorm.errors import InputError
 from segrenorm.simulate import read_subjects
 
@@ -129,14 +128,9 @@ def save_subject_preview(
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(out) as handle:
             fig.savefig(handle, format="png", dpi=110)
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
     return out

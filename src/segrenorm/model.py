@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +36,7 @@ from segrenorm.nn.generator import Generator
 from segrenorm.nn.renorm import set_film_enabled
 from segrenorm.nn.segnet import SegUNet, check_image_batch
 
-__all__ = ["DIRECTIONS", "Translator"]
+__all__ = ["DIRECTIONS", "SITES", "Translator", "join_halves"]
 
 DIRECTIONS = ("AB", "BA")
 SITES = ("A", "B")
@@ -247,6 +248,62 @@ class Translator(nn.Module):
         for site in ("a", "b"):
             check_image_batch(batch[site], 1, self.stride, f"batch[{site!r}]")
 
+    def frozen_discriminators(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which the discriminators' weights take no gradient (generator losses).
+
+        :meth:`generator_step` enters it itself; callers of :meth:`generator_half` must.
+        """
+        return _frozen([self.disc_a, self.disc_b])
+
+    def generator_half(
+        self, batch: dict[str, Tensor], direction: str
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The generator losses of one cycle: everything computed from one site's images.
+
+        ``"AB"`` starts from ``a``: S(a), G(a | S(a)), Q(G(a)), F(G(a) | Q(G(a))),
+        D_B(G(a)) and, with identity loss, F(a | S(a)); ``"BA"`` is the mirror image from
+        ``b``. The two halves share no tensors, so their graphs can be built and
+        back-propagated independently (even concurrently); :meth:`generator_step` is their
+        sum. Call it inside :meth:`frozen_discriminators`.
+
+        Args:
+            batch: as for :meth:`generator_step`.
+            direction: ``"AB"`` or ``"BA"``.
+
+        Returns:
+            ``(total, terms, outputs)`` of this half, named as in :meth:`generator_step`
+            (``"AB"``: gan_ab, cycle_a, [identity_a], [seg_real_a, seg_trans_ab]; outputs
+            fake_b, rec_a, [seg_a, seg_fake_b]).
+        """
+        if direction not in DIRECTIONS:
+            raise InputError(f"direction={direction!r} is unknown: use 'AB' or 'BA'.")
+        self._check_batch(batch)
+        src, dst = ("a", "b") if direction == "AB" else ("b", "a")
+        gen, seg_in, ext_fwd = self._route(direction)
+        back, seg_out, ext_back = self._route(direction[::-1])
+        disc = self.disc_b if direction == "AB" else self.disc_a
+        x, lw = batch[src], self.loss_cfg
+        logits = seg_in(x) if seg_in is not None else None  # S(a): (B, C, h, w)
+        fake = gen(x, self._embed(ext_fwd, logits))  # G(a | S(a))
+        logits_fake = seg_out(fake) if seg_out is not None else None  # Q(G(a))
+        rec = back(fake, self._embed(ext_back, logits_fake))  # F(G(a) | Q(G(a)))
+        terms = {f"gan_{direction.lower()}": lsgan_g(disc(fake)), f"cycle_{src}": cycle_l1(x, rec)}
+        total = lw.gan * terms[f"gan_{direction.lower()}"] + lw.cycle * terms[f"cycle_{src}"]
+        if lw.identity > 0:
+            idt = back(x, self._embed(ext_back, logits))  # F(a | S(a))
+            terms[f"identity_{src}"] = cycle_l1(x, idt)
+            total = total + lw.identity * terms[f"identity_{src}"]
+        outputs = {f"fake_{dst}": fake.detach(), f"rec_{src}": rec.detach()}
+        if logits is not None and logits_fake is not None:
+            label, w = batch[f"{src}_label"], self.class_weights
+            terms[f"seg_real_{src}"] = weighted_ce(logits, label, w)
+            terms[f"seg_trans_{direction.lower()}"] = weighted_ce(logits_fake, label, w)
+            total = total + lw.seg_real * terms[f"seg_real_{src}"]
+            total = total + lw.seg_translated * terms[f"seg_trans_{direction.lower()}"]
+            outputs[f"seg_{src}"] = logits.detach().argmax(dim=1)
+            outputs[f"seg_fake_{dst}"] = logits_fake.detach().argmax(dim=1)
+        return total, terms, outputs
+
     def generator_step(
         self, batch: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -263,57 +320,35 @@ class Translator(nn.Module):
             outputs fake_b, rec_a, fake_a, rec_b and, with segmentation, argmax maps
             seg_a = S(a), seg_b = Q(b), seg_fake_b = Q(G(a)), seg_fake_a = S(F(b)).
         """
-        self._check_batch(batch)
-        a, b = batch["a"], batch["b"]
-        lw = self.loss_cfg
-        seg_a, seg_b = self.seg_a, self.seg_b
-        ext_ab, ext_ba = self.extractor_ab, self.extractor_ba
-        terms: dict[str, Tensor] = {}
-        with _frozen([self.disc_a, self.disc_b]):
-            logits_a = seg_a(a) if seg_a is not None else None  # S(a): (B, C, h, w)
-            logits_b = seg_b(b) if seg_b is not None else None  # Q(b)
-            fake_b = self.gen_ab(a, self._embed(ext_ab, logits_a))  # G(a | S(a))
-            fake_a = self.gen_ba(b, self._embed(ext_ba, logits_b))  # F(b | Q(b))
-            logits_fake_b = seg_b(fake_b) if seg_b is not None else None  # Q(G(a))
-            logits_fake_a = seg_a(fake_a) if seg_a is not None else None  # S(F(b))
-            rec_a = self.gen_ba(fake_b, self._embed(ext_ba, logits_fake_b))
-            rec_b = self.gen_ab(fake_a, self._embed(ext_ab, logits_fake_a))
-            terms["gan_ab"] = lsgan_g(self.disc_b(fake_b))
-            terms["gan_ba"] = lsgan_g(self.disc_a(fake_a))
-        terms["cycle_a"] = cycle_l1(a, rec_a)
-        terms["cycle_b"] = cycle_l1(b, rec_b)
-        total = lw.gan * (terms["gan_ab"] + terms["gan_ba"])
-        total = total + lw.cycle * (terms["cycle_a"] + terms["cycle_b"])
-        if lw.identity > 0:
-            idt_b = self.gen_ab(b, self._embed(ext_ab, logits_b))  # G(b | Q(b))
-            idt_a = self.gen_ba(a, self._embed(ext_ba, logits_a))  # F(a | S(a))
-            terms["identity_a"] = cycle_l1(a, idt_a)
-            terms["identity_b"] = cycle_l1(b, idt_b)
-            total = total + lw.identity * (terms["identity_a"] + terms["identity_b"])
-        outputs = {
-            "fake_b": fake_b.detach(),
-            "rec_a": rec_a.detach(),
-            "fake_a": fake_a.detach(),
-            "rec_b": rec_b.detach(),
-        }
-        if (
-            logits_a is not None
-            and logits_b is not None
-            and logits_fake_a is not None
-            and logits_fake_b is not None
-        ):
-            a_label, b_label, w = batch["a_label"], batch["b_label"], self.class_weights
-            terms["seg_real_a"] = weighted_ce(logits_a, a_label, w)
-            terms["seg_real_b"] = weighted_ce(logits_b, b_label, w)
-            terms["seg_trans_ab"] = weighted_ce(logits_fake_b, a_label, w)
-            terms["seg_trans_ba"] = weighted_ce(logits_fake_a, b_label, w)
-            total = total + lw.seg_real * (terms["seg_real_a"] + terms["seg_real_b"])
-            total = total + lw.seg_translated * (terms["seg_trans_ab"] + terms["seg_trans_ba"])
-            outputs["seg_a"] = logits_a.detach().argmax(dim=1)
-            outputs["seg_b"] = logits_b.detach().argmax(dim=1)
-            outputs["seg_fake_b"] = logits_fake_b.detach().argmax(dim=1)
-            outputs["seg_fake_a"] = logits_fake_a.detach().argmax(dim=1)
-        return total, {k: v.detach() for k, v in terms.items()}, outputs
+        with self.frozen_discriminators():
+            halves = [self.generator_half(batch, d) for d in DIRECTIONS]
+        return join_halves(halves)
+
+    def discriminator_half(
+        self, batch: dict[str, Tensor], outputs: dict[str, Tensor], site: str
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Half the discriminator loss: ``0.5 * disc_a`` (site ``"A"``) or ``0.5 * disc_b``.
+
+        Args:
+            batch: the batch given to :meth:`generator_step`.
+            outputs: its outputs (``fake_a`` for site A, ``fake_b`` for site B).
+            site: ``"A"`` or ``"B"``.
+
+        Returns:
+            ``(loss, terms)`` with the detached term ``disc_a`` or ``disc_b``.
+        """
+        if site not in SITES:
+            raise InputError(f"site={site!r} is unknown: use 'A' or 'B'.")
+        key = site.lower()
+        if f"fake_{key}" not in outputs or key not in batch:
+            raise InputError(
+                f"discriminator_step needs batch[{key!r}] and the output fake_{key} of "
+                f"generator_step; got batch keys {sorted(batch)} and outputs {sorted(outputs)}."
+            )
+        disc = self.disc_a if site == "A" else self.disc_b
+        real, fake = _score_pair(disc, batch[key], outputs[f"fake_{key}"].detach())
+        term = lsgan_d(real, fake)
+        return 0.5 * term, {f"disc_{key}": term.detach()}
 
     def discriminator_step(
         self, batch: dict[str, Tensor], outputs: dict[str, Tensor]
@@ -334,8 +369,30 @@ class Translator(nn.Module):
                 "discriminator_step needs batch['a'], batch['b'] and the outputs of "
                 f"generator_step (fake_a, fake_b); missing {missing or 'batch images'}."
             )
-        real_b, fake_b = _score_pair(self.disc_b, batch["b"], outputs["fake_b"].detach())
-        real_a, fake_a = _score_pair(self.disc_a, batch["a"], outputs["fake_a"].detach())
-        disc_b = lsgan_d(real_b, fake_b)
-        disc_a = lsgan_d(real_a, fake_a)
-        return 0.5 * (disc_a + disc_b), {"disc_a": disc_a.detach(), "disc_b": disc_b.detach()}
+        halves = [self.discriminator_half(batch, outputs, site) for site in SITES]
+        total, terms, _ = join_halves([(loss, t, {}) for loss, t in halves])
+        return total, terms
+
+
+def join_halves(
+    halves: Sequence[tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]],
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Sum the halves' totals and merge their (detached) terms and outputs.
+
+    Terms are interleaved (gan_ab, gan_ba, cycle_a, cycle_b, ...), so the two directions'
+    versions of a term sit side by side in logs.
+
+    Args:
+        halves: ``(total, terms, outputs)`` per direction, as from
+            :meth:`Translator.generator_half`.
+    """
+    total = halves[0][0]
+    for half in halves[1:]:
+        total = total + half[0]
+    terms: dict[str, Tensor] = {}
+    outputs: dict[str, Tensor] = {}
+    for group in zip(*(list(h[1].items()) for h in halves), strict=True):
+        terms.update((k, v.detach()) for k, v in group)
+    for half in halves:
+        outputs.update(half[2])
+    return total, terms, outputs

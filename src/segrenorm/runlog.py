@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from segrenorm.atomic import atomic_file, write_bytes_atomic
 from segrenorm.errors import InputError
 
 if TYPE_CHECKING:
@@ -69,19 +68,8 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
         data: a JSON-serialisable value.
     """
     target = Path(path)
-    _write_atomic(target, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(target, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return target
-
-
-def _write_atomic(target: Path, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(text: str) -> str:
@@ -153,7 +141,7 @@ class RunLog:
                 continue  # a line cut short by a crash
             if isinstance(entry, dict) and int(entry.get("step", 0)) <= step:
                 kept.append(line)
-        _write_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+        write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
     def log(
         self,
@@ -279,14 +267,8 @@ def save_image_grid(
         spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as handle:
+        fig.savefig(handle, format="png")
     return target
 
 
@@ -296,12 +278,17 @@ def describe_cache(cache: SliceCache) -> dict[str, Any]:
     Args:
         cache: the opened slice cache.
     """
+    from segrenorm.harmonize_info import INFERENCE_KEY, inference_facts
+
     return {
         "path": str(Path(cache.path).resolve()),
         "n_classes": cache.n_classes,
         "class_names": list(cache.class_names),
         "slice_shape": list(cache.slice_shape),
         "sites": list(cache.site_names),
+        # Slice axis, spacing and each site's intensity scale: `segrenorm harmonize` needs
+        # them to cut volumes like the training slices and map outputs to the target scale.
+        INFERENCE_KEY: inference_facts(cache.manifest),
     }
 
 

@@ -38,6 +38,7 @@ from segrenorm.anatomy import (
     tissue_labels,
     warp_anatomy,
 )
+from segrenorm.atomic import replace_dir
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.scanners import ScannerProfile, apply_scanner, load_scanner
 
@@ -224,13 +225,7 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the result normal permissions
-    if out.is_dir():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
 
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> None:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -51,6 +50,7 @@ from segrenorm.runlog import (
     translation_rows,
     write_run_record,
 )
+from segrenorm.train_step import StepRunner, keep_freed_memory
 
 if TYPE_CHECKING:
     from segrenorm.datasets import SliceCache
@@ -137,6 +137,9 @@ def lr_factor(optim: OptimConfig) -> Callable[[int], float]:
 def build_optimizers(model: Translator, optim: OptimConfig) -> dict[str, torch.optim.Adam]:
     """One Adam per non-empty parameter group: ``seg``, ``gen`` and ``disc``.
 
+    On CPU and CUDA they use torch's fused Adam kernel (the same update in one pass over
+    each parameter; about 3x faster than the per-tensor loop on CPU).
+
     Args:
         model: the translator; :meth:`Translator.parameter_groups` names the groups.
         optim: learning rates and betas.
@@ -147,7 +150,12 @@ def build_optimizers(model: Translator, optim: OptimConfig) -> dict[str, torch.o
     if unknown:
         raise ConfigError(f"the model reports unknown parameter group(s) {unknown}.")
     return {
-        name: torch.optim.Adam(params, lr=rates[name], betas=(optim.beta1, optim.beta2))
+        name: torch.optim.Adam(
+            params,
+            lr=rates[name],
+            betas=(optim.beta1, optim.beta2),
+            fused=all(p.device.type in ("cpu", "cuda") for p in params) or None,
+        )
         for name, params in groups.items()
         if params
     }
@@ -294,7 +302,7 @@ class _Session:
         dataset = UnpairedSliceDataset(
             self.cache,
             split="train",
-            fold=getattr(d, "fold", None),  # for leave-one-out, once DataConfig has a fold
+            fold=d.fold,
             crop_size=d.crop_size,
             foreground_bias=d.foreground_bias,
             semantic_dropout=d.semantic_dropout,
@@ -333,6 +341,15 @@ class _Session:
         self.runlog = RunLog(self.run_dir, enabled=ctx.is_main)
         if payload is not None:
             self.runlog.truncate_after(self.step)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults re-acquiring each iteration's activations
+        self.runner = StepRunner(
+            self.model,
+            device=self.device,
+            amp=self.amp,
+            # Compiled graphs are not built from two threads at once.
+            parallel=config.run.parallel_directions and not config.run.compile,
+        )
 
     def _open_run_dir(self, out: str | Path, ckpt: Path | None) -> Path:
         """Continue the run owning ``ckpt``, or (on rank 0) create a numbered one."""
@@ -358,11 +375,6 @@ class _Session:
         return path
 
     # -- one iteration ------------------------------------------------------------------
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
 
     def _reduce(self, values: Sequence[torch.Tensor]) -> list[float]:
         """Rank-averaged values as floats: one host sync; a NaN on any rank reaches all."""
@@ -417,22 +429,20 @@ class _Session:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        with self._autocast():
-            g_total, g_terms, outputs = model.generator_step(batch)
-        g_names = ["gen_total", *g_terms]
-        g_values = self._reduce([g_total, *g_terms.values()])
+        gen = self.runner.generator(batch)
+        g_names = ["gen_total", *gen.terms]
+        g_values = self._reduce([gen.total, *gen.terms.values()])
         self._check_finite(g_names, g_values)
         self.updating = True  # from here an interruption leaves a partly updated model
-        self.scaler.scale(g_total).backward()
+        self.runner.backward(gen, self.scaler.scale)
         self._step_groups(("seg", "gen"))
         self.optimizers["disc"].zero_grad(set_to_none=True)
-        with self._autocast():
-            d_total, d_terms = model.discriminator_step(batch, outputs)
-        d_names = ["disc_total", *d_terms]
+        disc = self.runner.discriminator(batch, gen.outputs)
+        d_names = ["disc_total", *disc.terms]
         flag = torch.tensor(float(stop.requested), device=self.device)
-        *d_values, stop_any = self._reduce([d_total, *d_terms.values(), flag])
+        *d_values, stop_any = self._reduce([disc.total, *disc.terms.values(), flag])
         self._check_finite(d_names, d_values)
-        self.scaler.scale(d_total).backward()
+        self.runner.backward(disc, self.scaler.scale)
         self._step_groups(("disc",))
         self.scaler.update()
         # The rates this step used, logged before the schedule moves on.
@@ -442,7 +452,7 @@ class _Session:
         self.step += 1
         self.updating = False
         losses = dict(zip([*g_names, *d_names], [*g_values, *d_values], strict=True))
-        return losses, {**batch, **outputs}, stop_any > 0
+        return losses, {**batch, **gen.outputs}, stop_any > 0
 
     # -- files ------------------------------------------------------------------------------
 
@@ -543,6 +553,7 @@ class _Session:
             bar.close()
             self.runlog.close()
             self.stream.close()
+            self.runner.close()
         if self.step >= end:
             self.save(final=True)
             log.info("finished at step %d: %s", self.step, self.run_dir / "final.pt")

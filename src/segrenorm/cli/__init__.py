@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "simulate": "segrenorm.cli.simulate_cmd",
     "prepare": "segrenorm.cli.prepare_cmd",
     "train": "segrenorm.cli.train_cmd",
+    "demo": "segrenorm.cli.demo_cmd",
+    "harmonize": "segrenorm.cli.harmonize_cmd",
+    "export": "segrenorm.cli.export_cmd",
 }
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from segrenorm.config import PRESETS, Config, config_from_dict, load_config
+from segrenorm.config import Config, config_from_dict, load_config
 from segrenorm.errors import ConfigError
+from segrenorm.presets import PRESETS
 
 __all__ = ["add_parser", "apply_overrides", "resolve", "run"]
 

@@ -6,11 +6,13 @@ renormalised generator run one code path; the plain block ignores ``emb``.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
 from segrenorm.nn.renorm import SegRenorm
+from segrenorm.nn.upsample import upsample_cat_conv
 
 __all__ = ["RenormResBlock", "ResBlock", "conv3x3", "down_conv", "upsample2x"]
 
@@ -80,11 +82,35 @@ class ResBlock(nn.Module):
         Returns:
             (B, out_ch, H, W) features.
         """
-        h = F.leaky_relu(self.norm1(self.conv1(x)), self.negative_slope, inplace=True)
+        shortcut = self.skip(x) if self.skip is not None else x
+        return self._finish(self.conv1(x), shortcut)
+
+    def forward_up(self, low: Tensor, skip: Tensor, emb: Tensor | None = None) -> Tensor:
+        """``forward(cat([upsample2x(low), skip], 1))``, without building that input.
+
+        The convolutions that read the concatenation run the ``low`` part at low
+        resolution (see :mod:`segrenorm.nn.upsample`); equal up to float rounding.
+
+        Args:
+            low: decoder features (B, C1, H, W).
+            skip: encoder features (B, C2, 2H, 2W), C1 + C2 = in_ch.
+            emb: ignored.
+
+        Returns:
+            (B, out_ch, 2H, 2W) features.
+        """
+        if self.skip is None:
+            return self.forward(torch.cat([upsample2x(low), skip], dim=1))
+        h = upsample_cat_conv(low, skip, self.conv1)
+        return self._finish(h, upsample_cat_conv(low, skip, self.skip))
+
+    def _finish(self, h: Tensor, shortcut: Tensor) -> Tensor:
+        """Norm, act, second conv and norm on conv1's output ``h``; add the shortcut; act."""
+        h = F.leaky_relu(self.norm1(h), self.negative_slope, inplace=True)
         h = self.norm2(self.conv2(h))
-        if self.skip is not None and self.skip_norm is not None:
-            x = self.skip_norm(self.skip(x))
-        return F.leaky_relu(h + x, self.negative_slope, inplace=True)
+        if self.skip_norm is not None:
+            shortcut = self.skip_norm(shortcut)
+        return F.leaky_relu(h + shortcut, self.negative_slope, inplace=True)
 
 
 class RenormResBlock(nn.Module):
@@ -122,13 +148,43 @@ class RenormResBlock(nn.Module):
         Returns:
             (B, out_ch, H, W) features.
         """
-        if emb is None:
-            raise InputError(
-                "RenormResBlock needs the semantic embedding (B, embed_dim): pass emb=..., "
-                "or build a plain generator (embed_dim=None) for unconditioned use."
-            )
-        h = F.leaky_relu(self.norm1(self.conv1(x), emb), LRELU_SLOPE, inplace=True)
+        emb = _require_emb(emb)
+        shortcut = self.skip(x) if self.skip is not None else x
+        return self._finish(self.conv1(x), shortcut, emb)
+
+    def forward_up(self, low: Tensor, skip: Tensor, emb: Tensor | None = None) -> Tensor:
+        """``forward(cat([upsample2x(low), skip], 1), emb)``, without building that input.
+
+        The convolutions that read the concatenation run the ``low`` part at low
+        resolution (see :mod:`segrenorm.nn.upsample`); equal up to float rounding.
+
+        Args:
+            low: decoder features (B, C1, H, W).
+            skip: encoder features (B, C2, 2H, 2W), C1 + C2 = in_ch.
+            emb: semantic embeddings (B, embed_dim); required.
+
+        Returns:
+            (B, out_ch, 2H, 2W) features.
+        """
+        emb = _require_emb(emb)
+        if self.skip is None:
+            return self.forward(torch.cat([upsample2x(low), skip], dim=1), emb)
+        h = upsample_cat_conv(low, skip, self.conv1)
+        return self._finish(h, upsample_cat_conv(low, skip, self.skip), emb)
+
+    def _finish(self, h: Tensor, shortcut: Tensor, emb: Tensor) -> Tensor:
+        """Renorm, act, second conv and renorm on conv1's output ``h``; add the shortcut; act."""
+        h = F.leaky_relu(self.norm1(h, emb), LRELU_SLOPE, inplace=True)
         h = self.norm2(self.conv2(h), emb)
-        if self.skip is not None and self.skip_norm is not None:
-            x = self.skip_norm(self.skip(x), emb)
-        return F.leaky_relu(h + x, LRELU_SLOPE, inplace=True)
+        if self.skip_norm is not None:
+            shortcut = self.skip_norm(shortcut, emb)
+        return F.leaky_relu(h + shortcut, LRELU_SLOPE, inplace=True)
+
+
+def _require_emb(emb: Tensor | None) -> Tensor:
+    if emb is None:
+        raise InputError(
+            "RenormResBlock needs the semantic embedding (B, embed_dim): pass emb=..., "
+            "or build a plain generator (embed_dim=None) for unconditioned use."
+        )
+    return emb

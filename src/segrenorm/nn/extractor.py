@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,10 +17,32 @@ N_STAGES = 4
 
 def _halve(x: Tensor) -> Tensor:
     """2x average pooling that never shrinks a side below 1 (small crops pool adaptively)."""
-    h, w = x.shape[-2:]
-    if h >= 2 and w >= 2 and h % 2 == 0 and w % 2 == 0:
+    if _even(x):
         return F.avg_pool2d(x, 2)
+    h, w = x.shape[-2:]
     return F.adaptive_avg_pool2d(x, (max(1, h // 2), max(1, w // 2)))
+
+
+def _even(x: Tensor) -> bool:
+    h, w = x.shape[-2:]
+    return h >= 2 and w >= 2 and h % 2 == 0 and w % 2 == 0
+
+
+def _conv_halve(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``_halve(conv(x))`` for a 3x3 'same' convolution.
+
+    On even sides, 2x2 average pooling after a 3x3 convolution is one 4x4 stride-2
+    convolution whose kernel is the 3x3 kernel spread over a 2x2 box (each output mixes
+    the same 16 input pixels with the same weights): the same function at 4/9 of the
+    multiply-adds, without the full-resolution intermediate. Equal up to float rounding.
+    """
+    if not _even(x):
+        return _halve(conv(x))
+    w = conv.weight  # (O, C, 3, 3)
+    # Sum the kernel shifted by (0|1, 0|1): the 2x2 box, then / 4 for the average.
+    spread = F.pad(w, (0, 1, 0, 1)) + F.pad(w, (1, 0, 0, 1))
+    spread = spread + F.pad(w, (0, 1, 1, 0)) + F.pad(w, (1, 0, 1, 0))
+    return F.conv2d(x, spread * 0.25, conv.bias, stride=2, padding=1)
 
 
 class SemanticExtractor(nn.Module):
@@ -71,7 +95,7 @@ class SemanticExtractor(nn.Module):
                 f"{tuple(probs.shape)}: pass softmax(segmentation logits)."
             )
         h = probs
-        for conv in self.convs:
-            h = F.relu(_halve(conv(h)), inplace=True)
+        for conv in typing.cast("list[nn.Conv2d]", self.convs):
+            h = F.relu(_conv_halve(h, conv), inplace=True)  # relu(halve(conv(h)))
         h = F.adaptive_avg_pool2d(h, self.grid)  # (B, 8ngf, grid, grid)
         return self.mlp(h.flatten(1))  # (B, embed_dim)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
-from segrenorm.nn.blocks import LRELU_SLOPE, RenormResBlock, ResBlock, down_conv, upsample2x
+from segrenorm.nn.blocks import LRELU_SLOPE, RenormResBlock, ResBlock, down_conv
 from segrenorm.nn.init import init_weights, mark_zero_init
 from segrenorm.nn.segnet import check_image_batch, level_width
+from segrenorm.nn.upsample import upsample_conv
 
 __all__ = ["Generator"]
 
@@ -124,9 +127,9 @@ class Generator(nn.Module):
         skips.pop()  # the deepest encoder output continues as h
         for block in self.middle:
             h = block(h, emb)
-        for block in self.decoder:
-            h = block(torch.cat([upsample2x(h), skips.pop()], dim=1), emb)
-        delta = self.tail(upsample2x(h))  # (B, channels, H, W)
+        for block in typing.cast("list[ResBlock | RenormResBlock]", self.decoder):
+            h = block.forward_up(h, skips.pop(), emb)  # block(cat([upsample2x(h), skip]))
+        delta = upsample_conv(h, self.tail)  # self.tail(upsample2x(h)): (B, channels, H, W)
         if self.residual_output:
             return torch.tanh(torch.atanh(x.clamp(-CLAMP, CLAMP)) + delta)
         return torch.tanh(delta)

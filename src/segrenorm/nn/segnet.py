@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+import typing
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
-from segrenorm.nn.blocks import ResBlock, upsample2x
+from segrenorm.nn.blocks import ResBlock
 from segrenorm.nn.init import init_weights
 
 __all__ = ["SegUNet", "check_image_batch", "level_width"]
@@ -102,6 +103,6 @@ class SegUNet(nn.Module):
             h = block(h)
             skips.append(h)
         skips.pop()  # the bottleneck output is h itself
-        for block in self.decoder:
-            h = block(torch.cat([upsample2x(h), skips.pop()], dim=1))
+        for block in typing.cast("list[ResBlock]", self.decoder):
+            h = block.forward_up(h, skips.pop())  # block(cat([upsample2x(h), skip]))
         return self.head(h)  # (B, n_classes, H, W)

@@ -1,0 +1,524 @@
+"""Time training iterations: seconds, GFLOP/s and peak memory against the fp32 matmul peak.
+
+One iteration is what the trainer does per step: a generator step (segmentation nets,
+extractors and generators) with its backward pass and both optimiser steps, then a
+discriminator step with its backward pass and optimiser step, on a batch of the preset's
+size and crop. FLOPs of one iteration (forward + backward) are counted with
+``torch.utils.flop_counter.FlopCounterMode``; the peak is the best of several large fp32
+``torch.mm`` calls at the same thread count, measured in the same process. Every
+(preset, translator) pair runs in a fresh process, so its peak resident memory is its own.
+
+The issue's reference: a straightforward eager implementation reaches about 53% of the fp32
+matmul peak (about 6.2 s for a batch-4 ixi iteration of 1161 GFLOP); the target is at least
+70% of the peak for ixi on CPU, i.e. at least 1.3x faster per iteration.
+
+Usage:
+    python benchmarks/train_speed.py [--presets ixi cpu] [--translators segrenorm cyclegan]
+        [--iterations 5] [--warmup 2] [--threads 2] [--compile] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from segrenorm.config import Config, load_config
+from segrenorm.errors import SegrenormError
+from segrenorm.model import Translator
+from segrenorm.trainer import build_optimizers
+
+REFERENCE_FRACTION = 0.53  # of the fp32 matmul peak, straightforward eager implementation
+REFERENCE_SECONDS = 6.2  # per batch-4 ixi iteration
+REFERENCE_GFLOP = 1161.0  # per ixi iteration, as counted by the reference
+TARGET_FRACTION = 0.70
+TARGET_SPEEDUP = 1.3
+MATMUL_SIZE = 4096
+MATMUL_REPS = 5
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement to run in its own process.
+
+    Args:
+        preset: a preset name of :data:`segrenorm.config.PRESETS`.
+        translator: the translator kind.
+        iterations: timed iterations.
+        warmup: untimed iterations first (the first one also counts FLOPs).
+        threads: torch intra-op threads (CPU).
+        device: ``cpu`` or ``cuda``.
+        compile: wrap the networks with ``torch.compile`` as ``run.compile`` does.
+        parallel: run the two cycle directions in two threads (``run.parallel_directions``).
+    """
+
+    preset: str
+    translator: str
+    iterations: int
+    warmup: int
+    threads: int
+    device: str
+    compile: bool
+    parallel: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one job measured (times in seconds, rates in GFLOP/s, memory in MiB).
+
+    Args:
+        preset: preset name.
+        translator: translator kind.
+        device: device name.
+        threads: torch intra-op threads.
+        mode: ``parallel`` (two direction threads), ``sequential``, or ``compiled``.
+        batch: images per site per iteration.
+        crop: crop side in pixels.
+        gflop: FLOPs of one fp32 iteration, forward and backward, in GFLOP.
+        seconds: timed fp32 iterations.
+        best_s: fastest fp32 iteration.
+        median_s: median fp32 iteration.
+        gflops: ``gflop / best_s``.
+        peak_gflops: best fp32 ``torch.mm`` rate.
+        fraction: ``gflops / peak_gflops``.
+        peak_rss_mib: peak resident memory of the process (before the matmul probe).
+        cuda_peak_mib: ``torch.cuda.max_memory_allocated`` (CUDA only).
+        bf16_best_s: fastest iteration under bf16 autocast (CUDA only).
+    """
+
+    preset: str
+    translator: str
+    device: str
+    threads: int
+    mode: str
+    batch: int
+    crop: int
+    gflop: float
+    seconds: list[float]
+    best_s: float
+    median_s: float
+    gflops: float
+    peak_gflops: float
+    fraction: float
+    peak_rss_mib: float
+    cuda_peak_mib: float | None
+    bf16_best_s: float | None
+
+
+def make_batch(config: Config, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+    """A batch shaped like the trainer's: head-like phantoms with nested tissue labels.
+
+    Each image is a noisy ellipse on a -1 background whose rings carry the classes
+    1..n_classes-1, so the data has the value range and structure of cropped MRI slices
+    (the speed of dense convolutions does not depend on it, but denormals would).
+
+    Args:
+        config: supplies batch size, crop size and class count.
+        device: where the tensors go.
+        seed: seed of the phantoms' random centres, radii and noise.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, side, classes = config.data.batch_size, config.data.crop_size, config.data.n_classes
+    coords = torch.linspace(-1.0, 1.0, side)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    batch: dict[str, Tensor] = {}
+    for site in ("a", "b"):
+        centre = (torch.rand(n, 2, generator=gen) - 0.5) * 0.4  # (n, 2)
+        radii = 0.6 + 0.4 * torch.rand(n, 2, generator=gen)  # (n, 2)
+        dist = ((yy - centre[:, :1, None]) / radii[:, :1, None]) ** 2  # (n, side, side)
+        dist = dist + ((xx - centre[:, 1:, None]) / radii[:, 1:, None]) ** 2
+        rings = torch.clamp(((1.0 - dist.sqrt()) * classes * 1.5).floor(), 0, classes - 1)
+        labels = torch.where(dist < 1.0, rings.clamp(min=1), torch.zeros_like(rings)).long()
+        image = labels.float() / (classes - 1) * 1.6 - 0.8
+        image = image + 0.05 * torch.randn(n, side, side, generator=gen)
+        image = torch.where(labels > 0, image.clamp(-1.0, 1.0), torch.full_like(image, -1.0))
+        batch[site] = image[:, None].to(device)  # (n, 1, side, side)
+        batch[f"{site}_label"] = labels.to(device)  # (n, side, side)
+    return batch
+
+
+def make_iteration(
+    model: Translator,
+    optimizers: dict[str, torch.optim.Adam],
+    batch: dict[str, Tensor],
+    *,
+    amp: torch.dtype | None,
+    parallel: bool,
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One trainer iteration as a closure, and a function that releases its threads.
+
+    The closure follows ``segrenorm.trainer``: zero the gradients, generator step through
+    :class:`segrenorm.train_step.StepRunner` (one read of the losses, as the trainer's NaN
+    check does), backward, seg and gen optimiser steps, then the same for the
+    discriminator. Checkouts older than the step runner time the translator's
+    ``generator_step``/``discriminator_step`` as their trainer did.
+
+    Args:
+        model: the translator, in training mode.
+        optimizers: from :func:`segrenorm.trainer.build_optimizers`.
+        batch: the batch to train on, every iteration.
+        amp: autocast dtype, or None for fp32.
+        parallel: let the step runner use its two threads (CPU).
+    """
+    device = batch["a"].device
+    if importlib.util.find_spec("segrenorm.train_step") is None:
+        return _legacy_iteration(model, optimizers, batch, amp), lambda: None
+    from segrenorm.train_step import StepRunner
+
+    runner = StepRunner(model, device=device, amp=amp, parallel=parallel)
+
+    def step() -> None:
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        gen = runner.generator(batch)
+        torch.stack([gen.total.detach(), *gen.terms.values()]).tolist()
+        runner.backward(gen)
+        for name in ("seg", "gen"):
+            if name in optimizers:
+                optimizers[name].step()
+        optimizers["disc"].zero_grad(set_to_none=True)
+        disc = runner.discriminator(batch, gen.outputs)
+        torch.stack([disc.total.detach(), *disc.terms.values()]).tolist()
+        runner.backward(disc)
+        optimizers["disc"].step()
+
+    return step, runner.close
+
+
+def _legacy_iteration(
+    model: Translator,
+    optimizers: dict[str, torch.optim.Adam],
+    batch: dict[str, Tensor],
+    amp: torch.dtype | None,
+) -> Callable[[], None]:
+    """The trainer iteration of checkouts without ``segrenorm.train_step`` (baselines)."""
+    device_type = batch["a"].device.type
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=amp)
+
+    def step() -> None:
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        with autocast():
+            g_total, g_terms, outputs = model.generator_step(batch)
+        torch.stack([g_total.detach(), *g_terms.values()]).tolist()
+        g_total.backward()
+        for name in ("seg", "gen"):
+            if name in optimizers:
+                optimizers[name].step()
+        optimizers["disc"].zero_grad(set_to_none=True)
+        with autocast():
+            d_total, d_terms = model.discriminator_step(batch, outputs)
+        torch.stack([d_total.detach(), *d_terms.values()]).tolist()
+        d_total.backward()
+        optimizers["disc"].step()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], n: int, device: torch.device) -> list[float]:
+    """Wall-clock seconds of ``n`` calls of ``fn``, each synchronised on CUDA.
+
+    Args:
+        fn: the work.
+        n: how many calls.
+        device: device to synchronise.
+    """
+    seconds = []
+    for _ in range(n):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def matmul_peak(
+    device: torch.device, size: int = MATMUL_SIZE, reps: int = MATMUL_REPS, trials: int = 3
+) -> float:
+    """Best fp32 ``torch.mm`` rate in GFLOP/s (TF32 off on CUDA, so a true fp32 peak).
+
+    Args:
+        device: where to multiply.
+        size: side of the square matrices.
+        reps: multiplications per trial.
+        trials: the best trial counts.
+    """
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    out = torch.empty(size, size, device=device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.mm(a, b, out=out)  # warm-up (library initialisation, clocks)
+        best = math.inf
+        for _ in range(trials):
+            best = min(best, min(time_calls(lambda: torch.mm(a, b, out=out), reps, device)))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return 2.0 * size**3 / best / 1e9
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs of one call of ``fn`` (forward and backward; optimiser steps count none).
+
+    Args:
+        fn: the work.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def measure(job: Job) -> Result:
+    """Run one job in this process and return what it measured.
+
+    Args:
+        job: the measurement.
+    """
+    device = torch.device(job.device)
+    if device.type == "cpu":
+        torch.set_num_threads(job.threads)
+        if importlib.util.find_spec("segrenorm.train_step") is not None:
+            from segrenorm.train_step import keep_freed_memory
+
+            keep_freed_memory()  # as the trainer does on CPU
+    config = load_config(job.preset, overrides=[f"model.translator={job.translator}"])
+    torch.manual_seed(config.run.seed)
+    model = Translator.from_config(config).to(device)
+    model.train()
+    if job.compile:
+        for net in model.children():
+            net.compile()
+    optimizers = build_optimizers(model, config.optim)
+    batch = make_batch(config, device)
+    # FLOP counting sees only the calling thread's operations: count a sequential step.
+    counted, close_counted = make_iteration(model, optimizers, batch, amp=None, parallel=False)
+    step, close = make_iteration(model, optimizers, batch, amp=None, parallel=job.parallel)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # The first iteration builds optimiser state; counting on the second sees the steady state.
+    time_calls(step, 1, device)
+    flops = count_flops(counted)
+    close_counted()
+    time_calls(step, max(job.warmup - 1, 0), device)
+    seconds = time_calls(step, job.iterations, device)
+    close()
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    bf16_best = None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        bf16_step, close = make_iteration(
+            model, optimizers, batch, amp=torch.bfloat16, parallel=job.parallel
+        )
+        time_calls(bf16_step, job.warmup + 1, device)
+        bf16_best = min(time_calls(bf16_step, job.iterations, device))
+        close()
+    peak = matmul_peak(device)
+    best = min(seconds)
+    gflops = flops / 1e9 / best
+    return Result(
+        preset=job.preset,
+        translator=job.translator,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        threads=torch.get_num_threads(),
+        mode=_mode(job),
+        batch=config.data.batch_size,
+        crop=config.data.crop_size,
+        gflop=flops / 1e9,
+        seconds=seconds,
+        best_s=best,
+        median_s=statistics.median(seconds),
+        gflops=gflops,
+        peak_gflops=peak,
+        fraction=gflops / peak,
+        peak_rss_mib=peak_rss_mib,
+        cuda_peak_mib=cuda_peak,
+        bf16_best_s=bf16_best,
+    )
+
+
+def _mode(job: Job) -> str:
+    if importlib.util.find_spec("segrenorm.train_step") is None:
+        return "legacy"
+    return "compiled" if job.compile else "parallel" if job.parallel else "sequential"
+
+
+def run_isolated(job: Job) -> Result:
+    """Run :func:`measure` in a fresh spawned process, so peak memory is the job's own.
+
+    Args:
+        job: the measurement.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(measure, job).result()
+
+
+def describe(result: Result) -> list[str]:
+    """Human-readable lines for one result, with the issue's reference for ixi on CPU.
+
+    Args:
+        result: what a job measured.
+    """
+    r = result
+    lines = [
+        f"{r.preset}/{r.translator} on {r.device} ({r.threads} threads, {r.mode}), "
+        f"batch {r.batch} x {r.crop}x{r.crop}:",
+        f"  iteration     {r.best_s:.3f} s best, {r.median_s:.3f} s median of "
+        f"{len(r.seconds)} ({1.0 / r.best_s:.2f} it/s)",
+        f"  work          {r.gflop:.1f} GFLOP per iteration (forward + backward)",
+        f"  achieved      {r.gflops:.1f} GFLOP/s = {100 * r.fraction:.1f}% of the fp32 matmul "
+        f"peak {r.peak_gflops:.1f} GFLOP/s",
+        f"  peak memory   {r.peak_rss_mib:.0f} MiB resident",
+    ]
+    if r.cuda_peak_mib is not None:
+        lines.append(f"  cuda memory   {r.cuda_peak_mib:.0f} MiB max allocated")
+    if r.bf16_best_s is not None:
+        lines.append(
+            f"  autocast      fp32 {1.0 / r.best_s:.2f} it/s, bf16 {1.0 / r.bf16_best_s:.2f} it/s "
+            f"({r.best_s / r.bf16_best_s:.2f}x)"
+        )
+    if r.preset == "ixi" and r.device == "cpu":
+        speedup = REFERENCE_SECONDS / r.best_s
+        ref_work = REFERENCE_GFLOP / r.best_s / r.peak_gflops
+        lines += [
+            f"  vs reference  {r.fraction / REFERENCE_FRACTION:.2f}x the reference's "
+            f"{100 * REFERENCE_FRACTION:.0f}% of peak; target {100 * TARGET_FRACTION:.0f}%: "
+            + ("met" if r.fraction >= TARGET_FRACTION else "MISSED"),
+            f"  vs reference  {speedup:.2f}x faster than {REFERENCE_SECONDS} s per iteration; "
+            f"target {TARGET_SPEEDUP}x: " + ("met" if speedup >= TARGET_SPEEDUP else "MISSED"),
+            f"  (the reference counts {REFERENCE_GFLOP:.0f} GFLOP per iteration; at that count "
+            f"this time is {100 * ref_work:.1f}% of the peak)",
+        ]
+    return lines
+
+
+def write_json(path: Path, results: list[Result], args: argparse.Namespace) -> None:
+    """Write the results atomically (temporary file in the same folder, then rename).
+
+    Args:
+        path: output file.
+        results: the measurements.
+        args: the command line, recorded alongside.
+    """
+    payload = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "options": {k: v for k, v in vars(args).items() if k != "json"},
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "reference": {
+            "fraction": REFERENCE_FRACTION,
+            "seconds": REFERENCE_SECONDS,
+            "gflop": REFERENCE_GFLOP,
+            "target_fraction": TARGET_FRACTION,
+        },
+        "results": [asdict(r) for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every (preset, translator) pair and print (and optionally save) the results.
+
+    Args:
+        argv: command-line arguments (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        0 (the verdict against the target is printed, not signalled).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["ixi", "cpu"], help="preset names")
+    parser.add_argument(
+        "--translators",
+        nargs="+",
+        default=["segrenorm"],
+        help="translator kinds, e.g. segrenorm cyclegan",
+    )
+    parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (>= 1)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads on CPU"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if present"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one thread of control per step (run.parallel_directions=false)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results")
+    args = parser.parse_args(argv)
+    for name in ("iterations", "warmup", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} must be >= 1")
+    for preset in args.presets:
+        for translator in args.translators:
+            try:  # fail fast, before any process starts, on an unknown name
+                load_config(preset, overrides=[f"model.translator={translator}"])
+            except SegrenormError as exc:
+                parser.error(str(exc))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = []
+    for preset in args.presets:
+        for translator in args.translators:
+            job = Job(
+                preset=preset,
+                translator=translator,
+                iterations=args.iterations,
+                warmup=args.warmup,
+                threads=args.threads,
+                device=device,
+                compile=args.compile,
+                # As the trainer: compiled networks are not run from two threads.
+                parallel=not args.sequential and not args.compile,
+            )
+            result = run_isolated(job)
+            results.append(result)
+            print("\n".join(describe(result)), flush=True)
+    if args.json is not None:
+        write_json(args.json, results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Atomic writes: nothing a reader can open is ever half-written.
+
+Files are written to a temporary sibling and renamed over the target with
+``os.replace`` (atomic on POSIX within one filesystem); folders are built under a
+temporary sibling name and swapped into place, the old one removed only afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["atomic_file", "replace_dir", "write_bytes_atomic", "write_text_atomic"]
+
+
+@contextmanager
+def atomic_file(target: str | Path, *, fsync: bool = False) -> Iterator[BinaryIO]:
+    """Open a temporary binary file beside ``target``; rename it over ``target`` on success.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and
+    ``target`` is left as it was.
+
+    Args:
+        target: the final path; its folder is created if needed.
+        fsync: flush the data to disk before the rename (checkpoints).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(target: str | Path, content: bytes) -> Path:
+    """Write ``content`` to ``target`` atomically and return the path."""
+    with atomic_file(target) as handle:
+        handle.write(content)
+    return Path(target)
+
+
+def write_text_atomic(target: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically and return the path."""
+    return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing an old ``out`` only now.
+
+    If the final rename fails, the old folder is put back.
+    """
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = holder / out.name
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    finally:
+        if not old.exists() or out.exists():
+            shutil.rmtree(holder, ignore_errors=True)
