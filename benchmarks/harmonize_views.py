@@ -8,7 +8,8 @@ scanners, so each harmonized volume has a true target), this script
 3. harmonizes every paired test subject with
    - ``rescale``: the source volume linearly mapped to the target's intensity scale (what an
      identity translator gives; the reference for "compared with the input");
-   - ``axial``: the axial model along the axial plane only (no fusion);
+   - ``axial`` / ``coronal`` / ``sagittal``: one plane's model along its own plane only
+     (no fusion: the flicker shows along that plane's through-plane axis);
    - ``axial x3``: the axial model along all three planes, averaged (one model across axes);
    - ``per-axis x3``: each plane's own model along its plane, averaged;
 4. reports, inside the true target's brain mask, the inter-slice jump (mean absolute step
@@ -96,6 +97,8 @@ def evaluate(sim: Path, runs: dict[str, Path], n_subjects: int) -> dict[str, Any
     subjects = info["splits"]["test"][:n_subjects]
     methods = {
         "axial": Harmonizer.load(runs["axial"]),
+        "coronal": Harmonizer.load(runs["coronal"]),
+        "sagittal": Harmonizer.load(runs["sagittal"]),
         "axial x3": Harmonizer.load(runs["axial"], views=",".join(PLANES)),
         "per-axis x3": Harmonizer.load_per_view({p: runs[p] for p in PLANES}),
     }
@@ -145,8 +148,8 @@ def markdown(summary: dict[str, Any]) -> str:
     )
     lines = [head]
     for name, row in summary.items():
-        if name == "subjects":
-            continue
+        if not isinstance(row, dict):
+            continue  # subjects, iterations
         vi, vt = row["vs_input"], row["vs_truth"]
         lines.append(
             f"| {name} | {vi[0]:.3f} | {vi[1]:.3f} | {vi[2]:.3f} | {vt[2]:.3f} | "
@@ -174,9 +177,9 @@ def main() -> int:
     runs = _train(_prepare(sim, args.work), args.work, args.iterations)
     summary = evaluate(sim, runs, args.subjects)
     summary["iterations"] = args.iterations
-    print(markdown(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(markdown(summary))
     return 0
 
 

@@ -41,6 +41,7 @@ T = TypeVar("T")
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest accepted value on 64-bit
 
 
@@ -84,7 +85,9 @@ def keep_freed_memory() -> bool:
         return False
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     ok_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    return bool(ok_mmap) and bool(ok_trim)
+    # One arena for all threads: memory freed by one step worker is reused by the other.
+    ok_arena = mallopt(_M_ARENA_MAX, 1)
+    return bool(ok_mmap) and bool(ok_trim) and bool(ok_arena)
 
 
 class StepRunner:

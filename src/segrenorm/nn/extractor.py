@@ -39,10 +39,11 @@ def _conv_halve(x: Tensor, conv: nn.Conv2d) -> Tensor:
     if not _even(x):
         return _halve(conv(x))
     w = conv.weight  # (O, C, 3, 3)
-    # Sum the kernel shifted by (0|1, 0|1): the 2x2 box, then / 4 for the average.
-    spread = F.pad(w, (0, 1, 0, 1)) + F.pad(w, (1, 0, 0, 1))
-    spread = spread + F.pad(w, (0, 1, 1, 0)) + F.pad(w, (1, 0, 1, 0))
-    return F.conv2d(x, spread * 0.25, conv.bias, stride=2, padding=1)
+    out_ch, in_ch = w.shape[:2]
+    # Spread each 3x3 kernel over a 2x2 box (a full 2D convolution with 1/4s): 4x4 kernels.
+    box = w.new_full((1, 1, 2, 2), 0.25)
+    spread = F.conv2d(w.reshape(out_ch * in_ch, 1, 3, 3), box, padding=1)
+    return F.conv2d(x, spread.view(out_ch, in_ch, 4, 4), conv.bias, stride=2, padding=1)
 
 
 class SemanticExtractor(nn.Module):

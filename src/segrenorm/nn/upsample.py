@@ -129,7 +129,8 @@ class _AddUpsampled(torch.autograd.Function):
 def _phase_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """The padded 2x2 phase convolution: (B, C, H, W) -> (B, 4 * O, H + 1, W + 1)."""
     bias4 = bias.repeat(4) if bias is not None else None
-    return F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_kernels(weight), bias4)
+    # Zero padding 1 with a 2x2 kernel gives (H + 1) x (W + 1) outputs: every phase's window.
+    return F.conv2d(x, phase_kernels(weight), bias4, padding=1)
 
 
 def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
