@@ -158,6 +158,33 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def figure(summary: dict[str, Any], out: Path) -> None:
+    """Bars of the inter-slice jump per axis (relative to the rescaled input) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in summary.items() if isinstance(v, dict)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / 3
+    for a, label in enumerate(AXIS_NAMES):
+        values = [summary[n]["vs_input"][a] for n in names]
+        left.bar([i + (a - 1) * width for i in range(len(names))], values, width, label=label)
+    left.axhline(1.0, color="black", lw=0.8)
+    left.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    left.set(ylabel="jump / jump of the rescaled input", title="inter-slice jump by axis")
+    left.legend(fontsize=8)
+    right.bar(range(len(names)), [summary[n]["mae"] for n in names], color="#3b75af")
+    right.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    right.set(ylabel="MAE vs true 3T scan ([-1, 1])", title="error against the paired truth")
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sim", type=Path, help="existing `segrenorm simulate` output (2 mm)")
@@ -165,6 +192,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=400, help="training steps per model")
     parser.add_argument("--subjects", type=int, default=6, help="paired test subjects used")
     parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--figure", type=Path, help="write a PNG of the jumps and errors here")
     args = parser.parse_args()
     from segrenorm.simulate import simulate_t1
 
@@ -180,6 +208,8 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(markdown(summary))
+    if args.figure:
+        figure(summary, args.figure)
     return 0
 
 

@@ -372,7 +372,11 @@ def measure(job: Job) -> Result:
 def _mode(job: Job) -> str:
     if importlib.util.find_spec("segrenorm.train_step") is None:
         return "legacy"
-    return "compiled" if job.compile else "parallel" if job.parallel else "sequential"
+    if job.compile:
+        return "compiled"
+    # The step runner only goes parallel on CPU with at least 2 threads.
+    parallel = job.parallel and job.device == "cpu" and job.threads >= 2
+    return "parallel" if parallel else "sequential"
 
 
 def measure_peak(device: str, threads: int) -> float:

@@ -144,3 +144,81 @@ def tiny_kit() -> SimpleNamespace:
         save_checkpoint=save_tiny_checkpoint,
         phantom=phantom_data,
     )
+
+
+# --------------------------------------------------------------------------- evaluation fixtures
+# A tiny two-site study with labels: 3 training subjects per site (disjoint) and 2 held-out
+# subjects scanned on both sites (paired truth), cut into 24x24 axial slices.
+
+EVAL_SHAPE = (24, 24, 10)
+
+
+def eval_volume(
+    seed: int, scale: float, gamma: float, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom head of three tissue shells (labels 1-3) seen by one scanner."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(EVAL_SHAPE).astype(np.float64)
+    centre = np.array([11.5, 11.5, 4.5]) + rng.uniform(-1, 1, 3)
+    stretch = np.array([1.0, 1.1, 1.6])[:, None, None, None]
+    radius = np.sqrt((((grid - centre[:, None, None, None]) / stretch) ** 2).sum(0))
+    labels = np.zeros(EVAL_SHAPE, np.uint8)
+    labels[radius <= 10] = 1
+    labels[radius <= 7.5] = 2
+    labels[radius <= 4.5] = 3
+    tissue = np.array([0.0, 0.3, 0.6, 1.0])[labels]
+    image = scale * tissue**gamma + scale * np.abs(rng.normal(0, noise, EVAL_SHAPE))
+    return image, labels
+
+
+@pytest.fixture(scope="session")
+def eval_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Volumes, labels and a prepared cache of the tiny two-site study."""
+    from segrenorm import io
+    from segrenorm.cache import SubjectRecord, prepare_cache
+    from segrenorm.io import Geometry
+
+    root = tmp_path_factory.mktemp("eval-study")
+    geometry = Geometry.from_affine(np.diag([2.0, 2.0, 2.0, 1.0]), EVAL_SHAPE)
+    records = []
+    sites = {"old": (300.0, 1.6, 0.06), "new": (1000.0, 0.8, 0.02)}
+    plan = [("s0", "train", "old"), ("s1", "train", "old"), ("s2", "train", "old"),
+            ("s3", "train", "new"), ("s4", "train", "new"), ("s5", "train", "new"),
+            ("t0", "test", "both"), ("t1", "test", "both")]  # fmt: skip
+    for site, (scale, gamma, noise) in sites.items():
+        for k, (name, split, where) in enumerate(plan):
+            if where not in (site, "both"):
+                continue
+            image, labels = eval_volume(k, scale, gamma, noise)
+            path = root / site / f"{name}.nii.gz"
+            img = io.save_image(image.astype(np.float32), path, geometry=geometry)
+            lab = io.save_label(labels, root / site / f"{name}_dseg.nii.gz", geometry=geometry)
+            records.append(SubjectRecord(name, site, img, lab, split))
+    cache = prepare_cache(
+        records, root / "cache", class_names=["background", "csf", "gm", "wm"],
+        pad_multiple=8, progress=False,
+    )  # fmt: skip
+    return SimpleNamespace(root=root, cache=cache, records=records)
+
+
+def tiny_evaluation(**changes: Any) -> Any:
+    """Evaluation budgets small enough for tests (a few seconds)."""
+    from segrenorm.evaluate.features import AutoencoderConfig
+    from segrenorm.evaluate.segmentors import SegmentorConfig
+    from segrenorm.evaluate.suite import EvaluationConfig
+
+    base = EvaluationConfig(
+        autoencoder=AutoencoderConfig(width=4, depth=2, feature_dim=8, iterations=6,
+                                      decay_iterations=2, batch_size=8, crop_size=None),
+        segmentor=SegmentorConfig(ngf=4, depth=2, iterations=8, batch_size=4),
+        sigmas=(0.0, 0.25, 0.5), robustness_slices=6, kid_subsets=10, batch_size=8,
+    )  # fmt: skip
+    import dataclasses
+
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="session")
+def eval_kit() -> SimpleNamespace:
+    """Evaluation helpers for test modules."""
+    return SimpleNamespace(evaluation=tiny_evaluation, shape=EVAL_SHAPE)

@@ -138,7 +138,8 @@ def test_generator_and_discriminator_steps(kind: TranslatorKind) -> None:
 def test_total_is_the_weighted_sum() -> None:
     loss = LossConfig(gan=0.7, cycle=3.0, identity=2.0, seg_real=0.3, seg_translated=0.11)
     model = make(TranslatorKind.SEGRENORM, loss, residual_output=False)
-    total, terms, _ = model.generator_step(make_batch())
+    batch = make_batch()
+    total, terms, _ = model.generator_step(batch)
     assert {"identity_a", "identity_b"} <= set(terms)
     expected = (
         0.7 * (terms["gan_ab"] + terms["gan_ba"])
@@ -148,6 +149,26 @@ def test_total_is_the_weighted_sum() -> None:
         + 0.11 * (terms["seg_trans_ab"] + terms["seg_trans_ba"])
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    # The consistency warm-up scales the cycle and identity terms only.
+    model.consistency_scale = 0.25
+    eased, _, _ = model.generator_step(batch)
+    consistency = 3.0 * (terms["cycle_a"] + terms["cycle_b"]) + 2.0 * (
+        terms["identity_a"] + terms["identity_b"]
+    )
+    full = expected - 3.0 * (terms["cycle_a"] + terms["cycle_b"])
+    full = full - 2.0 * (terms["identity_a"] + terms["identity_b"])
+    assert eased.item() == pytest.approx((full + 0.25 * consistency).item(), rel=1e-5)
+
+
+def test_consistency_warmup_schedule() -> None:
+    from segrenorm.config import OptimConfig
+    from segrenorm.trainer import consistency_scale
+
+    ramp = OptimConfig(consistency_warmup=4)
+    assert [consistency_scale(ramp, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert consistency_scale(OptimConfig(), 0) == 1.0
+    with pytest.raises(ConfigError, match=r"optim\.consistency_warmup=-1 is out of range"):
+        load_config("cpu", overrides=["optim.consistency_warmup=-1"])
 
 
 @pytest.mark.parametrize("kind", KINDS)

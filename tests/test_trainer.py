@@ -166,8 +166,9 @@ def test_run_directory_layout_and_log(cache_dir: Path, tmp_path: Path) -> None:
 
 
 def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
-    # log_every=2 and a stop at step 3: the log window spans the interruption too.
-    config = tiny_config(run={"log_every": 2})
+    # log_every=2 and a stop at step 3: the log window spans the interruption too; the
+    # weight average and the consistency warm-up must carry over as well.
+    config = tiny_config(run={"log_every": 2}, optim={"ema_decay": 0.9, "consistency_warmup": 4})
     seen: dict[str, dict[int, dict[str, float]]] = {"straight": {}, "split": {}}
 
     def recorder(key: str) -> Any:
@@ -192,8 +193,26 @@ def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
     assert [e["losses"] for e in first] == [e["losses"] for e in second]
     p, q = params_of(straight / "final.pt"), params_of(resumed / "final.pt")
     assert all(torch.equal(p[k], q[k]) for k in p)
+    ema_p = load_checkpoint(straight / "final.pt")["ema"]
+    ema_q = load_checkpoint(resumed / "final.pt")["ema"]
+    assert ema_p.keys() == ema_q.keys() and all(torch.equal(ema_p[k], ema_q[k]) for k in ema_p)
     resumes = json.loads((split / "config.json").read_text())["resumes"]
     assert [r["step"] for r in resumes] == [3]
+
+
+def test_weight_average_is_what_inference_loads(cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(optim={"ema_decay": 0.9}), cache_dir, tmp_path, progress=False)
+    payload = load_checkpoint(run_dir / "final.pt")
+    assert not any(k.startswith(("disc_a.", "disc_b.")) for k in payload["ema"])
+    assert any(k.startswith("gen_ab.") for k in payload["ema"])
+    averaged, _ = load_translator(run_dir)
+    raw, _ = load_translator(run_dir, average=False)
+    key = next(k for k in payload["ema"] if k.startswith("gen_ab.") and k.endswith("weight"))
+    assert torch.equal(averaged.state_dict()[key], payload["ema"][key])
+    assert torch.equal(raw.state_dict()[key], payload["model"][key])
+    assert not torch.equal(payload["ema"][key], payload["model"][key])
+    with pytest.raises(ConfigError, match=r"optim\.ema_decay=1\.0 must lie in \[0, 1\)"):
+        tiny_config(optim={"ema_decay": 1.0}).validate()
 
 
 def test_resume_with_other_model_config_is_refused(cache_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ A checkpoint is what :func:`build_checkpoint` returns, saved with :func:`torch.s
 
     {format_version, segrenorm_version, config, n_classes, cache_info, model,
      optimizers {name: state}, schedulers {name: state}, step,
-     rng {python, numpy, torch, cuda?}, data_stream, scaler?, extra?}
+     rng {python, numpy, torch, cuda?}, data_stream, scaler?, ema?, extra?}
+
+``ema`` holds the moving average of the inference networks' weights when the run keeps
+one (``optim.ema_decay``); :func:`load_translator` then uses it.
 
 Everything in it is a tensor or a plain Python value (RNG states included), so loading
 uses ``torch.load(..., weights_only=True)`` and never unpickles arbitrary objects.
@@ -137,6 +140,7 @@ def build_checkpoint(
     step: int,
     data_stream: Mapping[str, Any],
     scaler: torch.amp.GradScaler | None = None,
+    ema: Mapping[str, torch.Tensor] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict of a training state (nothing is written).
@@ -150,6 +154,7 @@ def build_checkpoint(
         step: number of completed training iterations.
         data_stream: the batch stream's ``state_dict()``.
         scaler: the fp16 gradient scaler, when one is used.
+        ema: the averaged inference weights, when the run keeps them.
         extra: further plain values (e.g. partial logging sums) stored under ``extra``.
     """
     payload: dict[str, Any] = {
@@ -167,6 +172,8 @@ def build_checkpoint(
     }
     if scaler is not None and scaler.is_enabled():
         payload["scaler"] = scaler.state_dict()
+    if ema is not None:
+        payload["ema"] = dict(ema)
     if extra:
         payload["extra"] = dict(extra)
     return payload
@@ -185,6 +192,7 @@ def restore_training_state(
     schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
     scaler: torch.amp.GradScaler,
     stream: _Resumable,
+    ema: _Resumable | None = None,
 ) -> int:
     """Load a checkpoint's training state into freshly built objects; return its step.
 
@@ -199,6 +207,8 @@ def restore_training_state(
         schedulers: schedulers by group name.
         scaler: the gradient scaler (restored when enabled and saved).
         stream: the batch stream.
+        ema: the weight average; restored from ``payload["ema"]`` when saved (a run that
+            starts keeping one on resume starts it from the loaded weights).
 
     Raises:
         CheckpointError: the state does not fit the objects (other groups or shapes).
@@ -212,6 +222,8 @@ def restore_training_state(
         if scaler.is_enabled() and "scaler" in payload:
             scaler.load_state_dict(payload["scaler"])
         stream.load_state_dict(payload["data_stream"])
+        if ema is not None and "ema" in payload:
+            ema.load_state_dict(payload["ema"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(
             f"{source}: its training state does not fit this run "
@@ -329,7 +341,7 @@ def config_of(payload: Mapping[str, Any], *, source: str | Path = "checkpoint") 
 
 
 def load_translator(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", *, average: bool = True
 ) -> tuple[Translator, Config]:
     """Rebuild the trained translator from a checkpoint or run directory, in eval mode.
 
@@ -339,6 +351,8 @@ def load_translator(
         path: a ``.pt`` checkpoint, or a run directory (``final.pt`` is preferred over
             ``last.pt``).
         device: where to put the networks.
+        average: use the moving average of the weights when the checkpoint has one
+            (``optim.ema_decay``); False loads the raw weights of the last step.
 
     Raises:
         InputError: the path does not exist.
@@ -357,6 +371,9 @@ def load_translator(
     translator = Translator.from_config(config)
     try:
         translator.load_state_dict(payload["model"], strict=True)
+        if average and "ema" in payload:
+            # The averaged inference weights; the discriminators keep their raw weights.
+            translator.load_state_dict({**payload["model"], **payload["ema"]}, strict=True)
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(
             f"{file}: the stored weights do not fit a {config.model.translator.value} "

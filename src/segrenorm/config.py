@@ -159,6 +159,13 @@ class OptimConfig:
         decay_iterations: iterations of linear decay to zero after them.
         warmup_iterations: iterations during which renorm's gamma/beta stay frozen at zero
             (a stability trick; 0 disables it).
+        consistency_warmup: iterations over which the cycle and identity weights grow
+            linearly from 0 to ``loss.cycle`` and ``loss.identity`` (0: full weight from the
+            start). An identity-initialised generator pair sits at a kink of the L1 cycle
+            loss, where the cycle pulls both generators back to the identity with a force
+            the young discriminators cannot beat; easing it in lets them leave sooner.
+        ema_decay: decay of the exponential moving average of the inference networks'
+            weights that checkpoints carry and inference uses (0 disables it).
     """
 
     lr_seg: float = 2e-4
@@ -169,6 +176,8 @@ class OptimConfig:
     iterations: int = 100_000
     decay_iterations: int = 100_000
     warmup_iterations: int = 0
+    consistency_warmup: int = 0
+    ema_decay: float = 0.0
 
     @property
     def total_iterations(self) -> int:
@@ -287,6 +296,9 @@ class Config:
         _in_range("optim.iterations", o.iterations, 1, 10**9)
         _in_range("optim.decay_iterations", o.decay_iterations, 0, 10**9)
         _in_range("optim.warmup_iterations", o.warmup_iterations, 0, 10**9)
+        _in_range("optim.consistency_warmup", o.consistency_warmup, 0, 10**9)
+        if not 0.0 <= o.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay={o.ema_decay} must lie in [0, 1) (0 disables).")
         for name in ("gan", "cycle", "identity", "seg_real", "seg_translated"):
             if getattr(lo, name) < 0:
                 raise ConfigError(f"loss.{name}={getattr(lo, name)} must be >= 0.")

@@ -1,63 +1,80 @@
-"""The one-command demo: simulate -> prepare -> train -> paired evaluation.
+"""The one-command demo: simulate -> prepare -> train -> harmonize -> evaluate -> report.
 
 Every stage writes a folder a user can inspect, and a stage whose output already exists
 and is complete is reused, so an interrupted demo picks up where it stopped:
 
 ```
-OUT/data/      segrenorm simulate t1 (NIfTI images, labels, subjects.csv)
-OUT/cache/     segrenorm prepare (slice cache)
-OUT/runs/      segrenorm train (numbered run directories)
-OUT/results.json, OUT/results.md   paired ground-truth scores on held-out subjects
+OUT/data/                      segrenorm simulate t1 (2 mm, 20 virtual subjects)
+OUT/cache/                     segrenorm prepare (slice cache)
+OUT/runs/NNNNN-cpu-segrenorm/  segrenorm train (the cpu preset by default)
+OUT/harmonized/segrenorm/      segrenorm harmonize of the held-out source scans
+OUT/report/                    segrenorm evaluate: report.html, report.md, results.json/csv
 ```
+
+The evaluation runs with the small budgets of :data:`DEMO_EVALUATION` so the whole demo
+fits in about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from segrenorm.atomic import write_text_atomic
+from segrenorm.anatomy import LABEL_NAMES
 from segrenorm.cache import prepare_cache
-from segrenorm.checkpoint import load_translator
 from segrenorm.config import Config, load_config
-from segrenorm.datasets import SliceCache
-from segrenorm.errors import CacheError
-from segrenorm.evaluate.paired import (
-    classical_methods,
-    evaluate_paired,
-    paired_test_subjects,
-    translator_method,
-)
+from segrenorm.errors import CacheError, SegrenormError
+from segrenorm.evaluate.features import AutoencoderConfig
+from segrenorm.evaluate.methods import BASELINES
+from segrenorm.evaluate.segmentors import SegmentorConfig
+from segrenorm.evaluate.suite import EvaluationConfig
 from segrenorm.listing import read_listing
+from segrenorm.report import ReportPaths
+from segrenorm.report_tables import quality_checks
 from segrenorm.simulate import simulate_t1
+from segrenorm.slice_cache import SliceCache
 
-__all__ = ["DemoResult", "format_table", "paired_report", "run_demo"]
+__all__ = ["DEMO_EVALUATION", "DemoResult", "headline", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+#: Evaluation budgets of the demo (about two minutes on 2 CPU cores).
+DEMO_EVALUATION = EvaluationConfig(
+    autoencoder=AutoencoderConfig(),
+    segmentor=SegmentorConfig(),
+    robustness_slices=96,
+)
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where the demo wrote its outputs, and the paired scores per method."""
+    """Where the demo wrote its outputs, and its numbers.
+
+    Args:
+        out: the demo folder.
+        run_dir: the training run.
+        report: the report's files.
+        results: the evaluation's numbers.
+        seconds: wall time per stage.
+    """
 
     out: Path
     run_dir: Path
-    scores: dict[str, dict[str, float]]
+    report: ReportPaths
+    results: dict[str, Any]
     seconds: dict[str, float]
 
 
-def _simulated(data: Path, seed: int) -> Path:
+def _simulated(data: Path, seed: int, subjects: int) -> Path:
     csv = data / "subjects.csv"
     if (data / "simulation.json").is_file() and csv.is_file():
         log.info("reusing simulated data in %s", data)
         return csv
-    return simulate_t1(data, n_subjects=20, resolution=2, seed=seed, overwrite=data.exists())
+    return simulate_t1(data, n_subjects=subjects, resolution=2, seed=seed, overwrite=data.exists())
 
 
 def _prepared(csv: Path, cache_dir: Path, seed: int) -> SliceCache:
@@ -67,43 +84,84 @@ def _prepared(csv: Path, cache_dir: Path, seed: int) -> SliceCache:
         return cache
     except CacheError:
         pass
-    records = read_listing(csv)
+    names = [LABEL_NAMES[k] for k in sorted(LABEL_NAMES)]
     path = prepare_cache(
-        records, cache_dir, seed=seed, overwrite=cache_dir.exists(), progress=False
-    )
+        read_listing(csv), cache_dir, seed=seed, class_names=names,
+        overwrite=cache_dir.exists(), progress=False,
+    )  # fmt: skip
     return SliceCache.open(path)
 
 
-def paired_report(
-    checkpoint: str | Path, cache: SliceCache, *, batch_size: int = 16
-) -> dict[str, dict[str, float]]:
-    """Paired SSIM/PSNR/MAE of a trained translator against the classical baselines.
+def _trained(config: Config, cache: SliceCache, runs: Path, say: Callable[[str], None]) -> Path:
+    """The finished run of ``config`` in ``runs``, training it (or resuming it) if needed."""
+    from segrenorm.trainer import StepInfo, train
+
+    suffix = f"-{config.name}-{config.model.translator.value}"
+    found = sorted(runs.glob(f"*{suffix}")) if runs.is_dir() else []
+    if found and (found[-1] / "final.pt").is_file():
+        say(f"reusing finished run {found[-1]}")
+        return found[-1]
+    resume = found[-1] if found and (found[-1] / "checkpoints" / "last.pt").is_file() else None
+    total = config.optim.total_iterations
+    every = max(1, total // 10)
+    started = time.perf_counter()
+
+    first: list[int] = []
+
+    def report(info: StepInfo) -> None:
+        if not first:
+            first.append(info.step - 1)  # the step this invocation started from
+        if info.step % every and info.step != total:
+            return
+        spent = time.perf_counter() - started
+        left = spent / max(info.step - first[0], 1) * (total - info.step)
+        say(f"train: step {info.step}/{total}, {spent:.0f} s so far, about {left:.0f} s left")
+
+    if resume is not None:
+        say(f"resuming {resume}")
+    return train(config, cache.path, runs, resume=resume, progress=False, callbacks=[report])
+
+
+def _harmonized(
+    run_dir: Path, cache: SliceCache, site: str, out: Path, say: Callable[[str], None]
+) -> Path:
+    """Harmonize the held-out scans of ``site`` with the run, as ``segrenorm harmonize`` does."""
+    from segrenorm.harmonize import Harmonizer
+    from segrenorm.harmonize_files import harmonize_files
+
+    subjects = cache.manifest["subjects"]
+    tests = [s["image"] for s in subjects if s["site"] == site and s["split"] == "test"]
+    harmonizer = Harmonizer.load(run_dir)
+    results = harmonize_files(harmonizer, tests, out, skip_existing=True)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise SegrenormError(f"harmonizing {failed[0].input} failed: {failed[0].message}")
+    say(f"harmonized {len(results)} held-out scans of site {site} into {out}")
+    return out
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The demo's headline numbers as a few lines of text.
 
     Args:
-        checkpoint: a run directory or checkpoint file.
-        cache: the slice cache whose held-out subjects exist on both sites.
-        batch_size: slices per forward pass.
+        results: the evaluation's numbers.
     """
-    model, config = load_translator(checkpoint)
-    direction = config.data.direction
-    subjects = paired_test_subjects(cache, direction=direction)
-    methods = classical_methods(cache, direction=direction)
-
-    def translate(x: torch.Tensor) -> torch.Tensor:
-        return model.translate(x, "AB")
-
-    methods[config.model.translator.value] = translator_method(translate, batch_size=batch_size)
-    return evaluate_paired(subjects, methods)
-
-
-def format_table(scores: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of paired scores, one row per method."""
-    lines = [
-        "| method | SSIM | PSNR (dB) | MAE |",
-        "|---|---|---|---|",
-    ]
-    for name, s in scores.items():
-        lines.append(f"| {name} | {s['ssim']:.4f} | {s['psnr']:.2f} | {s['mae']:.4f} |")
+    lines = []
+    paired = results.get("paired")
+    if paired:
+        lines.append("paired ground truth (held-out subjects, inside the brain):")
+        lines.append(f"  {'method':20s} {'SSIM':>7s} {'PSNR':>7s} {'MAE':>7s}")
+        for name, s in paired["methods"].items():
+            lines.append(f"  {name:20s} {s['ssim']:7.4f} {s['psnr']:7.2f} {s['mae']:7.4f}")
+    dist = results.get("distribution")
+    if dist:
+        kid = ", ".join(
+            f"{k} {v['kid_ratio']:.2f}" for k, v in dist["methods"].items() if k != "none"
+        )
+        lines.append(f"KID / source-vs-target KID: {kid}")
+    for check in quality_checks(results):
+        lines.append(f"{'PASS' if check['passed'] else 'MISSED'}: {check['target']}: "
+                     f"{check['measured']}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -111,53 +169,56 @@ def run_demo(
     out: str | Path,
     *,
     config: Config | None = None,
+    evaluation: EvaluationConfig | None = None,
     seed: int = 0,
-    progress: bool = True,
+    subjects: int = 20,
+    on_stage: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run the whole demo into ``out`` and return the paired scores.
+    """Run the whole demo into ``out`` and return its numbers.
 
     Args:
         out: the demo folder (created; existing complete stages are reused).
         config: the training config; the ``cpu`` preset by default.
-        seed: seeds the simulation, the split and training.
-        progress: show the training progress bar.
+        evaluation: the evaluation budgets; :data:`DEMO_EVALUATION` by default.
+        seed: seeds the simulation, the split, training and evaluation.
+        subjects: virtual subjects simulated (30% held out on both scanners).
+        on_stage: progress callback (one line per stage and per tenth of training).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from segrenorm.evaluate.pipeline import evaluate_cache
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
     config = config or load_config("cpu")
+    config = replace(config, run=replace(config.run, seed=seed))
+    evaluation = (evaluation or DEMO_EVALUATION).with_seed(seed)
+    say = on_stage or (lambda text: log.info("%s", text))
     seconds: dict[str, float] = {}
 
-    start = time.perf_counter()
-    csv = _simulated(out / "data", seed)
-    seconds["simulate"] = time.perf_counter() - start
+    def timed(stage: str, text: str, fn: Callable[[], Any]) -> Any:
+        say(text)
+        start = time.perf_counter()
+        value = fn()
+        seconds[stage] = time.perf_counter() - start
+        return value
 
-    start = time.perf_counter()
-    cache = _prepared(csv, out / "cache", seed)
-    seconds["prepare"] = time.perf_counter() - start
-
-    from segrenorm.trainer import train  # heavy import; keep `segrenorm --help` fast
-
-    start = time.perf_counter()
-    run_dir = train(config, cache.path, out / "runs", progress=progress)
-    seconds["train"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scores = paired_report(run_dir, cache)
-    seconds["evaluate"] = time.perf_counter() - start
-
-    record: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "config": config.to_dict(),
-        "paired": scores,
-        "seconds": seconds,
-    }
-    write_text_atomic(out / "results.json", json.dumps(record, indent=2))
-    text = (
-        "# segrenorm demo: paired ground truth on held-out subjects\n\n"
-        f"Model: `{run_dir}`. Harmonized 1.5T-like source vs its true 3T-like scan, "
-        "inside the brain, intensities on the cache's [-1, 1] scale.\n\n"
-        f"{format_table(scores)}\n\n"
-        "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
+    csv = timed("simulate", f"simulating {subjects} subjects on two scanners (2 mm)",
+                lambda: _simulated(root / "data", seed, subjects))  # fmt: skip
+    cache = timed(
+        "prepare", "preparing the slice cache", lambda: _prepared(csv, root / "cache", seed)
     )
-    write_text_atomic(out / "results.md", text)
-    return DemoResult(out=out, run_dir=run_dir, scores=scores, seconds=seconds)
+    run_dir = timed("train", f"training {config.model.translator.value} ({config.name} preset)",
+                    lambda: _trained(config, cache, root / "runs", say))  # fmt: skip
+    name, source = config.model.translator.value, config.data.direction[0]
+    folder = root / "harmonized" / name
+    timed("harmonize", "harmonizing the held-out source scans",
+          lambda: _harmonized(run_dir, cache, source, folder, say))  # fmt: skip
+    paths, results = timed(
+        "evaluate",
+        "evaluating against the classical baselines",
+        lambda: evaluate_cache(
+            cache.path, root / "report", models={name: run_dir}, harmonized={name: folder},
+            baselines=BASELINES, config=evaluation, title="segrenorm demo: 1.5T -> 3T (2 mm)",
+            on_stage=lambda text: say(f"evaluate: {text}"), extra={"demo_seconds": seconds},
+        ),
+    )  # fmt: skip
+    return DemoResult(root, run_dir, paths, results, seconds)

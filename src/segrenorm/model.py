@@ -117,6 +117,8 @@ class Translator(nn.Module):
         if self.kind.renormalizes:
             self.extractor_ab = self._extractor(cfg, n_classes)
             self.extractor_ba = self._extractor(cfg, n_classes)
+        # Multiplies the cycle and identity weights (the trainer's consistency warm-up).
+        self.consistency_scale = 1.0
         weights = torch.tensor(loss.weights_for(n_classes), dtype=torch.float32)
         # Derived from the loss config, so not stored in checkpoints.
         self.register_buffer("class_weights", weights, persistent=False)
@@ -288,11 +290,13 @@ class Translator(nn.Module):
         logits_fake = seg_out(fake) if seg_out is not None else None  # Q(G(a))
         rec = back(fake, self._embed(ext_back, logits_fake))  # F(G(a) | Q(G(a)))
         terms = {f"gan_{direction.lower()}": lsgan_g(disc(fake)), f"cycle_{src}": cycle_l1(x, rec)}
-        total = lw.gan * terms[f"gan_{direction.lower()}"] + lw.cycle * terms[f"cycle_{src}"]
+        scale = self.consistency_scale
+        total = lw.gan * terms[f"gan_{direction.lower()}"]
+        total = total + scale * lw.cycle * terms[f"cycle_{src}"]
         if lw.identity > 0:
             idt = back(x, self._embed(ext_back, logits))  # F(a | S(a))
             terms[f"identity_{src}"] = cycle_l1(x, idt)
-            total = total + lw.identity * terms[f"identity_{src}"]
+            total = total + scale * lw.identity * terms[f"identity_{src}"]
         outputs = {f"fake_{dst}": fake.detach(), f"rec_{src}": rec.detach()}
         if logits is not None and logits_fake is not None:
             label, w = batch[f"{src}_label"], self.class_weights

@@ -41,6 +41,7 @@ from segrenorm.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from segrenorm.ema import WeightAverage
 from segrenorm.errors import ConfigError, SegrenormError
 from segrenorm.runlog import (
     RunLog,
@@ -64,6 +65,7 @@ __all__ = [
     "build_optimizers",
     "build_schedulers",
     "check_against_cache",
+    "consistency_scale",
     "lr_factor",
     "train",
 ]
@@ -132,6 +134,18 @@ def lr_factor(optim: OptimConfig) -> Callable[[int], float]:
         return max(0.0, 1.0 - (step - constant) / decay)
 
     return factor
+
+
+def consistency_scale(optim: OptimConfig, step: int) -> float:
+    """Factor on the cycle and identity weights at ``step`` (see ``consistency_warmup``).
+
+    Args:
+        optim: supplies ``consistency_warmup``.
+        step: completed iterations before this one.
+    """
+    if optim.consistency_warmup <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / optim.consistency_warmup)
 
 
 def build_optimizers(model: Translator, optim: OptimConfig) -> dict[str, torch.optim.Adam]:
@@ -295,6 +309,8 @@ class _Session:
         self.model = Translator.from_config(config).to(self.device)
         broadcast_module(self.model, ctx)
         self.optimizers = build_optimizers(self.model, config.optim)
+        decay = config.optim.ema_decay
+        self.ema = WeightAverage(self.model, decay) if decay > 0 else None
         self.schedulers = build_schedulers(self.optimizers, config.optim)
         self.amp = autocast_dtype(config.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
@@ -332,8 +348,11 @@ class _Session:
                 schedulers=self.schedulers,
                 scaler=self.scaler,
                 stream=self.stream,
+                ema=self.ema,
             )
             self.window = dict(payload.get("extra", {}).get("log_window", self.window))
+            if self.ema is not None and "ema" not in payload:  # averaging starts on resume
+                self.ema = WeightAverage(self.model, config.optim.ema_decay)
         if config.run.compile:
             for net in self.model.children():
                 net.compile()  # in place, so state_dict keys keep their names
@@ -417,6 +436,7 @@ class _Session:
         model = self.model
         model.train()
         model.set_film_enabled(self.step >= self.config.optim.warmup_iterations)
+        model.consistency_scale = consistency_scale(self.config.optim, self.step)
         # A DataLoader draws its base seed from the global torch RNG at each epoch start;
         # forking keeps that draw out of training, so a resumed run sees the same numbers.
         with torch.random.fork_rng(devices=[]):
@@ -436,6 +456,8 @@ class _Session:
         self.updating = True  # from here an interruption leaves a partly updated model
         self.runner.backward(gen, self.scaler.scale)
         self._step_groups(("seg", "gen"))
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         self.optimizers["disc"].zero_grad(set_to_none=True)
         disc = self.runner.discriminator(batch, gen.outputs)
         d_names = ["disc_total", *disc.terms]
@@ -468,6 +490,7 @@ class _Session:
             step=self.step,
             data_stream=self.stream.state_dict(),
             scaler=self.scaler,
+            ema=self.ema.state_dict() if self.ema is not None else None,
             extra={"log_window": self.window},
         )
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "demo": "segrenorm.cli.demo_cmd",
     "harmonize": "segrenorm.cli.harmonize_cmd",
     "export": "segrenorm.cli.export_cmd",
+    "evaluate": "segrenorm.cli.evaluate_cmd",
+    "compare": "segrenorm.cli.compare_cmd",
 }
 
 

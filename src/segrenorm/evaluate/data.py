@@ -1,0 +1,252 @@
+"""What an evaluation looks at: the held-out slices of both sites, and harmonized versions.
+
+Every lens of :mod:`segrenorm.evaluate.suite` compares *harmonized source* slices with the
+target site. :class:`EvalData` holds the test split of a slice cache for both sites, with
+labels, masks, and which subject and slice index each row is. A harmonization method
+produces one array aligned row for row with :attr:`EvalData.source`, so all metrics line up.
+
+Harmonized volumes written by ``segrenorm harmonize`` are brought back into that layout by
+:func:`slices_from_volumes`: each file is reoriented, resampled and cut exactly as
+``segrenorm prepare`` cut its source volume, and scaled to ``[-1, 1]`` with its own
+foreground percentiles inside the source volume's foreground mask (the scaling every
+cached slice had), so harmonized and target slices share one intensity convention.
+
+Example:
+    >>> data = EvalData.from_cache(SliceCache.open("cache/"))  # doctest: +SKIP
+    >>> data.source.shape  # (N, H, W) float32 in [-1, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segrenorm.errors import CacheError, ConfigError, InputError
+from segrenorm.slice_cache import SliceCache
+
+__all__ = ["EvalData", "SiteSlices", "slices_from_volumes"]
+
+#: Called per subject with (index, total, subject id) while volumes are read.
+SubjectCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SiteSlices:
+    """The held-out slices of one site, row-aligned.
+
+    Args:
+        site: cache site key, ``"A"`` or ``"B"``.
+        name: the site's human name.
+        rows: the rows in the cache's site arrays.
+        images: (N, H, W) float32 in [-1, 1].
+        labels: (N, H, W) uint8 class indices.
+        masks: (N, H, W) bool foreground.
+        subjects: (N,) subject identifier of each row.
+        index: (N,) slice index of each row along the slice axis of the canonical volume.
+    """
+
+    site: str
+    name: str
+    rows: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    subjects: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def subject_rows(self) -> dict[str, np.ndarray]:
+        """Positions (into this object's arrays) of each subject's slices, in order."""
+        out: dict[str, np.ndarray] = {}
+        for subject in dict.fromkeys(self.subjects.tolist()):
+            out[str(subject)] = np.flatnonzero(self.subjects == subject)
+        return out
+
+
+def _site_slices(cache: SliceCache, site: str, split: str) -> SiteSlices:
+    rows = cache.rows(site, split)
+    index = np.load(cache.path / site / "slices.npy", mmap_mode="r")
+    subjects = cache.manifest["subjects"]
+    owners = np.asarray(index[rows, 0], dtype=np.int64)
+    names = cache.site_names[0 if site == "A" else 1]
+    return SiteSlices(
+        site=site,
+        name=names,
+        rows=rows,
+        images=np.asarray(cache.images(site)[rows], dtype=np.float32),
+        labels=np.asarray(cache.labels(site)[rows], dtype=np.uint8),
+        masks=np.asarray(cache.masks(site)[rows]).astype(bool),
+        subjects=np.asarray([str(subjects[k]["subject"]) for k in owners], dtype=object),
+        index=np.asarray(index[rows, 1], dtype=np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The evaluation split of a cache: source and target slices, and the cache itself.
+
+    Args:
+        cache: the slice cache.
+        direction: ``"AB"`` (site A is the source) or ``"BA"``.
+        source: the source site's test slices (what methods harmonize).
+        target: the target site's test slices.
+    """
+
+    cache: SliceCache
+    direction: str
+    source: SiteSlices
+    target: SiteSlices
+
+    @classmethod
+    def from_cache(
+        cls, cache: SliceCache | str | Path, *, direction: str = "AB", split: str = "test"
+    ) -> EvalData:
+        """Read the held-out slices of both sites.
+
+        Args:
+            cache: an opened cache or its folder.
+            direction: ``"AB"`` or ``"BA"``.
+            split: ``"test"`` (default) or ``"all"``.
+
+        Raises:
+            ConfigError: an unknown direction.
+            CacheError: a site without held-out slices, or a cache without labels.
+        """
+        if direction not in ("AB", "BA"):
+            raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
+        opened = cache if isinstance(cache, SliceCache) else SliceCache.open(cache)
+        if not opened.manifest.get("has_labels", True):
+            raise CacheError(
+                f"{opened.path}: the cache has no label maps, but evaluation needs them "
+                "(segmentation scores, per-tissue histograms); prepare it with --labels-a/-b."
+            )
+        source = _site_slices(opened, direction[0], split)
+        target = _site_slices(opened, direction[1], split)
+        for part in (source, target):
+            if len(part) == 0:
+                raise CacheError(
+                    f"{opened.path}: site {part.site} ({part.name}) has no {split} slices; "
+                    "re-run segrenorm prepare with a --test-fraction above 0."
+                )
+        return cls(cache=opened, direction=direction, source=source, target=target)
+
+    @property
+    def n_classes(self) -> int:
+        """Segmentation classes, background included."""
+        return self.cache.n_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, background first."""
+        return self.cache.class_names
+
+    def train_slices(self, site: str) -> tuple[np.ndarray, np.ndarray]:
+        """Training images and labels of a site (``"source"`` or ``"target"``).
+
+        Args:
+            site: ``"source"`` or ``"target"``.
+        """
+        key = {"source": self.direction[0], "target": self.direction[1]}.get(site)
+        if key is None:
+            raise ConfigError(f"site {site!r} is unknown: use source or target")
+        rows = self.cache.rows(key, "train")
+        if rows.size == 0:
+            raise CacheError(f"{self.cache.path}: site {key} has no training slices")
+        images = np.asarray(self.cache.images(key)[rows], dtype=np.float32)
+        return images, np.asarray(self.cache.labels(key)[rows], dtype=np.uint8)
+
+    def paired_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of (source, target) test slices of the same subject and slice index.
+
+        On simulated benchmarks the held-out subjects exist on both scanners; elsewhere
+        there are no pairs and both arrays are empty.
+        """
+        where = {
+            (str(s), int(i)): k
+            for k, (s, i) in enumerate(zip(self.target.subjects, self.target.index, strict=True))
+        }
+        src, tgt = [], []
+        for k, key in enumerate(zip(self.source.subjects, self.source.index, strict=True)):
+            match = where.get((str(key[0]), int(key[1])))
+            if match is not None:
+                src.append(k)
+                tgt.append(match)
+        return np.asarray(src, dtype=np.int64), np.asarray(tgt, dtype=np.int64)
+
+
+def slices_from_volumes(
+    data: EvalData,
+    folder: str | Path,
+    *,
+    on_subject: SubjectCallback | None = None,
+) -> np.ndarray:
+    """Harmonized source volumes in ``folder``, cut into slices aligned with ``data.source``.
+
+    Each held-out source subject's harmonized volume must carry its input's file name
+    (what ``segrenorm harmonize`` writes).
+
+    Args:
+        data: the evaluation data.
+        folder: the harmonized volumes.
+        on_subject: progress callback.
+
+    Returns:
+        (N, H, W) float32 in [-1, 1], row-aligned with ``data.source``; background -1.
+
+    Raises:
+        InputError: the folder is missing, a subject's harmonized volume is missing, or it
+            is not on its source volume's grid.
+    """
+    from segrenorm.io import load_image
+    from segrenorm.preprocess import (
+        fit_scaling,
+        foreground_mask,
+        pad_to_shape,
+        resample_to_spacing,
+        slice_volume,
+        to_canonical,
+    )
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"harmonized folder {root} does not exist: run segrenorm harmonize first")
+    manifest = data.cache.manifest
+    entries = {str(s["subject"]): s for s in manifest["subjects"] if s["site"] == data.source.site}
+    axis, spacing = manifest["slice_axis"], manifest.get("spacing")
+    low_pct, high_pct = (float(p) for p in manifest.get("percentiles", (0.5, 99.5)))
+    use_mask = bool(manifest.get("use_mask", True))
+    out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
+    groups = data.source.subject_rows()
+    for count, (subject, positions) in enumerate(groups.items()):
+        if on_subject is not None:
+            on_subject(count, len(groups), subject)
+        entry = entries[subject]
+        original = Path(entry["image"])
+        path = root / original.name
+        if not path.is_file():
+            raise InputError(
+                f"{path}: no harmonized volume for held-out subject {subject} (from "
+                f"{original}); harmonize every test subject of site {data.source.name} into "
+                f"{root}"
+            )
+        harmonized, source = load_image(path), load_image(original)
+        if not harmonized.geometry.matches(source.geometry):
+            raise InputError(
+                f"{path}: its grid {harmonized.geometry.shape} differs from its source "
+                f"{original} {source.geometry.shape}; harmonized volumes must keep the input grid"
+            )
+        volume, reference = to_canonical(harmonized), to_canonical(source)
+        if spacing is not None:
+            target = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+            volume = resample_to_spacing(volume, target)
+            reference = resample_to_spacing(reference, target)
+        mask = foreground_mask(reference.data) if use_mask else None
+        scaled = fit_scaling(volume.data, mask, low_pct, high_pct).apply(volume.data, mask)
+        cut = slice_volume(scaled, axis)[data.source.index[positions]]
+        out[positions] = pad_to_shape(cut, data.cache.slice_shape, -1.0)[0]
+    return out
