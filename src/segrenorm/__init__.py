@@ -51,6 +51,13 @@ _EXPORTS: dict[str, str] = {
     "train": "segrenorm.trainer",
     "load_translator": "segrenorm.checkpoint",
     "Harmonizer": "segrenorm.harmonize",
+    # evaluation
+    "EvalData": "segrenorm.evaluate.data",
+    "EvaluationConfig": "segrenorm.evaluate.suite",
+    "run_evaluation": "segrenorm.evaluate.suite",
+    "evaluate_cache": "segrenorm.evaluate.pipeline",
+    "write_report": "segrenorm.report",
+    "compare": "segrenorm.compare",
     "run_demo": "segrenorm.demo",
 }
 
@@ -74,10 +81,14 @@ if TYPE_CHECKING:  # static analysers see the real names
     from segrenorm.batches import BatchStream
     from segrenorm.cache import prepare_cache
     from segrenorm.checkpoint import load_translator
+    from segrenorm.compare import compare
     from segrenorm.config import Config, TranslatorKind, load_config
     from segrenorm.datasets import UnpairedSliceDataset
     from segrenorm.demo import run_demo
     from segrenorm.errors import CacheError, ConfigError, InputError, SegrenormError
+    from segrenorm.evaluate.data import EvalData
+    from segrenorm.evaluate.pipeline import evaluate_cache
+    from segrenorm.evaluate.suite import EvaluationConfig, run_evaluation
     from segrenorm.harmonize import Harmonizer
     from segrenorm.io import (
         Geometry,
@@ -92,6 +103,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from segrenorm.listing import SubjectRecord, read_listing
     from segrenorm.model import Translator
     from segrenorm.presets import PRESETS
+    from segrenorm.report import write_report
     from segrenorm.scanners import SCANNERS, ScannerProfile
     from segrenorm.simulate import simulate_t1
     from segrenorm.slice_cache import SliceCache

@@ -1,8 +1,13 @@
-"""Evaluation: paired ground truth metrics and classical baselines."""
+"""Evaluation: held-out data, classical baselines, the four lenses and their metrics.
+
+See ``docs/evaluation.md`` for what every number means. The usual entry point is
+:func:`segrenorm.evaluate.pipeline.evaluate_cache` (``segrenorm evaluate``); the pieces
+are importable on their own.
+"""
 
 from __future__ import annotations
 
-from segrenorm.evaluate.baselines import HistogramMatcher, zscore
+from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer, zscore
 from segrenorm.evaluate.metrics import mae, psnr, ssim, ssim_map
 
-__all__ = ["HistogramMatcher", "mae", "psnr", "ssim", "ssim_map", "zscore"]
+__all__ = ["HistogramMatcher", "NyulStandardizer", "mae", "psnr", "ssim", "ssim_map", "zscore"]
