@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from segrenorm.atomic import new_file_mode
 from segrenorm.checkpoint import load_translator
 from segrenorm.cli import main
 from segrenorm.errors import ConfigError, InputError, SegrenormError
@@ -64,6 +66,7 @@ def test_cyclegan_exports_its_generator_alone(tmp_path: Path, tiny_kit: SimpleNa
     module = ConditionedGenerator(translator, "AB")
     assert module.segmenter is None and module.extractor is None
     export_torchscript(module, tmp_path / "cg_script.pt", (16, 16))
+    assert stat.S_IMODE((tmp_path / "cg_script.pt").stat().st_mode) == new_file_mode()
     check = check_torchscript(module, tmp_path / "cg_script.pt", (16, 16), batch_sizes=(4,))
     assert check.ok
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from segrenorm import io
+from segrenorm.atomic import write_text_atomic
 from segrenorm.errors import ConfigError, InputError
 
 SHAPE = (8, 9, 10)
@@ -422,6 +424,25 @@ def test_atomic_write_leaves_nothing_on_failure(
     with pytest.raises(OSError, match="disk full"):
         io.save_image(volume(), tmp_path / "out.nii.gz", geometry=geometry)
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    # mkstemp makes owner-only files; what is renamed into place follows the umask instead.
+    old = os.umask(0o022)
+    try:
+        written = write_text_atomic(tmp_path / "report.md", "# report\n")
+        io.save_image(
+            volume(),
+            tmp_path / "scan.nii.gz",
+            geometry=io.Geometry.from_affine(oblique_affine(), SHAPE),
+        )
+        os.umask(0o077)
+        private = write_text_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "scan.nii.gz").stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 # ------------------------------------------------------------------------------- names and lists

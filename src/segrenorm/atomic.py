@@ -15,7 +15,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "replace_dir", "write_bytes_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_file",
+    "new_file_mode",
+    "replace_dir",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary ``open(path, "w")`` would give a new file (0o666 minus umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; results renamed into
+    place get this mode instead, so reports and volumes are as shareable as any other file.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -38,6 +55,7 @@ def atomic_file(target: str | Path, *, fsync: bool = False) -> Iterator[BinaryIO
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
+        os.chmod(tmp_name, new_file_mode())
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

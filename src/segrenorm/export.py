@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segrenorm.atomic import write_text_atomic
+from segrenorm.atomic import new_file_mode, write_text_atomic
 from segrenorm.errors import ConfigError, InputError, SegrenormError
 from segrenorm.export_graph import ConditionedGenerator, portable_layers, register_atanh
 from segrenorm.model import DIRECTIONS
@@ -108,6 +108,7 @@ def _write_via_temp(target: Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
