@@ -91,6 +91,9 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
                     "Dice gap recovery", "Robustness to noise", "Quality targets"):  # fmt: skip
         assert heading in markdown and heading in page
     assert "![panel](panel.png)" in markdown
+    dice_part, iou_part = markdown.split("## Downstream segmentation: IoU")
+    assert "generalized Dice |" in dice_part.split("## Downstream segmentation: Dice")[1]
+    assert "generalized Dice" not in iou_part.split("## Dice gap recovery")[0]
     record = json.loads(paths.json.read_text())
     assert record["runs"]["segrenorm"].endswith("random.pt")
     assert record["evaluation_config"]["robustness_slices"] == 6

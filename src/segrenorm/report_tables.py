@@ -71,14 +71,18 @@ def _segmentation(results: Mapping[str, Any]) -> list[Table]:
         for name, row in seg["rows"].items():
             stats = row[metric]
             cells = [_pm(stats["mean"][c], stats["std"][c]) for c in range(1, len(classes) + 1)]
-            gd = row["generalized_dice"]
-            rows.append([_row_label(name), *cells, _pm(gd["mean"], gd["std"])])
+            if metric == "dice":  # the Generalized Dice Score has no IoU counterpart here
+                gd = row["generalized_dice"]
+                cells.append(_pm(gd["mean"], gd["std"]))
+            rows.append([_row_label(name), *cells])
         note = (
             f"{title} per class (mean ± std over subjects, each subject's slices as one "
             "volume). Segmentors trained post hoc on one site's training slices; "
             "'target→X' applies the target segmentor to X, scored against the source labels."
         )
-        header = ["segmentor→images", *classes, "generalized Dice"]
+        header = ["segmentor→images", *classes]
+        if metric == "dice":
+            header.append("generalized Dice")
         out.append((f"Downstream segmentation: {title} (Table V)", note, header, rows))
     rec_rows = [
         [name, *[_f(v, 2) for v in values[1:]]] for name, values in seg["gap_recovery"].items()
