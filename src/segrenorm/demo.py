@@ -34,7 +34,7 @@ from segrenorm.evaluate.segmentors import SegmentorConfig
 from segrenorm.evaluate.suite import EvaluationConfig
 from segrenorm.listing import read_listing
 from segrenorm.report import ReportPaths
-from segrenorm.report_tables import quality_checks
+from segrenorm.report_tables import check_lines
 from segrenorm.simulate import simulate_t1
 from segrenorm.slice_cache import SliceCache
 
@@ -159,9 +159,7 @@ def headline(results: dict[str, Any]) -> str:
             f"{k} {v['kid_ratio']:.2f}" for k, v in dist["methods"].items() if k != "none"
         )
         lines.append(f"KID / source-vs-target KID: {kid}")
-    for check in quality_checks(results):
-        lines.append(f"{'PASS' if check['passed'] else 'MISSED'}: {check['target']}: "
-                     f"{check['measured']}")  # fmt: skip
+    lines += check_lines(results)
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segrenorm.atomic import write_text_atomic
-from segrenorm.report_tables import quality_checks, tables
+from segrenorm.report_tables import quality_checks, tables, verdict
 from segrenorm.runlog import write_json_atomic
 
 if TYPE_CHECKING:
@@ -127,8 +127,7 @@ def render_markdown(results: Mapping[str, Any], figures: Mapping[str, Path], tit
     if checks:
         lines += ["## Quality targets", "", "| target | measured | result |", "|---|---|---|"]
         for c in checks:
-            verdict = "n/a" if c["passed"] is None else "PASS" if c["passed"] else "MISSED"
-            lines.append(f"| {c['target']} | {c['measured']} | {verdict} |")
+            lines.append(f"| {c['target']} | {c['measured']} | {verdict(c)} |")
         lines.append("")
     for heading, note, header, rows in tables(results):
         lines += [f"## {heading}", "", note, ""]
@@ -156,12 +155,8 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, Path], title: 
         body.append("<h2>Quality targets</h2><table><tr><th>target</th><th>measured</th>"
                     "<th>result</th></tr>")  # fmt: skip
         for c in checks:
-            if c["passed"] is None:
-                verdict = "<td>n/a</td>"
-            else:
-                cls, word = ("pass", "PASS") if c["passed"] else ("fail", "MISSED")
-                verdict = f"<td class='{cls}'>{word}</td>"
-            body.append(f"<tr><td>{e(c['target'])}</td><td>{e(c['measured'])}</td>{verdict}</tr>")
+            cell = f"<td class='{'pass' if c['passed'] else 'fail'}'>{verdict(c)}</td>"
+            body.append(f"<tr><td>{e(c['target'])}</td><td>{e(c['measured'])}</td>{cell}</tr>")
         body.append("</table>")
     for heading, note, header, rows in tables(results):
         body.append(f"<h2>{e(heading)}</h2><p class='note'>{e(note)}</p><table>")

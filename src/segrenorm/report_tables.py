@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["QUALITY_METHOD", "quality_checks", "tables"]
+__all__ = ["QUALITY_METHOD", "check_lines", "quality_checks", "tables", "verdict"]
 
 #: The method the quality targets are about (the paper's translator).
 QUALITY_METHOD = "segrenorm"
@@ -146,8 +146,22 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
     return [t for t in found if t is not None]
 
 
-def _check(target: str, measured: str, passed: bool | None) -> dict[str, Any]:
+def _check(target: str, measured: str, passed: bool) -> dict[str, Any]:
     return {"target": target, "measured": measured, "passed": passed}
+
+
+def verdict(check: Mapping[str, Any]) -> str:
+    """``PASS`` or ``MISSED`` for one entry of :func:`quality_checks`."""
+    return "PASS" if check["passed"] else "MISSED"
+
+
+def check_lines(results: Mapping[str, Any]) -> list[str]:
+    """The quality checks as terminal lines, ``PASS|MISSED: target: measured``.
+
+    Args:
+        results: the evaluation results.
+    """
+    return [f"{verdict(c)}: {c['target']}: {c['measured']}" for c in quality_checks(results)]
 
 
 def quality_checks(

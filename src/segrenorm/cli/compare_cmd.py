@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from segrenorm.compare import compare
     from segrenorm.config import load_config
     from segrenorm.evaluate.pipeline import evaluation_config
-    from segrenorm.report_tables import quality_checks
+    from segrenorm.report_tables import check_lines
 
     config = load_config(args.config, overrides=args.overrides)
     evaluation = evaluation_config(args.eval_overrides)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         evaluation=evaluation, device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(), on_stage=on_stage,
     )  # fmt: skip
-    for check in quality_checks(result.results):
-        print(f"{'PASS' if check['passed'] else 'MISSED'}: {check['target']}: {check['measured']}")
+    for line in check_lines(result.results):
+        print(line)
     print(f"report: {result.report.html}")
     return 0

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed command line.
     """
     from segrenorm.evaluate.pipeline import evaluate_cache, evaluation_config
-    from segrenorm.report_tables import quality_checks
+    from segrenorm.report_tables import check_lines
 
     models = named_paths(args.model, "--model")
     harmonized = named_paths(args.harmonized, "--harmonized")
@@ -129,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
     )  # fmt: skip
-    for check in quality_checks(results):
-        verdict = "PASS" if check["passed"] else "MISSED"
-        print(f"{verdict}: {check['target']}: {check['measured']}")
+    for line in check_lines(results):
+        print(line)
     print(f"report: {paths.html} (also {paths.markdown.name}, {paths.json.name}, {paths.csv.name})")
     return 0
