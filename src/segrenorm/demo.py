@@ -12,7 +12,7 @@ OUT/report/                    segrenorm evaluate: report.html, report.md, resul
 ```
 
 The evaluation runs with the small budgets of :data:`DEMO_EVALUATION` so the whole demo
-fits in about 12 minutes on 2 CPU cores (11.5 measured, BENCHMARKS.md).
+fits in 11.5 to 17 minutes on 2 CPU cores (measured, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Runs: segrenorm simulate t1 (2 mm, 20 subjects) -> prepare -> train (the cpu "
             "preset by default) -> harmonize the held-out source scans -> evaluate against "
             "no harmonization and the classical baselines -> report (HTML, Markdown, JSON, "
-            "CSV). About 12 minutes on 2 CPU cores. Stages whose output exists are reused, "
+            "CSV). 12 to 17 minutes on 2 CPU cores. Stages whose output exists are reused, "
             "so an interrupted demo continues where it stopped."
         ),
     )
