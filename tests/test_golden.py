@@ -1,0 +1,163 @@
+"""Golden figures: a seeded short pipeline run through the public CLI must reproduce, exactly,
+the numbers recorded before the package was reorganised into stage folders.
+
+The run: ``simulate t1`` (4 subjects, 2 mm) -> ``prepare`` -> 50 training steps of each of the
+four translators (losses logged at every step) -> ``harmonize`` of one held-out volume ->
+``evaluate`` with tiny budgets. Every figure that does not depend on the wall clock is kept.
+
+Record anew (only when a change of behaviour is intended, and say so in the commit):
+``.venv/bin/python tests/test_golden.py --record``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+GOLDEN = Path(__file__).with_name("golden_figures.json")
+TRANSLATORS = ("cyclegan", "s-cyclegan", "semgan", "segrenorm")
+STEPS = 50
+TRAIN_SET = [
+    "model.ngf=4", "model.ndf=4", "model.n_downsample=2", "model.n_middle_blocks=1",
+    "model.seg_ngf=4", "model.seg_depth=2", "model.embed_dim=8", "data.crop_size=32",
+    "data.batch_size=2", f"optim.iterations={STEPS - 10}", "optim.decay_iterations=10",
+    "run.checkpoint_every=0", "run.image_every=0", "run.device=cpu", "run.log_every=1",
+    "run.seed=3",
+]  # fmt: skip
+EVAL_SET = [
+    "autoencoder.width=4", "autoencoder.depth=2", "autoencoder.feature_dim=8",
+    "autoencoder.iterations=4", "autoencoder.decay_iterations=1", "autoencoder.batch_size=8",
+    "autoencoder.crop_size=32", "segmentor.ngf=4", "segmentor.depth=2",
+    "segmentor.iterations=4", "robustness_slices=4", "kid_subsets=5",
+]  # fmt: skip
+# Result fields that measure time or name the temporary folder rather than behaviour.
+VOLATILE = ("seconds", "time", "path", "folder", "version", "created", "date", "it_per_s")
+
+
+def _flags(option: str, values: list[str]) -> list[str]:
+    return [part for value in values for part in (option, value)]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _numbers(value: Any, *, prefix: str = "") -> dict[str, Any]:
+    """Flatten JSON into ``{dotted.key: number or string}``, dropping volatile fields."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if any(word in str(key).lower() for word in VOLATILE):
+                continue
+            out.update(_numbers(item, prefix=f"{prefix}{key}."))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out.update(_numbers(item, prefix=f"{prefix}{index}."))
+    elif isinstance(value, bool | int | float | str) or value is None:
+        if isinstance(value, str) and ("/" in value or "\\" in value):
+            return out  # a file path
+        out[prefix.rstrip(".")] = value
+    return out
+
+
+def compute_figures(root: Path) -> dict[str, Any]:
+    """Run the seeded pipeline under ``root`` and return its figures."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from segrenorm.cli import main
+
+    torch.set_num_threads(1)
+    data, cache, runs = root / "data", root / "cache", root / "runs"
+    assert main(["simulate", "t1", "--out", str(data), "--subjects", "4", "--seed", "5"]) == 0
+    assert main(["prepare", "--csv", str(data / "subjects.csv"), "--out", str(cache)]) == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    figures: dict[str, Any] = {
+        "prepare": {
+            "manifest": _numbers(manifest),
+            "arrays": {p.name: _digest(p) for p in sorted(cache.rglob("*.npy"))},
+        },
+        "train": {},
+    }
+    run_dirs: dict[str, Path] = {}
+    for kind in TRANSLATORS:
+        options = _flags("--set", [*TRAIN_SET, f"model.translator={kind}"])
+        argv = ["train", "--config", "cpu", "--data", str(cache), "--out", str(runs),
+                "--no-progress", *options]  # fmt: skip
+        assert main(argv) == 0
+        (run_dir,) = [d for d in runs.iterdir() if d.name.endswith(f"-{kind}")]
+        run_dirs[kind] = run_dir
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+        losses = [json.loads(line)["losses"] for line in lines]
+        assert len(losses) == STEPS, f"{kind}: {len(losses)} log lines"
+        figures["train"][kind] = losses
+    subjects = (data / "subjects.csv").read_text().splitlines()
+    source = next(row for row in subjects if row.endswith(",test") and ",1.5T," in row)
+    volume = data / source.split(",")[2]
+    out = root / "harmonized"
+    model = str(run_dirs["segrenorm"])
+    argv = ["harmonize", "--model", model, "--out", str(out), "--no-progress", str(volume)]
+    assert main(argv) == 0
+    (written,) = sorted(out.glob("*.nii*"))
+    image = nib.load(str(written))
+    array = np.asarray(image.dataobj, dtype=np.float64)
+    figures["harmonize"] = {
+        "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),
+        "sum": float(array.sum()),
+        "affine": np.asarray(image.affine).round(6).tolist(),
+    }
+    report = root / "report"
+    argv = ["evaluate", "--cache", str(cache), "--out", str(report), "--model",
+            f"segrenorm={model}", "--baselines", "histogram",
+            *_flags("--set", EVAL_SET)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((report / "results.json").read_text())
+    figures["evaluate"] = _numbers(results)
+    return figures
+
+
+def _same(a: Any, b: Any, where: str, problems: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                problems.append(f"{where}.{key}: only in {'golden' if key in a else 'new run'}")
+            else:
+                _same(a[key], b[key], f"{where}.{key}", problems)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}.{index}", problems)
+    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return
+    elif a != b:
+        problems.append(f"{where}: golden {a!r}, now {b!r}")
+
+
+def test_golden_figures_are_reproduced_exactly(tmp_path: Path) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    figures = json.loads(json.dumps(compute_figures(tmp_path)))  # same float round trip
+    problems: list[str] = []
+    _same(golden, figures, "figures", problems)
+    assert not problems, "\n".join(problems[:40])
+
+
+def test_a_changed_figure_is_reported() -> None:
+    problems: list[str] = []
+    _same({"a": [1.0, {"b": 2.0}]}, {"a": [1.0, {"b": 2.0000001}]}, "f", problems)
+    assert problems == ["f.a.1.b: golden 2.0, now 2.0000001"]
+
+
+if __name__ == "__main__" and "--record" in sys.argv:
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = compute_figures(Path(tmp))
+    GOLDEN.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
