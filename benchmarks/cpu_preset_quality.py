@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from segrenorm.checkpoint import load_translator
-from segrenorm.config import load_config
-from segrenorm.demo import run_demo
+from segrenorm.config.schema import load_config
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.methods import baseline_slices, translator_slices
 from segrenorm.evaluate.paired import paired_scores
+from segrenorm.models.checkpoint import load_translator
+from segrenorm.workflows.demo import run_demo
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

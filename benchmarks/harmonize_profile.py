@@ -19,8 +19,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from segrenorm.config import load_config
-from segrenorm.model import Translator
+from segrenorm.config.schema import load_config
+from segrenorm.models.translator import Translator
 
 
 def best_seconds(model: Translator, x: torch.Tensor, repeats: int) -> float:

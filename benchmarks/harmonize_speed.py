@@ -47,9 +47,9 @@ def _checkpoint(preset: str, folder: Path) -> Path:
     """An untrained translator of ``preset`` saved with 1 mm axial inference facts."""
     import torch
 
-    from segrenorm.checkpoint import build_checkpoint, save_checkpoint
-    from segrenorm.config import load_config
-    from segrenorm.model import Translator
+    from segrenorm.config.schema import load_config
+    from segrenorm.models.checkpoint import build_checkpoint, save_checkpoint
+    from segrenorm.models.translator import Translator
 
     config = load_config(preset, overrides=["run.device=cpu"])
     torch.manual_seed(0)
@@ -98,9 +98,9 @@ def run_one(
     """Time one configuration in this process; return its numbers."""
     import torch
 
-    from segrenorm.harmonize import Harmonizer
-    from segrenorm.io import load_image
-    from segrenorm.preprocess import foreground_mask, round_up
+    from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.volumes.readwrite import load_image
+    from segrenorm.volumes.spatial import foreground_mask, round_up
 
     torch.set_num_threads(threads)
     image = load_image(volume)

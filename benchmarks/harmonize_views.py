@@ -39,7 +39,7 @@ AXIS_NAMES = ("x (sagittal)", "y (coronal)", "z (axial)")
 
 
 def _prepare(sim: Path, work: Path) -> dict[str, Path]:
-    from segrenorm.cache import prepare_cache, read_listing
+    from segrenorm.data.prepare import prepare_cache, read_listing
 
     records = read_listing(sim / "subjects.csv")
     caches = {}
@@ -52,8 +52,8 @@ def _prepare(sim: Path, work: Path) -> dict[str, Path]:
 
 
 def _train(caches: dict[str, Path], work: Path, iterations: int) -> dict[str, Path]:
-    from segrenorm.config import load_config
-    from segrenorm.trainer import train
+    from segrenorm.config.schema import load_config
+    from segrenorm.training.trainer import train
 
     runs = {}
     for plane, cache in caches.items():
@@ -82,7 +82,7 @@ def _train(caches: dict[str, Path], work: Path, iterations: int) -> dict[str, Pa
 
 
 def _jumps(volume: np.ndarray, mask: np.ndarray) -> list[float]:
-    from segrenorm.harmonize_fusion import interslice_jump
+    from segrenorm.harmonize.fusion import interslice_jump
 
     return [interslice_jump(volume, axis, mask) for axis in range(3)]
 
@@ -90,9 +90,9 @@ def _jumps(volume: np.ndarray, mask: np.ndarray) -> list[float]:
 def evaluate(sim: Path, runs: dict[str, Path], n_subjects: int) -> dict[str, Any]:
     """Harmonize the paired test subjects with every method; return per-method means."""
     from segrenorm.evaluate.metrics import mae, psnr
-    from segrenorm.harmonize import Harmonizer
-    from segrenorm.io import load_image, load_label
-    from segrenorm.preprocess import fit_scaling, foreground_mask
+    from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.volumes.readwrite import load_image, load_label
+    from segrenorm.volumes.spatial import fit_scaling, foreground_mask
 
     info = json.loads((sim / "simulation.json").read_text())
     source, target = info["source"]["name"], info["target"]["name"]
@@ -196,7 +196,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--figure", type=Path, help="write a PNG of the jumps and errors here")
     args = parser.parse_args()
-    from segrenorm.simulate import simulate_t1
+    from segrenorm.simulate.benchmark import simulate_t1
 
     args.work.mkdir(parents=True, exist_ok=True)
     sim = args.sim

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from segrenorm.anatomy import load_mni152_anatomy
-from segrenorm.simulate import simulate_t1
+from segrenorm.simulate.anatomy import load_mni152_anatomy
+from segrenorm.simulate.benchmark import simulate_t1
 
 TARGET_SECONDS = 30.0
 

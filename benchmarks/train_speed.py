@@ -44,10 +44,10 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from segrenorm.config import Config, load_config
+from segrenorm.config.schema import Config, load_config
 from segrenorm.errors import SegrenormError
-from segrenorm.model import Translator
-from segrenorm.trainer import build_optimizers
+from segrenorm.models.translator import Translator
+from segrenorm.training.trainer import build_optimizers
 
 REFERENCE_FRACTION = 0.53  # of the fp32 matmul peak, straightforward eager implementation
 REFERENCE_SECONDS = 6.2  # per batch-4 ixi iteration
@@ -63,7 +63,7 @@ class Job:
     """One measurement to run in its own process.
 
     Args:
-        preset: a preset name of :data:`segrenorm.config.PRESETS`.
+        preset: a preset name of :data:`segrenorm.config.schema.PRESETS`.
         translator: the translator kind.
         iterations: timed iterations.
         warmup: untimed iterations first (the first one also counts FLOPs).
@@ -168,23 +168,23 @@ def make_iteration(
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """One trainer iteration as a closure, and a function that releases its threads.
 
-    The closure follows ``segrenorm.trainer``: zero the gradients, generator step through
-    :class:`segrenorm.train_step.StepRunner` (one read of the losses, as the trainer's NaN
+    The closure follows ``segrenorm.training.trainer``: zero the gradients, generator step through
+    :class:`segrenorm.training.step.StepRunner` (one read of the losses, as the trainer's NaN
     check does), backward, seg and gen optimiser steps, then the same for the
     discriminator. Checkouts older than the step runner time the translator's
     ``generator_step``/``discriminator_step`` as their trainer did.
 
     Args:
         model: the translator, in training mode.
-        optimizers: from :func:`segrenorm.trainer.build_optimizers`.
+        optimizers: from :func:`segrenorm.training.trainer.build_optimizers`.
         batch: the batch to train on, every iteration.
         amp: autocast dtype, or None for fp32.
         parallel: let the step runner use its two threads (CPU).
     """
     device = batch["a"].device
-    if importlib.util.find_spec("segrenorm.train_step") is None:
+    if importlib.util.find_spec("segrenorm.training.step") is None:
         return _legacy_iteration(model, optimizers, batch, amp), lambda: None
-    from segrenorm.train_step import StepRunner
+    from segrenorm.training.step import StepRunner
 
     runner = StepRunner(model, device=device, amp=amp, parallel=parallel)
 
@@ -212,7 +212,7 @@ def _legacy_iteration(
     batch: dict[str, Tensor],
     amp: torch.dtype | None,
 ) -> Callable[[], None]:
-    """The trainer iteration of checkouts without ``segrenorm.train_step`` (baselines)."""
+    """The trainer iteration of checkouts without ``segrenorm.training.step`` (baselines)."""
     device_type = batch["a"].device.type
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -310,8 +310,8 @@ def measure(job: Job) -> Result:
     device = torch.device(job.device)
     if device.type == "cpu":
         torch.set_num_threads(job.threads)
-        if importlib.util.find_spec("segrenorm.train_step") is not None:
-            from segrenorm.train_step import keep_freed_memory
+        if importlib.util.find_spec("segrenorm.training.step") is not None:
+            from segrenorm.training.step import keep_freed_memory
 
             keep_freed_memory()  # as the trainer does on CPU
     config = load_config(job.preset, overrides=[f"model.translator={job.translator}"])
@@ -370,7 +370,7 @@ def measure(job: Job) -> Result:
 
 
 def _mode(job: Job) -> str:
-    if importlib.util.find_spec("segrenorm.train_step") is None:
+    if importlib.util.find_spec("segrenorm.training.step") is None:
         return "legacy"
     if job.compile:
         return "compiled"

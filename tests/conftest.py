@@ -55,9 +55,9 @@ def save_tiny_checkpoint(
     """
     import torch
 
-    from segrenorm.checkpoint import build_checkpoint, save_checkpoint
-    from segrenorm.config import config_from_dict
-    from segrenorm.model import Translator
+    from segrenorm.config.schema import config_from_dict
+    from segrenorm.models.checkpoint import build_checkpoint, save_checkpoint
+    from segrenorm.models.translator import Translator
 
     config = config_from_dict(
         {
@@ -174,9 +174,9 @@ def eval_volume(
 @pytest.fixture(scope="session")
 def eval_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Volumes, labels and a prepared cache of the tiny two-site study."""
-    from segrenorm import io
-    from segrenorm.cache import SubjectRecord, prepare_cache
-    from segrenorm.io import Geometry
+    from segrenorm.data.prepare import SubjectRecord, prepare_cache
+    from segrenorm.volumes import readwrite as io
+    from segrenorm.volumes.readwrite import Geometry
 
     root = tmp_path_factory.mktemp("eval-study")
     geometry = Geometry.from_affine(np.diag([2.0, 2.0, 2.0, 1.0]), EVAL_SHAPE)

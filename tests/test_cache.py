@@ -1,4 +1,4 @@
-"""Tests of segrenorm.cache: listings, splits, the slice cache and its manifest."""
+"""Tests of segrenorm.data.prepare: listings, splits, the slice cache and its manifest."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segrenorm import cache, io
-from segrenorm.cache import (
+from segrenorm.data import prepare as cache
+from segrenorm.data.prepare import (
     SubjectRecord,
     open_manifest,
     prepare_cache,
@@ -18,8 +18,9 @@ from segrenorm.cache import (
     subject_id,
 )
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.io import Geometry
-from segrenorm.preprocess import IntensityScaling, foreground_mask, slice_volume, unpad
+from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.readwrite import Geometry
+from segrenorm.volumes.spatial import IntensityScaling, foreground_mask, slice_volume, unpad
 
 SHAPE = (20, 24, 16)
 # Voxel axes point Left, Posterior, Superior: prepare must flip x and y to reach RAS.

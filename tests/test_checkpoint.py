@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from segrenorm.checkpoint import (
+from segrenorm.config.schema import Config, config_from_dict
+from segrenorm.errors import CheckpointError, ConfigError, InputError
+from segrenorm.models.checkpoint import (
     FORMAT_VERSION,
-    CheckpointError,
     build_checkpoint,
     capture_rng_state,
     check_resume_config,
@@ -23,9 +24,7 @@ from segrenorm.checkpoint import (
     save_checkpoint,
     save_rotating,
 )
-from segrenorm.config import Config, config_from_dict
-from segrenorm.errors import ConfigError, InputError
-from segrenorm.model import Translator
+from segrenorm.models.translator import Translator
 
 
 def tiny_config(**model: Any) -> Config:

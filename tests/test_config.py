@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from segrenorm.config import (
+from segrenorm.config.presets import PRESETS
+from segrenorm.config.schema import (
     AmpMode,
     Config,
     TranslatorKind,
@@ -12,7 +13,6 @@ from segrenorm.config import (
     load_config,
 )
 from segrenorm.errors import ConfigError
-from segrenorm.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

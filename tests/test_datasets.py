@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segrenorm.datasets import BatchStream, SliceCache, UnpairedSliceDataset, infinite_loader
+from segrenorm.data.datasets import BatchStream, SliceCache, UnpairedSliceDataset, infinite_loader
 from segrenorm.errors import CacheError, ConfigError
 
 H, W = 24, 32
@@ -172,7 +172,7 @@ def test_cache_missing_folder_says_run_prepare(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        # Checked by segrenorm.cache.open_manifest, which SliceCache.open relies on.
+        # Checked by segrenorm.data.prepare.open_manifest, which SliceCache.open relies on.
         ({"complete": False}, r"incomplete.*segrenorm prepare"),
         ({"format_version": 9}, r"format_version 9.*segrenorm prepare"),
         ({"slice_shape": [24, 30]}, r"images\.npy holds float32 \(12, 24, 32\)"),

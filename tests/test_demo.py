@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from segrenorm.cli import main
-from segrenorm.compare import SEMGAN_DROPOUT, compare, translator_config
-from segrenorm.config import TranslatorKind, load_config
+from segrenorm.config.schema import TranslatorKind, load_config
 from segrenorm.errors import ConfigError
+from segrenorm.workflows.compare import SEMGAN_DROPOUT, compare, translator_config
 
 TINY_TRAIN = [
     "model.ngf=4", "model.ndf=4", "model.n_downsample=2", "model.n_middle_blocks=1",

@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 import segrenorm
-from segrenorm.config import AmpMode, config_from_dict
-from segrenorm.distributed import (
+from segrenorm.config.schema import AmpMode, config_from_dict
+from segrenorm.errors import ConfigError
+from segrenorm.training.distributed import (
     DistContext,
     ForcedAbort,
     StopSignals,
@@ -29,7 +30,6 @@ from segrenorm.distributed import (
     init_distributed,
     resolve_device,
 )
-from segrenorm.errors import ConfigError
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -134,8 +134,8 @@ def test_stop_signals_first_requests_second_aborts() -> None:
 _WORKER = """
 import hashlib, json, os, sys
 from pathlib import Path
-from segrenorm.config import config_from_dict
-from segrenorm.trainer import train
+from segrenorm.config.schema import config_from_dict
+from segrenorm.training.trainer import train
 
 config_file, cache, out, report = sys.argv[1:5]
 config = config_from_dict(json.loads(Path(config_file).read_text()))

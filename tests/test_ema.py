@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from segrenorm.ema import WeightAverage
 from segrenorm.errors import ConfigError
+from segrenorm.training.ema import WeightAverage
 
 
 class _Pair(nn.Module):

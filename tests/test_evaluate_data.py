@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from segrenorm import io
+from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.evaluate.baselines import NyulStandardizer
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
-from segrenorm.slice_cache import SliceCache
+from segrenorm.volumes import readwrite as io
 
 
 @pytest.fixture(scope="module")

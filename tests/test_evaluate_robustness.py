@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segrenorm.checkpoint import load_translator
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.robustness import curve_auc, noise_sensitivity
+from segrenorm.models.checkpoint import load_translator
 
 
 def _slices(n: int = 5) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,9 @@ from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.pipeline import evaluate_cache, evaluation_config
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
-from segrenorm.harmonize import Harmonizer
-from segrenorm.harmonize_files import harmonize_files
-from segrenorm.report_tables import quality_checks
+from segrenorm.harmonize.files import harmonize_files
+from segrenorm.harmonize.harmonizer import Harmonizer
+from segrenorm.report.tables import quality_checks
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from segrenorm.atomic import new_file_mode
-from segrenorm.checkpoint import load_translator
 from segrenorm.cli import main
 from segrenorm.errors import ConfigError, InputError, SegrenormError
-from segrenorm.export import (
+from segrenorm.export.exporter import (
     TOLERANCE,
     ConditionedGenerator,
     check_torchscript,
     export_model,
     export_torchscript,
 )
+from segrenorm.models.checkpoint import load_translator
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")

@@ -13,14 +13,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segrenorm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.harmonize import HarmonizeOptions, Harmonizer, HarmonizeWarning
-from segrenorm.harmonize_fusion import interslice_jump, parse_views, translate_view
-from segrenorm.harmonize_info import TrainingFacts, inference_facts
-from segrenorm.intensity import IntensityScaling
-from segrenorm.io import load_image, save_image
-from segrenorm.preprocess import fit_scaling, foreground_mask, to_canonical
+from segrenorm.data.facts import TrainingFacts, inference_facts
+from segrenorm.errors import CacheError, CheckpointError, ConfigError, InputError
+from segrenorm.harmonize.fusion import interslice_jump, parse_views, translate_view
+from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer, HarmonizeWarning
+from segrenorm.models.checkpoint import load_checkpoint, save_checkpoint
+from segrenorm.volumes.intensity import IntensityScaling
+from segrenorm.volumes.readwrite import load_image, save_image
+from segrenorm.volumes.spatial import fit_scaling, foreground_mask, to_canonical
 
 Phantom = Callable[..., Path]
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 import segrenorm
-from segrenorm.checkpoint import load_checkpoint
 from segrenorm.cli import main
 from segrenorm.cli.harmonize_cmd import parse_models
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.harmonize import Harmonizer
-from segrenorm.harmonize_files import FileResult, plan_outputs, summary_table
+from segrenorm.harmonize.files import FileResult, plan_outputs, summary_table
+from segrenorm.harmonize.harmonizer import Harmonizer
+from segrenorm.models.checkpoint import load_checkpoint
 
 Phantom = Callable[..., Path]
 

@@ -1,4 +1,4 @@
-"""Tests of segrenorm.io: validation on load, geometry-preserving round trips, atomic writes."""
+"""Tests of segrenorm.volumes.readwrite: validation on load, round trips, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segrenorm import io
 from segrenorm.atomic import write_text_atomic
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.volumes import readwrite as io
 
 SHAPE = (8, 9, 10)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segrenorm.errors import InputError
-from segrenorm.losses import cycle_l1, lsgan_d, lsgan_g, weighted_ce
+from segrenorm.training.losses import cycle_l1, lsgan_d, lsgan_g, weighted_ce
 
 
 def test_lsgan_d() -> None:

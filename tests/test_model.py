@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from segrenorm.config import LossConfig, ModelConfig, TranslatorKind, load_config
+from segrenorm.config.schema import LossConfig, ModelConfig, TranslatorKind, load_config
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.model import Translator
-from segrenorm.nn import SegRenorm
+from segrenorm.models.nn import SegRenorm
+from segrenorm.models.translator import Translator
 
 KINDS = list(TranslatorKind)
 N_CLASSES = 3
@@ -161,8 +161,8 @@ def test_total_is_the_weighted_sum() -> None:
 
 
 def test_consistency_warmup_schedule() -> None:
-    from segrenorm.config import OptimConfig
-    from segrenorm.trainer import consistency_scale
+    from segrenorm.config.schema import OptimConfig
+    from segrenorm.training.trainer import consistency_scale
 
     ramp = OptimConfig(consistency_warmup=4)
     assert [consistency_scale(ramp, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

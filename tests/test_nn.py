@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from segrenorm.errors import InputError
-from segrenorm.nn import (
+from segrenorm.models.nn import (
     Generator,
     PatchDiscriminator,
     RenormResBlock,
@@ -23,7 +23,7 @@ from segrenorm.nn import (
     patch_receptive_field,
     set_film_enabled,
 )
-from segrenorm.nn.generator import CLAMP
+from segrenorm.models.nn.generator import CLAMP
 
 
 @pytest.fixture(autouse=True)

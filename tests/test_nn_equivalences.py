@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segrenorm.nn import Generator, SegUNet, SemanticExtractor
-from segrenorm.nn.blocks import RenormResBlock, ResBlock, upsample2x
-from segrenorm.nn.extractor import _conv_halve, _halve
-from segrenorm.nn.upsample import (
+from segrenorm.models.nn import Generator, SegUNet, SemanticExtractor
+from segrenorm.models.nn.blocks import RenormResBlock, ResBlock, upsample2x
+from segrenorm.models.nn.extractor import _conv_halve, _halve
+from segrenorm.models.nn.upsample import (
     fits_phase_conv,
     phase_kernels,
     upsample_cat_conv,
@@ -143,7 +143,9 @@ def test_networks_match_the_direct_decoder(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(ResBlock, "forward_up", direct_up)
     monkeypatch.setattr(RenormResBlock, "forward_up", direct_up)
-    monkeypatch.setattr("segrenorm.nn.generator.upsample_conv", lambda h, c: c(upsample2x(h)))
+    monkeypatch.setattr(
+        "segrenorm.models.nn.generator.upsample_conv", lambda h, c: c(upsample2x(h))
+    )
     torch.testing.assert_close(fast_gen, gen(x, emb), rtol=0, atol=1e-10)
     torch.testing.assert_close(fast_seg, seg(x), rtol=0, atol=1e-10)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segrenorm import io
-from segrenorm.cache import open_manifest
 from segrenorm.cli import main
-from segrenorm.io import Geometry
+from segrenorm.data.prepare import open_manifest
+from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.readwrite import Geometry
 
 SHAPE = (20, 24, 16)
 LABELLED = ["--site-a", "a", "--site-b", "b", "--labels-a", "a/*dseg*", "--labels-b", "b/*dseg*"]

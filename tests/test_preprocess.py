@@ -1,4 +1,4 @@
-"""Tests of segrenorm.preprocess: orientation, slicing, scaling, masks, resampling, padding."""
+"""Tests of segrenorm.volumes.spatial: orientation, slicing, scaling, masks, resampling, padding."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.io import Geometry, LabelMap, ScalarImage
-from segrenorm.preprocess import (
+from segrenorm.volumes.readwrite import Geometry, LabelMap, ScalarImage
+from segrenorm.volumes.spatial import (
     SLICE_AXES,
     IntensityScaling,
     fit_scaling,

@@ -12,18 +12,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segrenorm.anatomy import (
+from segrenorm.cli import simulate_cmd
+from segrenorm.errors import ConfigError, InputError
+from segrenorm.simulate.anatomy import (
     Anatomy,
     Variability,
     load_mni152_anatomy,
     tissue_labels,
     warp_anatomy,
 )
-from segrenorm.cli import simulate_cmd
-from segrenorm.errors import ConfigError, InputError
-from segrenorm.figures import preview_subject, save_subject_preview
-from segrenorm.scanners import SCANNERS, ScannerProfile, apply_scanner, load_scanner
-from segrenorm.simulate import _plan, read_subjects, render_subject, simulate_t1
+from segrenorm.simulate.benchmark import _plan, read_subjects, render_subject, simulate_t1
+from segrenorm.simulate.preview import preview_subject, save_subject_preview
+from segrenorm.simulate.scanners import SCANNERS, ScannerProfile, apply_scanner, load_scanner
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLEAN = ScannerProfile(

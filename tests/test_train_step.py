@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from segrenorm.config import LossConfig, ModelConfig, TranslatorKind
+from segrenorm.config.schema import LossConfig, ModelConfig, TranslatorKind
 from segrenorm.errors import InputError
-from segrenorm.model import Translator
-from segrenorm.train_step import StepRunner, keep_freed_memory
-from segrenorm.trainer import train
+from segrenorm.models.translator import Translator
+from segrenorm.training.step import StepRunner, keep_freed_memory
+from segrenorm.training.trainer import train
 
 N_CLASSES = 3
 CPU = torch.device("cpu")

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from segrenorm.checkpoint import load_checkpoint, load_translator
 from segrenorm.cli import main
-from segrenorm.config import Config, config_from_dict, load_config
+from segrenorm.config.schema import Config, config_from_dict, load_config
 from segrenorm.errors import ConfigError
-from segrenorm.model import Translator
-from segrenorm.trainer import (
+from segrenorm.models.checkpoint import load_checkpoint, load_translator
+from segrenorm.models.translator import Translator
+from segrenorm.training.trainer import (
     StepInfo,
     TrainingDiverged,
     TrainingInterrupted,
@@ -316,7 +316,7 @@ def test_cli_interrupt_then_resume_from_run_dir(
 ) -> None:
     yaml_file = tmp_path / "tiny.yaml"
     yaml_file.write_text(json.dumps(tiny_config().to_dict()))
-    from segrenorm.runlog import RunLog
+    from segrenorm.training.runlog import RunLog
 
     original = RunLog.log
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from segrenorm._version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -24,41 +24,41 @@ _EXPORTS: dict[str, str] = {
     "CacheError": "segrenorm.errors",
     "ConfigError": "segrenorm.errors",
     # volumes
-    "Geometry": "segrenorm.io",
-    "ScalarImage": "segrenorm.io",
-    "LabelMap": "segrenorm.io",
-    "load_image": "segrenorm.io",
-    "load_label": "segrenorm.io",
-    "save_image": "segrenorm.io",
-    "save_label": "segrenorm.io",
-    "find_images": "segrenorm.io",
+    "Geometry": "segrenorm.volumes.readwrite",
+    "ScalarImage": "segrenorm.volumes.readwrite",
+    "LabelMap": "segrenorm.volumes.readwrite",
+    "load_image": "segrenorm.volumes.readwrite",
+    "load_label": "segrenorm.volumes.readwrite",
+    "save_image": "segrenorm.volumes.readwrite",
+    "save_label": "segrenorm.volumes.readwrite",
+    "find_images": "segrenorm.volumes.readwrite",
     # data
-    "simulate_t1": "segrenorm.simulate",
-    "ScannerProfile": "segrenorm.scanners",
-    "SCANNERS": "segrenorm.scanners",
-    "SubjectRecord": "segrenorm.listing",
-    "read_listing": "segrenorm.listing",
-    "prepare_cache": "segrenorm.cache",
-    "SliceCache": "segrenorm.slice_cache",
-    "UnpairedSliceDataset": "segrenorm.datasets",
-    "BatchStream": "segrenorm.batches",
+    "simulate_t1": "segrenorm.simulate.benchmark",
+    "ScannerProfile": "segrenorm.simulate.scanners",
+    "SCANNERS": "segrenorm.simulate.scanners",
+    "SubjectRecord": "segrenorm.data.listing",
+    "read_listing": "segrenorm.data.listing",
+    "prepare_cache": "segrenorm.data.prepare",
+    "SliceCache": "segrenorm.data.slice_cache",
+    "UnpairedSliceDataset": "segrenorm.data.datasets",
+    "BatchStream": "segrenorm.data.batches",
     # configuration, model, training
-    "Config": "segrenorm.config",
-    "TranslatorKind": "segrenorm.config",
-    "load_config": "segrenorm.config",
-    "PRESETS": "segrenorm.presets",
-    "Translator": "segrenorm.model",
-    "train": "segrenorm.trainer",
-    "load_translator": "segrenorm.checkpoint",
-    "Harmonizer": "segrenorm.harmonize",
+    "Config": "segrenorm.config.schema",
+    "TranslatorKind": "segrenorm.config.schema",
+    "load_config": "segrenorm.config.schema",
+    "PRESETS": "segrenorm.config.presets",
+    "Translator": "segrenorm.models.translator",
+    "train": "segrenorm.training.trainer",
+    "load_translator": "segrenorm.models.checkpoint",
+    "Harmonizer": "segrenorm.harmonize.harmonizer",
     # evaluation
     "EvalData": "segrenorm.evaluate.data",
     "EvaluationConfig": "segrenorm.evaluate.suite",
     "run_evaluation": "segrenorm.evaluate.suite",
     "evaluate_cache": "segrenorm.evaluate.pipeline",
-    "write_report": "segrenorm.report",
-    "compare": "segrenorm.compare",
-    "run_demo": "segrenorm.demo",
+    "write_report": "segrenorm.report.write",
+    "compare": "segrenorm.workflows.compare",
+    "run_demo": "segrenorm.workflows.demo",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -78,19 +78,25 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the real names
-    from segrenorm.batches import BatchStream
-    from segrenorm.cache import prepare_cache
-    from segrenorm.checkpoint import load_translator
-    from segrenorm.compare import compare
-    from segrenorm.config import Config, TranslatorKind, load_config
-    from segrenorm.datasets import UnpairedSliceDataset
-    from segrenorm.demo import run_demo
+    from segrenorm.config.presets import PRESETS
+    from segrenorm.config.schema import Config, TranslatorKind, load_config
+    from segrenorm.data.batches import BatchStream
+    from segrenorm.data.datasets import UnpairedSliceDataset
+    from segrenorm.data.listing import SubjectRecord, read_listing
+    from segrenorm.data.prepare import prepare_cache
+    from segrenorm.data.slice_cache import SliceCache
     from segrenorm.errors import CacheError, ConfigError, InputError, SegrenormError
     from segrenorm.evaluate.data import EvalData
     from segrenorm.evaluate.pipeline import evaluate_cache
     from segrenorm.evaluate.suite import EvaluationConfig, run_evaluation
-    from segrenorm.harmonize import Harmonizer
-    from segrenorm.io import (
+    from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.models.checkpoint import load_translator
+    from segrenorm.models.translator import Translator
+    from segrenorm.report.write import write_report
+    from segrenorm.simulate.benchmark import simulate_t1
+    from segrenorm.simulate.scanners import SCANNERS, ScannerProfile
+    from segrenorm.training.trainer import train
+    from segrenorm.volumes.readwrite import (
         Geometry,
         LabelMap,
         ScalarImage,
@@ -100,11 +106,5 @@ if TYPE_CHECKING:  # static analysers see the real names
         save_image,
         save_label,
     )
-    from segrenorm.listing import SubjectRecord, read_listing
-    from segrenorm.model import Translator
-    from segrenorm.presets import PRESETS
-    from segrenorm.report import write_report
-    from segrenorm.scanners import SCANNERS, ScannerProfile
-    from segrenorm.simulate import simulate_t1
-    from segrenorm.slice_cache import SliceCache
-    from segrenorm.trainer import train
+    from segrenorm.workflows.compare import compare
+    from segrenorm.workflows.demo import run_demo

@@ -7,19 +7,21 @@ temporary sibling name and swapped into place, the old one removed only afterwar
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 __all__ = [
     "atomic_file",
     "new_file_mode",
     "replace_dir",
     "write_bytes_atomic",
+    "write_json_atomic",
     "write_text_atomic",
 ]
 
@@ -72,6 +74,18 @@ def write_bytes_atomic(target: str | Path, content: bytes) -> Path:
 def write_text_atomic(target: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``target`` atomically and return the path."""
     return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON through a temporary file and a rename.
+
+    Args:
+        path: destination file.
+        data: a JSON-serialisable value.
+    """
+    target = Path(path)
+    write_bytes_atomic(target, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    return target
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -5,7 +5,7 @@ Every error says what went wrong, with which file or value, and what to do about
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "ConfigError", "InputError", "SegrenormError"]
+__all__ = ["CacheError", "CheckpointError", "ConfigError", "InputError", "SegrenormError"]
 
 
 class SegrenormError(Exception):
@@ -22,3 +22,7 @@ class CacheError(SegrenormError):
 
 class ConfigError(SegrenormError, ValueError):
     """A configuration value that is unknown or out of range."""
+
+
+class CheckpointError(SegrenormError):
+    """A checkpoint file that is corrupt, from another format version or incomplete."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from segrenorm.cli.evaluate_cmd import add_settings_option
-from segrenorm.presets import PRESETS
+from segrenorm.config.presets import PRESETS
 
 __all__ = ["add_parser", "run"]
 
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.compare import compare
-    from segrenorm.config import load_config
+    from segrenorm.config.schema import load_config
     from segrenorm.evaluate.pipeline import evaluation_config
-    from segrenorm.report_tables import check_lines
+    from segrenorm.report.tables import check_lines
+    from segrenorm.workflows.compare import compare
 
     config = load_config(args.config, overrides=args.overrides)
     evaluation = evaluation_config(args.eval_overrides)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from segrenorm.cli.evaluate_cmd import add_settings_option
-from segrenorm.config import load_config
+from segrenorm.config.schema import load_config
 
 __all__ = ["add_parser", "run"]
 
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.demo import DEMO_EVALUATION, headline, run_demo
     from segrenorm.evaluate.pipeline import evaluation_config
+    from segrenorm.workflows.demo import DEMO_EVALUATION, headline, run_demo
 
     config = load_config(args.config, overrides=args.overrides)
     evaluation = evaluation_config(args.eval_overrides, base=DEMO_EVALUATION)

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed command line.
     """
     from segrenorm.evaluate.pipeline import evaluate_cache, evaluation_config
-    from segrenorm.report_tables import check_lines
+    from segrenorm.report.tables import check_lines
 
     models = named_paths(args.model, "--model")
     harmonized = named_paths(args.harmonized, "--harmonized")

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.export import export_model
+    from segrenorm.export.exporter import export_model
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if not formats:

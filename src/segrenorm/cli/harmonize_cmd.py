@@ -105,7 +105,7 @@ def parse_models(values: list[str]) -> str | dict[str, str]:
     Raises:
         ConfigError: a mix of plain and ``PLANE=RUN`` values, or a plane given twice.
     """
-    from segrenorm.preprocess import SLICE_AXES
+    from segrenorm.volumes.spatial import SLICE_AXES
 
     pairs = [v.split("=", 1) for v in values]
     planar = [len(p) == 2 and p[0] in SLICE_AXES for p in pairs]
@@ -130,14 +130,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm import tqdm
 
-    from segrenorm.distributed import init_distributed, shutdown_distributed
-    from segrenorm.harmonize import Harmonizer
-    from segrenorm.harmonize_files import (
+    from segrenorm.harmonize.files import (
         gather_results,
         harmonize_files,
         plan_outputs,
         summary_table,
     )
+    from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.training.distributed import init_distributed, shutdown_distributed
 
     models = parse_models(args.model)
     if isinstance(models, dict) and args.views:

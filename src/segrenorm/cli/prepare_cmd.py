@@ -6,9 +6,9 @@ import argparse
 from collections import Counter
 from typing import Any
 
-from segrenorm.cache import open_manifest, prepare_cache, read_listing, records_from_inputs
+from segrenorm.data.prepare import open_manifest, prepare_cache, read_listing, records_from_inputs
 from segrenorm.errors import ConfigError
-from segrenorm.preprocess import SLICE_AXES
+from segrenorm.volumes.spatial import SLICE_AXES
 
 __all__ = ["add_parser", "run", "summarize"]
 

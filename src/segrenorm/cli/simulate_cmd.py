@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_t1(args: argparse.Namespace) -> int:
-    from segrenorm.simulate import simulate_t1
+    from segrenorm.simulate.benchmark import simulate_t1
 
     csv_path = simulate_t1(
         args.out,
@@ -82,7 +82,7 @@ def _run_t1(args: argparse.Namespace) -> int:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
-    from segrenorm.figures import preview_subject
+    from segrenorm.simulate.preview import preview_subject
 
     print(preview_subject(args.data_dir, args.out, subject=args.subject))
     return 0

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from segrenorm.config import Config, config_from_dict, load_config
+from segrenorm.config.presets import PRESETS
+from segrenorm.config.schema import Config, config_from_dict, load_config
 from segrenorm.errors import ConfigError
-from segrenorm.presets import PRESETS
 
 __all__ = ["add_parser", "apply_overrides", "resolve", "run"]
 
@@ -115,7 +115,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
     Raises:
         ConfigError: a required option is missing or a value is invalid.
     """
-    from segrenorm.checkpoint import config_of, load_checkpoint, resolve_checkpoint
+    from segrenorm.models.checkpoint import config_of, load_checkpoint, resolve_checkpoint
 
     payload: dict[str, Any] | None = None
     ckpt: Path | None = None
@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.datasets import SliceCache
-    from segrenorm.trainer import TrainingInterrupted, check_against_cache, train
+    from segrenorm.data.datasets import SliceCache
+    from segrenorm.training.trainer import TrainingInterrupted, check_against_cache, train
 
     config, cache, out = resolve(args)
     if args.iterations is not None and args.iterations < 1:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.slice_cache import SliceCache
 
 __all__ = ["EvalData", "SiteSlices", "slices_from_volumes"]
 
@@ -202,8 +202,8 @@ def slices_from_volumes(
         InputError: the folder is missing, a subject's harmonized volume is missing, or it
             is not on its source volume's grid.
     """
-    from segrenorm.io import load_image
-    from segrenorm.preprocess import (
+    from segrenorm.volumes.readwrite import load_image
+    from segrenorm.volumes.spatial import (
         fit_scaling,
         foreground_mask,
         pad_to_shape,

@@ -39,8 +39,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor, nn
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.nn.blocks import conv3x3, down_conv
-from segrenorm.nn.segnet import check_image_batch
+from segrenorm.models.nn.blocks import conv3x3, down_conv
+from segrenorm.models.nn.segnet import check_image_batch
 
 __all__ = ["AutoencoderConfig", "MultitaskAutoencoder", "extract_features", "train_autoencoder"]
 
@@ -194,7 +194,7 @@ class MultitaskAutoencoder(nn.Module):
         return int(2**self.depth)
 
     def _init_weights(self) -> None:
-        # He init for leaky ReLU; segrenorm.nn.init's N(0, 0.02) suits normalised nets but
+        # He init for leaky ReLU; segrenorm.models.nn.init's N(0, 0.02) suits normalised nets but
         # would shrink the signal at every layer of this norm-free one.
         gain = nn.init.calculate_gain("leaky_relu", _SLOPE)
         for module in self.modules():
@@ -250,7 +250,7 @@ def _check_slices(slices: np.ndarray, name: str, stride: int, *, check_range: bo
         if low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
             raise InputError(
                 f"{name}: intensities span [{low:.4g}, {high:.4g}] in {slices.shape}; the "
-                "autoencoder expects slices scaled to [-1, 1] (see segrenorm.preprocess)."
+                "autoencoder expects slices scaled to [-1, 1] (see segrenorm.volumes.spatial)."
             )
 
 

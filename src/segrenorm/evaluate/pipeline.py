@@ -25,7 +25,7 @@ from segrenorm.errors import ConfigError
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
-from segrenorm.report import ReportPaths, write_report
+from segrenorm.report.write import ReportPaths, write_report
 
 __all__ = ["evaluate_cache", "evaluation_config"]
 
@@ -148,7 +148,7 @@ def evaluate_cache(
     """
     import torch
 
-    from segrenorm.checkpoint import load_translator
+    from segrenorm.models.checkpoint import load_translator
 
     models, harmonized = dict(models or {}), dict(harmonized or {})
     clash = sorted((set(models) | set(harmonized)) & set(BASELINES))

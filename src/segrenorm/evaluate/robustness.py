@@ -26,7 +26,7 @@ import torch
 
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.metrics import ssim_map
-from segrenorm.model import Translator
+from segrenorm.models.translator import Translator
 
 __all__ = ["DEFAULT_SIGMAS", "curve_auc", "noise_sensitivity"]
 

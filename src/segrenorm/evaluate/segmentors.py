@@ -1,6 +1,6 @@
 """Post-hoc segmentors for the downstream lens (the layout of the paper's Table V).
 
-A segmentor is a :class:`~segrenorm.nn.segnet.SegUNet` trained on one domain's training
+A segmentor is a :class:`~segrenorm.models.nn.segnet.SegUNet` trained on one domain's training
 slices only, then applied to other images: the same domain's test slices, the other
 domain's, or harmonized ones. The drop in Dice from same-domain to cross-domain is the
 domain gap; harmonization should close it.
@@ -35,8 +35,8 @@ from torch import Tensor
 
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.overlap import check_label_maps, subject_scores
-from segrenorm.losses import weighted_ce
-from segrenorm.nn.segnet import SegUNet
+from segrenorm.models.nn.segnet import SegUNet
+from segrenorm.training.losses import weighted_ce
 
 __all__ = [
     "SegmentorConfig",

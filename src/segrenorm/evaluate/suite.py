@@ -49,7 +49,7 @@ from segrenorm.evaluate.segmentors import (
     subject_scores,
     train_segmentor,
 )
-from segrenorm.model import Translator
+from segrenorm.models.translator import Translator
 
 __all__ = [
     "EvaluationArtifacts",

@@ -1,0 +1,1 @@
+"""Configuration: frozen dataclass schema, one ``a.b=value`` override parser, presets, loading."""

@@ -1,0 +1,479 @@
+"""Run configuration: frozen dataclasses, named presets and validated loading.
+
+A configuration is a tree of frozen dataclasses. Presets are named ``Config`` values;
+a YAML file may name a preset under ``preset:`` and override any field, and the command
+line may override single fields with ``--set section.field=value``. Unknown keys and
+out-of-range values raise :class:`~segrenorm.errors.ConfigError` naming the key.
+
+Presets live in :mod:`segrenorm.config.presets`.
+
+Example:
+    >>> cfg = load_config("cpu", overrides=["optim.iterations=10"])
+    >>> cfg.optim.iterations
+    10
+    >>> cfg.model.translator.value
+    'segrenorm'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segrenorm.errors import ConfigError
+
+__all__ = [
+    "AmpMode",
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TranslatorKind",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class TranslatorKind(enum.Enum):
+    """The four translators; all share one interface (see :mod:`segrenorm.models.translator`)."""
+
+    CYCLEGAN = "cyclegan"
+    S_CYCLEGAN = "s-cyclegan"
+    SEMGAN = "semgan"
+    SEGRENORM = "segrenorm"
+
+    @property
+    def uses_segmentation(self) -> bool:
+        return self is not TranslatorKind.CYCLEGAN
+
+    @property
+    def renormalizes(self) -> bool:
+        return self is TranslatorKind.SEGRENORM
+
+
+class AmpMode(enum.Enum):
+    """Mixed precision: ``auto`` picks bf16 on CUDA devices that support it, fp32 on CPU."""
+
+    AUTO = "auto"
+    OFF = "off"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network shapes.
+
+    Args:
+        translator: which of the four translators to build.
+        ngf: generator base width; widths grow ngf -> 2ngf -> 4ngf -> 8ngf (capped at 8ngf).
+        ndf: discriminator base width.
+        n_downsample: stride-2 stages in the generator; its stride is ``2**n_downsample``.
+        n_middle_blocks: residual blocks at the bottleneck.
+        seg_ngf: segmentation U-Net base width.
+        seg_depth: segmentation U-Net downsamplings; its stride is ``2**seg_depth``.
+        embed_dim: size of the semantic embedding f(m) shared by all renorm layers.
+        extractor_grid: side of the adaptive average pool in the semantic extractor.
+        disc_layers: stride-2 convolutions in the PatchGAN (2 gives a 34x34 receptive field).
+        residual_output: start the generator as the identity, ``tanh(atanh(x) + delta)``
+            with the last convolution zero-initialised.
+        zero_init_film: zero-initialise the gamma/beta heads so renorm starts as instance norm.
+    """
+
+    translator: TranslatorKind = TranslatorKind.SEGRENORM
+    ngf: int = 64
+    ndf: int = 64
+    n_downsample: int = 4
+    n_middle_blocks: int = 2
+    seg_ngf: int = 32
+    seg_depth: int = 4
+    embed_dim: int = 512
+    extractor_grid: int = 2
+    disc_layers: int = 2
+    residual_output: bool = True
+    zero_init_film: bool = True
+
+    @property
+    def stride(self) -> int:
+        """Crops and padded slices must be divisible by this."""
+        depth = self.n_downsample
+        if self.translator.uses_segmentation:
+            depth = max(depth, self.seg_depth)
+        return int(2**depth)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (paper: lambda_GAN = 1, lambda_cyc = 10, lambda_seg = 1).
+
+    Args:
+        gan: least-squares adversarial weight.
+        cycle: L1 cycle-consistency weight.
+        identity: L1 identity weight (0 disables it).
+        seg_real: cross-entropy weight of S(x) and Q(y) against their own labels.
+        seg_translated: cross-entropy weight of Q(G(x)) and S(F(y)) against the input labels.
+        class_weights: cross-entropy class weights; two values mean (background, every
+            foreground class), otherwise one per class.
+    """
+
+    gan: float = 1.0
+    cycle: float = 10.0
+    identity: float = 0.0
+    seg_real: float = 0.5
+    seg_translated: float = 0.05
+    class_weights: tuple[float, ...] = (0.5, 0.5)
+
+    def weights_for(self, n_classes: int) -> tuple[float, ...]:
+        """Expand ``class_weights`` to one weight per class."""
+        if len(self.class_weights) == n_classes:
+            return self.class_weights
+        if len(self.class_weights) == 2:
+            return (self.class_weights[0],) + (self.class_weights[1],) * (n_classes - 1)
+        raise ConfigError(
+            f"loss.class_weights has {len(self.class_weights)} values but the data has "
+            f"{n_classes} classes: give 2 (background, foreground) or {n_classes}."
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam settings and the schedule: constant for ``iterations``, then linear to zero.
+
+    Args:
+        lr_seg: learning rate of the segmentation nets and semantic extractors.
+        lr_gen: learning rate of the generators.
+        lr_disc: learning rate of the discriminators.
+        beta1: Adam beta1.
+        beta2: Adam beta2.
+        iterations: iterations at the constant learning rate.
+        decay_iterations: iterations of linear decay to zero after them.
+        warmup_iterations: iterations during which renorm's gamma/beta stay frozen at zero
+            (a stability trick; 0 disables it).
+        consistency_warmup: iterations over which the cycle and identity weights grow
+            linearly from 0 to ``loss.cycle`` and ``loss.identity`` (0: full weight from the
+            start). An identity-initialised generator pair sits at a kink of the L1 cycle
+            loss, where the cycle pulls both generators back to the identity with a force
+            the young discriminators cannot beat; easing it in lets them leave sooner.
+        ema_decay: decay of the exponential moving average of the inference networks'
+            weights that checkpoints carry and inference uses (0 disables it).
+    """
+
+    lr_seg: float = 2e-4
+    lr_gen: float = 2e-4
+    lr_disc: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    iterations: int = 100_000
+    decay_iterations: int = 100_000
+    warmup_iterations: int = 0
+    consistency_warmup: int = 0
+    ema_decay: float = 0.0
+
+    @property
+    def total_iterations(self) -> int:
+        return self.iterations + self.decay_iterations
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the trainer draws from the slice cache.
+
+    Args:
+        crop_size: side of the random square crops.
+        batch_size: samples per step (per process under DDP).
+        n_classes: segmentation classes including background; must match the cache.
+        foreground_bias: probability that a crop is centred on the foreground.
+        semantic_dropout: SemGAN's probability of masking a random subset of classes.
+        num_workers: DataLoader worker processes.
+        direction: ``AB`` translates cache site A to B as G; ``BA`` swaps the sites.
+        fold: leave-one-subject-out / k-fold: train on every subject whose fold in the
+            cache differs from this one (None uses the cache's train/test split).
+    """
+
+    crop_size: int = 128
+    batch_size: int = 4
+    n_classes: int = 4
+    foreground_bias: float = 0.5
+    semantic_dropout: float = 0.0
+    num_workers: int = 0
+    direction: str = "AB"
+    fold: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Logging, checkpoints and devices.
+
+    Args:
+        seed: seeds Python, NumPy and torch (and the data stream).
+        log_every: iterations between scalar logs.
+        image_every: iterations between image grids (0 disables them).
+        checkpoint_every: iterations between periodic checkpoints (0: final only).
+        keep_checkpoints: periodic checkpoints kept besides ``last``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: mixed precision mode.
+        compile: wrap the networks with ``torch.compile``.
+        parallel_directions: on CPU, build and back-propagate the two cycle directions of
+            each step in two threads (same computation; faster on few cores).
+    """
+
+    seed: int = 0
+    log_every: int = 50
+    image_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    amp: AmpMode = AmpMode.AUTO
+    compile: bool = False
+    parallel_directions: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: model, losses, optimisation, data and run settings."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that :func:`config_from_dict` turns back into this."""
+        return typing.cast(dict[str, Any], _to_jsonable(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def validate(self) -> Config:
+        """Raise :class:`ConfigError` on values that cannot work; return self."""
+        m, d, o, lo = self.model, self.data, self.optim, self.loss
+        _positive("model.ngf", m.ngf)
+        _positive("model.ndf", m.ndf)
+        _positive("model.seg_ngf", m.seg_ngf)
+        _positive("model.embed_dim", m.embed_dim)
+        _positive("model.extractor_grid", m.extractor_grid)
+        _in_range("model.n_downsample", m.n_downsample, 1, 6)
+        _in_range("model.seg_depth", m.seg_depth, 1, 6)
+        _in_range("model.n_middle_blocks", m.n_middle_blocks, 0, 16)
+        _in_range("model.disc_layers", m.disc_layers, 1, 5)
+        _positive("data.crop_size", d.crop_size)
+        _positive("data.batch_size", d.batch_size)
+        _in_range("data.n_classes", d.n_classes, 2, 255)
+        _in_range("data.num_workers", d.num_workers, 0, 64)
+        _probability("data.foreground_bias", d.foreground_bias)
+        _probability("data.semantic_dropout", d.semantic_dropout)
+        if d.crop_size % m.stride:
+            raise ConfigError(
+                f"data.crop_size={d.crop_size} is not divisible by the network's stride "
+                f"{m.stride} (2**max(model.n_downsample, model.seg_depth)): use a multiple of "
+                f"{m.stride}, e.g. {max(m.stride, (d.crop_size // m.stride) * m.stride)}."
+            )
+        if d.fold is not None:
+            _in_range("data.fold", d.fold, 0, 10**6)
+        if d.direction not in ("AB", "BA"):
+            raise ConfigError(f"data.direction={d.direction!r} is unknown: use 'AB' or 'BA'.")
+        if d.semantic_dropout > 0 and m.translator is not TranslatorKind.SEMGAN:
+            raise ConfigError(
+                f"data.semantic_dropout={d.semantic_dropout} only applies to the semgan "
+                f"translator, not {m.translator.value}: set it to 0 or use semgan."
+            )
+        for name in ("lr_seg", "lr_gen", "lr_disc"):
+            _positive(f"optim.{name}", getattr(o, name))
+        _probability("optim.beta1", o.beta1)
+        _probability("optim.beta2", o.beta2)
+        _in_range("optim.iterations", o.iterations, 1, 10**9)
+        _in_range("optim.decay_iterations", o.decay_iterations, 0, 10**9)
+        _in_range("optim.warmup_iterations", o.warmup_iterations, 0, 10**9)
+        _in_range("optim.consistency_warmup", o.consistency_warmup, 0, 10**9)
+        if not 0.0 <= o.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay={o.ema_decay} must lie in [0, 1) (0 disables).")
+        for name in ("gan", "cycle", "identity", "seg_real", "seg_translated"):
+            if getattr(lo, name) < 0:
+                raise ConfigError(f"loss.{name}={getattr(lo, name)} must be >= 0.")
+        if any(w < 0 for w in lo.class_weights):
+            raise ConfigError(f"loss.class_weights={lo.class_weights} must all be >= 0.")
+        lo.weights_for(d.n_classes)
+        _in_range("run.log_every", self.run.log_every, 1, 10**9)
+        for name in ("image_every", "checkpoint_every", "keep_checkpoints"):
+            _in_range(f"run.{name}", getattr(self.run, name), 0, 10**9)
+        dev = self.run.device
+        if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
+            raise ConfigError(f"run.device={dev!r} is unknown: use auto, cpu, cuda or cuda:N.")
+        return self
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value} must be > 0.")
+
+
+def _in_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range: use {low}..{high}.")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={value} must lie in [0, 1].")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _coerce(name: str, annotation: Any, value: Any, *, optional: bool = False) -> Any:
+    """Convert a JSON/YAML value to the field's declared type, or raise ConfigError."""
+    if value is None and optional:
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(value, annotation):
+            return value
+        allowed = ", ".join(m.value for m in annotation)
+        for member in annotation:
+            if member.value == value:
+                return member
+        raise ConfigError(f"{name}={value!r} is unknown: choose one of {allowed}.")
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}={value!r} must be a list of numbers.")
+        return tuple(_coerce(f"{name}[]", float, v) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name}={value!r} must be true or false.")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise ConfigError(f"{name}={value!r} must be an integer.")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} must be an integer.") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name}={value!r} must be an integer.")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be a number.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} must be a number.") from None
+    if annotation is str:
+        return str(value)
+    raise ConfigError(f"{name}: cannot read a value of type {annotation}")  # pragma: no cover
+
+
+def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}: "
+            f"known keys are {', '.join(prefix + k for k in sorted(known))}."
+        )
+    updates: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            updates[key] = _build(type(current), value, f"{prefix}{key}.", current)
+        else:
+            inner = _unwrap_optional(hint)
+            updates[key] = _coerce(prefix + key, inner, value, optional=inner is not hint)
+    return replace(base, **updates)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def config_from_dict(data: dict[str, Any], *, base: Config | None = None) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial) dict over ``base``."""
+    return typing.cast(Config, _build(Config, data, "", base or Config())).validate()
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(source: str | Path, *, overrides: list[str] | None = None) -> Config:
+    """Resolve a preset name or a YAML/JSON file, then apply ``section.field=value`` overrides.
+
+    Args:
+        source: a key of :data:`PRESETS`, or a path to a YAML/JSON file whose optional
+            ``preset:`` key names the preset it starts from.
+        overrides: strings such as ``"optim.iterations=500"``.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, unknown key or invalid value.
+    """
+    from segrenorm.config.presets import PRESETS  # presets are built from this module
+
+    text = str(source)
+    data: dict[str, Any] = {}
+    if text in PRESETS:
+        base = PRESETS[text]
+    else:
+        path = Path(text)
+        if not path.suffix and not path.exists():
+            raise ConfigError(
+                f"unknown preset {text!r}: choose one of {', '.join(PRESETS)} "
+                "or give a path to a YAML file."
+            )
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found.")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections.")
+        data = dict(loaded)
+        preset = data.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"{path}: unknown preset {preset!r}: use {', '.join(PRESETS)}.")
+        base = PRESETS[preset] if preset else Config()
+        data.setdefault("name", path.stem)
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section.")
+        node[keys[-1]] = value
+    return config_from_dict(data, base=base)

@@ -1,0 +1,1 @@
+"""Listings of volumes to training batches: slicing, the slice cache and manifest, datasets."""

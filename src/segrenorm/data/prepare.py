@@ -1,0 +1,377 @@
+"""The on-disk slice cache: subject listings in, a folder of NumPy slice arrays + manifest out.
+
+The layout is fixed in ``docs/cache-format.md``. A cache is built in a hidden sibling folder and
+renamed into place only once its ``manifest.json`` (written last, ``"complete": true``) exists,
+so an interrupted ``prepare`` never leaves anything that :func:`open_manifest` accepts.
+
+Listings are read by ``segrenorm.data.listing`` and caches by ``segrenorm.data.slice_cache``; their
+public names are re-exported here so that ``prepare`` needs one import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from segrenorm._version import __version__
+from segrenorm.atomic import replace_dir
+from segrenorm.data.listing import (
+    SubjectRecord,
+    assign_splits,
+    read_listing,
+    records_from_inputs,
+    site_order,
+    subject_id,
+)
+from segrenorm.data.slice_cache import ARRAY_DTYPES, FORMAT_VERSION, SITE_KEYS, open_manifest
+from segrenorm.errors import CacheError, ConfigError, InputError
+from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.spatial import (
+    SLICE_AXES,
+    fit_scaling,
+    foreground_mask,
+    pad_to_shape,
+    resample_to_spacing,
+    round_up,
+    slice_volume,
+    to_canonical,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SITE_KEYS",
+    "SubjectRecord",
+    "open_manifest",
+    "prepare_cache",
+    "read_listing",
+    "records_from_inputs",
+    "subject_id",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_options(
+    slice_axis: str,
+    spacing: tuple[float, float, float] | None,
+    lower_pct: float,
+    upper_pct: float,
+    min_foreground: float,
+    pad_multiple: int,
+    test_fraction: float,
+    n_folds: int,
+    n_classes: int | None,
+) -> None:
+    if slice_axis not in SLICE_AXES:
+        raise ConfigError(f"unknown slice axis {slice_axis!r}: choose {', '.join(SLICE_AXES)}")
+    if spacing is not None and (len(spacing) != 3 or any(not s > 0 for s in spacing)):
+        raise ConfigError(f"spacing {spacing!r} must be three positive numbers (mm)")
+    if not 0.0 <= lower_pct < upper_pct <= 100.0:
+        raise ConfigError(f"percentiles {lower_pct}, {upper_pct} must be 0 <= lower < upper <= 100")
+    if not 0.0 <= min_foreground < 1.0:
+        raise ConfigError(f"min_foreground {min_foreground} must be in [0, 1)")
+    if pad_multiple < 1:
+        raise ConfigError(f"pad_multiple {pad_multiple} must be >= 1")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction {test_fraction} must be in [0, 1)")
+    if n_folds < 1:
+        raise ConfigError(f"n_folds {n_folds} must be >= 1")
+    if n_classes is not None and not 1 <= n_classes <= 256:
+        raise ConfigError(f"n_classes {n_classes} must be in 1..256 (labels are stored as uint8)")
+
+
+def _process_subject(
+    record: SubjectRecord,
+    work: Path,
+    index: int,
+    *,
+    n_classes: int | None,
+    axis: str,
+    spacing: tuple[float, float, float] | None,
+    lower_pct: float,
+    upper_pct: float,
+    min_foreground: float,
+    use_mask: bool,
+) -> dict[str, Any]:
+    """Load, canonicalize, resample, scale and slice one subject into unpadded work arrays."""
+    original = io.load_image(record.image)
+    label = None
+    if record.label is not None:
+        # io checks the label's grid against the image's before either is reoriented.
+        label = to_canonical(io.load_label(record.label, n_classes=n_classes, like=original))
+    image = to_canonical(original)
+    del original
+    if spacing is not None:
+        image = resample_to_spacing(image, spacing)
+        label = resample_to_spacing(label, spacing) if label is not None else None
+    mask = foreground_mask(image.data) if use_mask else np.ones(image.data.shape, dtype=bool)
+    scaling = fit_scaling(image.data, mask if use_mask else None, lower_pct, upper_pct)
+    scaled = scaling.apply(image.data, mask if use_mask else None)
+    labels = np.zeros(image.data.shape, np.uint8) if label is None else label.data
+    max_label = int(labels.max())
+    if max_label > 255:
+        raise InputError(f"{record.label}: label value {max_label} does not fit the cache (0..255)")
+    mask_slices = slice_volume(mask, axis)
+    fraction = mask_slices.reshape(mask_slices.shape[0], -1).mean(axis=1)
+    keep = np.flatnonzero(fraction >= min_foreground)
+    np.save(work / f"{index}_images.npy", slice_volume(scaled, axis)[keep])
+    np.save(work / f"{index}_labels.npy", slice_volume(labels, axis)[keep].astype(np.uint8))
+    np.save(work / f"{index}_masks.npy", mask_slices[keep].astype(np.uint8))
+    np.save(work / f"{index}_keep.npy", keep.astype(np.int32))
+    if keep.size == 0:
+        logger.warning(
+            "%s: no slice has %.0f%% foreground; none kept", record.image, 100 * min_foreground
+        )
+    return {
+        "scaling": scaling.to_dict(),
+        "shape": list(image.data.shape),
+        "spacing": [float(s) for s in image.geometry.spacing],
+        "n_slices": int(keep.size),
+        "plane": tuple(int(n) for n in mask_slices.shape[1:]),
+        "max_label": max_label,
+    }
+
+
+def _assemble(
+    site_dir: Path, work: Path, rows: list[int], n_rows: int, shape: tuple[int, int]
+) -> None:
+    """Pad every subject's work arrays to ``shape`` and write the site's four arrays."""
+    site_dir.mkdir()
+    fill = {"images": -1.0, "labels": 0, "masks": 0}
+    out = {
+        name: np.lib.format.open_memmap(
+            site_dir / f"{name}.npy",
+            mode="w+",
+            dtype=np.dtype(dtype),
+            shape=(n_rows, 2) if name == "slices" else (n_rows, *shape),
+        )
+        for name, dtype in ARRAY_DTYPES.items()
+    }
+    start = 0
+    for index in rows:
+        keep = np.load(work / f"{index}_keep.npy")
+        stop = start + keep.size
+        for name, value in fill.items():
+            out[name][start:stop] = pad_to_shape(
+                np.load(work / f"{index}_{name}.npy"), shape, value
+            )[0]
+            (work / f"{index}_{name}.npy").unlink()
+        out["slices"][start:stop, 0] = index
+        out["slices"][start:stop, 1] = keep
+        start = stop
+    for array in out.values():
+        array.flush()
+    del out
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished cache into place, replacing an old one only now that the new is whole."""
+    replace_dir(tmp, out)
+
+
+def prepare_cache(
+    records: Sequence[SubjectRecord],
+    out_dir: str | Path,
+    *,
+    sites: tuple[str, str] | None = None,
+    n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    slice_axis: str = "axial",
+    spacing: tuple[float, float, float] | None = None,
+    lower_pct: float = 0.5,
+    upper_pct: float = 99.5,
+    min_foreground: float = 0.05,
+    pad_multiple: int = 16,
+    test_fraction: float = 0.3,
+    n_folds: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+    use_mask: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Slice two sites' volumes into a cache folder (layout: ``docs/cache-format.md``).
+
+    Each volume is reoriented to RAS+, optionally resampled, scaled to ``[-1, 1]`` from its own
+    foreground percentiles (background -1), sliced along ``slice_axis``; slices whose foreground
+    fraction is below ``min_foreground`` are skipped and the rest are padded to one shared
+    ``(H, W)`` (a multiple of ``pad_multiple``). Label maps are only reoriented, resampled with
+    nearest neighbour and padded with 0. A record's ``split`` wins; the other subjects of each
+    site are split ``test_fraction`` among themselves with ``seed`` (sorted by subject id, so the
+    listing order does not matter); every subject of a site gets a fold ``0..n_folds-1``.
+
+    Args:
+        records: the subjects of exactly two sites.
+        out_dir: cache folder to create.
+        sites: (source, target) site names; default: order of first appearance.
+        n_classes: number of label classes; default: the number of ``class_names`` if given,
+            else max label + 1 (at least 2), or 1 without labels. At most 256 (uint8 labels).
+        class_names: one name per class; default ``background, class_1, ...``.
+        slice_axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        spacing: resample every volume to this spacing (mm, canonical axes) first.
+        lower_pct: intensity percentile mapped to -1.
+        upper_pct: intensity percentile mapped to 1.
+        min_foreground: minimum fraction of a slice inside the foreground mask to keep it.
+        pad_multiple: slice height and width are rounded up to a multiple of this.
+        test_fraction: fraction of subjects without a listed split drawn as test, per site.
+        n_folds: number of cross-validation folds per site.
+        seed: seed of the split and fold draws.
+        overwrite: replace an existing cache at ``out_dir`` (only after the new one is whole).
+        use_mask: compute a foreground mask (background -1, scaling fitted inside it). Without
+            it every voxel is foreground, so ``min_foreground`` keeps every slice.
+        progress: show a progress bar.
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        InputError: for unusable records or volumes; CacheError if ``out_dir`` exists and
+            ``overwrite`` is False or it is not a cache; ConfigError for bad options.
+    """
+    _check_options(
+        slice_axis,
+        spacing,
+        lower_pct,
+        upper_pct,
+        min_foreground,
+        pad_multiple,
+        test_fraction,
+        n_folds,
+        n_classes,
+    )
+    if not records:
+        raise InputError("no subjects to prepare: the listing is empty")
+    if class_names is not None:
+        if n_classes is not None and len(class_names) != n_classes:
+            raise ConfigError(
+                f"{len(class_names)} class names {list(class_names)} given for {n_classes} classes"
+            )
+        n_classes = len(class_names)  # io then refuses label values beyond the named classes
+    site_names = site_order(records, sites)
+    by_site = [[r for r in records if r.site == name] for name in site_names]
+    for name, group in zip(site_names, by_site, strict=True):
+        dupes = sorted({r.subject for r in group if sum(s.subject == r.subject for s in group) > 1})
+        if dupes:
+            raise InputError(f"site {name!r} lists subject(s) {dupes} more than once")
+    has_labels = records[0].label is not None
+    if any((r.label is not None) != has_labels for r in records):
+        raise InputError(
+            "some subjects have label maps and others not: give labels for all or none"
+        )
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists():
+        if not overwrite:
+            raise CacheError(f"{out} already exists; pass overwrite (--overwrite) to replace it")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists()):
+            raise CacheError(
+                f"{out} exists and is not a slice cache (no manifest.json); refusing to replace "
+                "it: choose another output folder"
+            )
+    if not out.parent.is_dir():
+        raise InputError(f"the folder {out.parent} for cache {out.name} does not exist")
+
+    ordered = by_site[0] + by_site[1]
+    splits = [
+        pair
+        for i, group in enumerate(by_site)
+        for pair in assign_splits(group, test_fraction, n_folds, seed, i)
+    ]
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        work = tmp / "_work"
+        work.mkdir(parents=True)
+        infos = []
+        for index, record in enumerate(
+            tqdm(ordered, desc="prepare", unit="subject", disable=not progress)
+        ):
+            infos.append(
+                _process_subject(
+                    record,
+                    work,
+                    index,
+                    n_classes=n_classes,
+                    axis=slice_axis,
+                    spacing=spacing,
+                    lower_pct=lower_pct,
+                    upper_pct=upper_pct,
+                    min_foreground=min_foreground,
+                    use_mask=use_mask,
+                )
+            )
+        max_label = max(info["max_label"] for info in infos)
+        if n_classes is None:
+            n_classes = max(max_label + 1, 2) if has_labels else 1
+        names = (
+            list(class_names)
+            if class_names is not None
+            else (["background"] + [f"class_{k}" for k in range(1, n_classes)])
+        )
+        slice_shape = (
+            round_up(max(info["plane"][0] for info in infos), pad_multiple),
+            round_up(max(info["plane"][1] for info in infos), pad_multiple),
+        )
+        subjects = []
+        for key, group_start, group in zip(SITE_KEYS, (0, len(by_site[0])), by_site, strict=True):
+            rows = list(range(group_start, group_start + len(group)))
+            n_rows = sum(infos[i]["n_slices"] for i in rows)
+            if n_rows == 0:
+                raise InputError(
+                    f"site {site_names[SITE_KEYS.index(key)]!r}: no slice has "
+                    f"{min_foreground:.0%} foreground; lower min_foreground (--min-foreground)"
+                )
+            _assemble(tmp / key, work, rows, n_rows, slice_shape)
+            first_row = 0
+            for i in rows:
+                record, info = ordered[i], infos[i]
+                subjects.append(
+                    {
+                        "subject": record.subject,
+                        "site": key,
+                        "image": str(record.image),
+                        "label": None if record.label is None else str(record.label),
+                        "split": splits[i][0],
+                        "fold": splits[i][1],
+                        "scaling": info["scaling"],
+                        "shape": info["shape"],
+                        "spacing": info["spacing"],
+                        "n_slices": info["n_slices"],
+                        "first_row": first_row,
+                    }
+                )
+                first_row += info["n_slices"]
+        shutil.rmtree(work)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "complete": True,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "segrenorm_version": __version__,
+            "sites": dict(zip(SITE_KEYS, site_names, strict=True)),
+            "n_classes": n_classes,
+            "class_names": names,
+            "has_labels": has_labels,
+            "slice_axis": slice_axis,
+            "canonical_orientation": "RAS",
+            "spacing": None if spacing is None else [float(s) for s in spacing],
+            "slice_shape": list(slice_shape),
+            "pad_multiple": pad_multiple,
+            "percentiles": [lower_pct, upper_pct],
+            "min_foreground": min_foreground,
+            "use_mask": use_mask,
+            "split": {"seed": seed, "test_fraction": test_fraction, "n_folds": n_folds},
+            "subjects": subjects,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

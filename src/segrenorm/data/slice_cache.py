@@ -1,0 +1,330 @@
+"""The slice cache, read side: its format constants, manifest validation and a read-only view.
+
+The layout is fixed in ``docs/cache-format.md``; :func:`segrenorm.data.prepare.prepare_cache` writes
+it. This module reads a cache only through ``manifest.json`` and
+``numpy.load(..., mmap_mode="r")``, and imports neither torch nor the preprocessing code.
+
+Example:
+    >>> cache = SliceCache.open("cache/")  # doctest: +SKIP
+    >>> cache.images("A").shape  # (N, H, W) float32 in [-1, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segrenorm.errors import CacheError, ConfigError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SITES",
+    "SITE_KEYS",
+    "SPLITS",
+    "SliceCache",
+    "open_manifest",
+]
+
+FORMAT_VERSION = 1
+#: Folder names of the two sites inside a cache: source first, target second.
+SITE_KEYS: tuple[str, str] = ("A", "B")
+SITES = SITE_KEYS
+SPLITS: tuple[str, ...] = ("train", "test", "all")
+#: The arrays of each site folder and their dtypes (shapes: ``docs/cache-format.md``).
+ARRAY_DTYPES = {"images": "float32", "labels": "uint8", "masks": "uint8", "slices": "int32"}
+#: What every cache error tells the user to do.
+RUN_PREPARE = "re-run segrenorm prepare"
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    with path.open("rb") as fh:
+        major, _minor = np.lib.format.read_magic(fh)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _fortran, dtype = read(fh)
+    return tuple(shape), dtype
+
+
+def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
+    """Read and validate a cache's manifest, checking that its arrays exist with the right shapes.
+
+    Args:
+        cache_dir: a folder written by :func:`segrenorm.data.prepare.prepare_cache`.
+
+    Returns:
+        The manifest as a dict (see ``docs/cache-format.md``).
+
+    Raises:
+        CacheError: naming the cache and the problem, for a missing folder or manifest, an
+            incomplete or unknown-version cache, or a missing or mis-shaped array.
+    """
+    root = Path(cache_dir)
+    if not root.is_dir():
+        raise CacheError(f"slice cache {root} does not exist; create it with segrenorm prepare")
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise CacheError(
+            f"slice cache {root} has no manifest.json: it is incomplete or not a cache; "
+            f"{RUN_PREPARE}"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{path} is not valid JSON ({exc}); {RUN_PREPARE}") from exc
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path} does not hold a JSON object; {RUN_PREPARE}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(
+            f"slice cache {root} has format_version {manifest.get('format_version')!r}, this "
+            f"segrenorm reads {FORMAT_VERSION}; {RUN_PREPARE}"
+        )
+    if manifest.get("complete") is not True:
+        raise CacheError(
+            f'slice cache {root} is incomplete ("complete" is not true); {RUN_PREPARE}'
+        )
+    required = ("sites", "n_classes", "slice_axis", "slice_shape", "subjects")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise CacheError(f"{path} lacks {', '.join(missing)}; {RUN_PREPARE}")
+    try:
+        height, width = (int(v) for v in manifest["slice_shape"])
+        subjects = manifest["subjects"]
+        for key in SITE_KEYS:
+            if key not in manifest["sites"]:
+                raise CacheError(f"{path} names no site {key!r}; {RUN_PREPARE}")
+            rows = [s for s in subjects if s["site"] == key]
+            n_rows = sum(int(s["n_slices"]) for s in rows)
+            starts = [int(s["first_row"]) for s in rows]
+            expected_starts = np.cumsum([0] + [int(s["n_slices"]) for s in rows])[:-1].tolist()
+            if starts != expected_starts:
+                raise CacheError(
+                    f"{path}: site {key} subjects' first_row values are not contiguous; "
+                    f"{RUN_PREPARE}"
+                )
+            for name, dtype in ARRAY_DTYPES.items():
+                array_path = root / key / f"{name}.npy"
+                if not array_path.is_file():
+                    raise CacheError(f"slice cache {root} lacks {key}/{name}.npy; {RUN_PREPARE}")
+                want = (n_rows, 2) if name == "slices" else (n_rows, height, width)
+                try:
+                    shape, found = _npy_header(array_path)
+                except (OSError, ValueError) as exc:
+                    raise CacheError(
+                        f"{array_path} is not a readable .npy file ({exc}); {RUN_PREPARE}"
+                    ) from exc
+                if shape != want or found != np.dtype(dtype):
+                    raise CacheError(
+                        f"{array_path} holds {found} {shape}, the manifest expects {dtype} {want}; "
+                        f"{RUN_PREPARE}"
+                    )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CacheError(f"{path} is malformed ({exc!r}); {RUN_PREPARE}") from exc
+    return manifest
+
+
+def _check_site(site: str) -> str:
+    if site not in SITES:
+        raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
+    return site
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """Check the manifest fields :class:`SliceCache` reads beyond what ``open_manifest`` checks."""
+    where = path / "manifest.json"
+    n_classes = manifest["n_classes"]
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise CacheError(f"{where}: 'n_classes' must be a positive integer, got {n_classes!r}")
+    names = manifest.get("class_names")
+    if not isinstance(names, list) or len(names) != n_classes:
+        raise CacheError(f"{where}: 'class_names' must list {n_classes} names, got {names!r}")
+    for k, subject in enumerate(manifest["subjects"]):
+        if (
+            not isinstance(subject.get("subject"), str)
+            or subject.get("split") not in ("train", "test")
+            or isinstance(subject.get("fold"), bool)
+            or not isinstance(subject.get("fold"), int)
+        ):
+            raise CacheError(
+                f"{where}: subjects[{k}] needs a 'subject' name, a 'split' of train or test and "
+                f"an integer 'fold'; {RUN_PREPARE}"
+            )
+
+
+class SliceCache:
+    """Read-only view of a slice cache built by ``segrenorm prepare``.
+
+    Arrays are memory-mapped lazily and per process, so a pickled cache (as sent to
+    DataLoader workers) carries only its path and manifest, and every worker maps its own.
+
+    Args:
+        path: the cache folder.
+        manifest: its validated ``manifest.json``. Use :meth:`open` rather than the
+            constructor.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self._manifest = manifest
+        # Per site: subject indices in row order and their first rows, for row -> subject.
+        self._owners: dict[str, list[int]] = {}
+        self._starts: dict[str, np.ndarray] = {}
+        self._n_rows: dict[str, int] = {}
+        for site in SITES:
+            owners = [k for k, s in enumerate(manifest["subjects"]) if s["site"] == site]
+            starts = [int(manifest["subjects"][k]["first_row"]) for k in owners]
+            self._owners[site], self._starts[site] = owners, np.asarray(starts, dtype=np.int64)
+            self._n_rows[site] = sum(int(manifest["subjects"][k]["n_slices"]) for k in owners)
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._pid = os.getpid()
+
+    @classmethod
+    def open(cls, path: str | Path) -> SliceCache:
+        """Open and validate a cache folder.
+
+        Args:
+            path: folder holding ``manifest.json`` and the ``A/`` and ``B/`` arrays.
+
+        Raises:
+            CacheError: the folder, manifest or arrays are missing or inconsistent; the
+                message names the path and says to run ``segrenorm prepare``.
+        """
+        root = Path(path)
+        manifest = open_manifest(root)
+        _check_fields(root, manifest)
+        return cls(root, manifest)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The parsed ``manifest.json``."""
+        return self._manifest
+
+    @property
+    def n_classes(self) -> int:
+        """Number of segmentation classes, background included."""
+        return int(self._manifest["n_classes"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, background first."""
+        return tuple(str(name) for name in self._manifest["class_names"])
+
+    @property
+    def sites(self) -> tuple[str, str]:
+        """Site keys, always ``("A", "B")``."""
+        return SITES
+
+    @property
+    def site_names(self) -> tuple[str, str]:
+        """Human names of sites A and B (e.g. scanner names)."""
+        names = self._manifest["sites"]
+        return str(names["A"]), str(names["B"])
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        """``(H, W)`` shared by every slice of both sites."""
+        h, w = self._manifest["slice_shape"]
+        return int(h), int(w)
+
+    def n_rows(self, site: str) -> int:
+        """Number of slices of ``site``.
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+        """
+        return self._n_rows[_check_site(site)]
+
+    def rows(self, site: str, split: str = "train", fold: int | None = None) -> np.ndarray:
+        """Row indices of ``site`` belonging to a split, sorted.
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+            split: ``"train"``, ``"test"`` or ``"all"``.
+            fold: ``None`` uses the manifest's subject-level train/test split. An integer
+                selects leave-one-subject-out / k-fold: subjects whose ``fold`` equals it are
+                the test set and every other subject of the site is the training set.
+
+        Raises:
+            ConfigError: unknown site or split, or a fold out of range.
+        """
+        _check_site(site)
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        subjects = [s for s in self._manifest["subjects"] if s["site"] == site]
+        if fold is not None:
+            folds = sorted({int(s["fold"]) for s in self._manifest["subjects"]})
+            declared = self._manifest.get("split", {}).get("n_folds", 0)
+            n_folds = max(int(declared), folds[-1] + 1)
+            if not 0 <= fold < n_folds:
+                raise ConfigError(
+                    f"fold {fold} is out of range: the cache {self.path} has folds 0..{n_folds - 1}"
+                )
+        chosen: list[np.ndarray] = []
+        for s in subjects:
+            held_out = s["split"] == "test" if fold is None else s["fold"] == fold
+            if split == "all" or held_out == (split == "test"):
+                chosen.append(np.arange(s["first_row"], s["first_row"] + s["n_slices"]))
+        if not chosen:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+    def subject_of(self, site: str, row: int) -> str:
+        """Subject identifier owning ``row`` of ``site``.
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+            row: row index into the site's arrays.
+
+        Raises:
+            ConfigError: unknown site or a row out of range.
+        """
+        if not 0 <= row < self.n_rows(site):
+            raise ConfigError(
+                f"row {row} is out of range for site {site} ({self.n_rows(site)} rows)"
+            )
+        # Subjects with zero slices share a start; searchsorted 'right' picks the one holding rows.
+        k = int(np.searchsorted(self._starts[site], row, side="right")) - 1
+        return str(self._manifest["subjects"][self._owners[site][k]]["subject"])
+
+    def _array(self, site: str, name: str) -> np.ndarray:
+        if os.getpid() != self._pid:  # forked worker: do not share the parent's mappings
+            self._maps, self._pid = {}, os.getpid()
+        key = (_check_site(site), name)
+        if key not in self._maps:
+            self._maps[key] = np.load(self.path / site / f"{name}.npy", mmap_mode="r")
+        return self._maps[key]
+
+    def images(self, site: str) -> np.ndarray:
+        """Memory-mapped float32 images ``(N, H, W)`` of ``site``, in [-1, 1].
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+        """
+        return self._array(site, "images")
+
+    def labels(self, site: str) -> np.ndarray:
+        """Memory-mapped uint8 label maps ``(N, H, W)`` of ``site``.
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+        """
+        return self._array(site, "labels")
+
+    def masks(self, site: str) -> np.ndarray:
+        """Memory-mapped uint8 foreground masks ``(N, H, W)`` of ``site``.
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+        """
+        return self._array(site, "masks")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_maps"] = {}  # never pickle memmaps; the receiving process maps its own
+        return state

@@ -1,0 +1,1 @@
+"""Export of the inference graph to TorchScript and ONNX."""

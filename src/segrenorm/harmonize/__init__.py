@@ -1,0 +1,1 @@
+"""Whole volumes through a trained model: harmonizer, policy, multi-view fusion, files."""

@@ -1,0 +1,220 @@
+"""Harmonize files and folders: output naming, safety checks, sharding and the summary table.
+
+Outputs keep the input's file name inside the output folder. The output folder must not be
+an input folder, and no output may resolve to an input file, so an input is never
+overwritten. A file that fails (unreadable, not 3D, ...) is reported and the others are
+still processed; the caller turns failures into a non-zero exit code. Under ``torchrun``,
+rank ``r`` of ``N`` harmonizes files ``r, r + N, ...`` and rank 0 prints the table.
+
+Example:
+    >>> results = harmonize_files(harmonizer, ["scans/"], "harmonized/")  # doctest: +SKIP
+    >>> print(summary_table(results))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from segrenorm.errors import InputError, SegrenormError
+from segrenorm.harmonize.fusion import BatchCallback
+from segrenorm.harmonize.harmonizer import Harmonizer
+from segrenorm.training.distributed import DistContext
+from segrenorm.volumes.formats import one_line
+from segrenorm.volumes.readwrite import find_images, image_suffix, save_image
+
+__all__ = [
+    "FileResult",
+    "gather_results",
+    "harmonize_files",
+    "plan_outputs",
+    "summary_table",
+]
+
+log = logging.getLogger(__name__)
+
+#: Called before each file with (index within this rank's share, share size, input path).
+FileCallback = Callable[[int, int, Path], None]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome of one input file.
+
+    Args:
+        input: the input file.
+        output: the output file (None when no output was planned).
+        status: ``"ok"``, ``"skipped"`` (output existed, ``skip_existing``) or ``"failed"``.
+        seconds: wall time spent on it.
+        message: the error for a failure, the warnings for a success.
+        rank: the process that handled it.
+    """
+
+    input: Path
+    output: Path | None
+    status: str
+    seconds: float = 0.0
+    message: str = ""
+    rank: int = 0
+
+
+def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Expand inputs and pair each with its output path, refusing anything unsafe.
+
+    Args:
+        inputs: files, folders or glob patterns.
+        out_dir: the output folder.
+
+    Raises:
+        InputError: no input, the output folder is (or resolves to) an input's folder, two
+            inputs share a file name, or an output path is an input file.
+    """
+    files = find_images(list(inputs))
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder for the harmonized volumes")
+    out_resolved = out.resolve()
+    folders = {f.resolve().parent for f in files}
+    if out_resolved in folders:
+        raise InputError(
+            f"--out {out} is the folder the input volumes are in; harmonized volumes keep "
+            "their file names, so they would replace the inputs. Choose another folder."
+        )
+    by_name: dict[str, Path] = {}
+    for f in files:
+        if f.name in by_name:
+            raise InputError(
+                f"{by_name[f.name]} and {f} have the same file name, so their outputs would "
+                f"collide in {out}; harmonize them into separate folders."
+            )
+        by_name[f.name] = f
+    resolved_inputs = {f.resolve() for f in files}
+    plan = [(f, out / f.name) for f in files]
+    for src, dst in plan:
+        if dst.resolve() in resolved_inputs:
+            raise InputError(f"{dst} is an input file; refusing to overwrite it (from {src}).")
+        image_suffix(dst)
+    return plan
+
+
+def harmonize_files(
+    harmonizer: Harmonizer,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    ctx: DistContext | None = None,
+    on_file: FileCallback | None = None,
+    on_batch: BatchCallback | None = None,
+) -> list[FileResult]:
+    """Harmonize every input volume into ``out_dir`` (this rank's share under torchrun).
+
+    Args:
+        harmonizer: the loaded models and options.
+        inputs: files, folders or glob patterns.
+        out_dir: the output folder (created if needed).
+        skip_existing: leave an existing output as it is and report it as skipped.
+        overwrite: replace an existing output (never an input).
+        ctx: the distributed context; None means a single process.
+        on_file: progress callback per file.
+        on_batch: progress callback per slice batch.
+
+    Returns:
+        This rank's results in input order (see :func:`gather_results` for all ranks').
+
+    Raises:
+        InputError: the plan is unsafe (see :func:`plan_outputs`); a bad individual file is
+            reported in its result instead.
+    """
+    plan = plan_outputs(inputs, out_dir)
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    share = plan[rank::world]
+    Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    results: list[FileResult] = []
+    for index, (src, dst) in enumerate(share):
+        if on_file is not None:
+            on_file(index, len(share), src)
+        if dst.exists() and skip_existing:
+            results.append(FileResult(src, dst, "skipped", 0.0, "output exists", rank))
+            continue
+        if dst.exists() and not overwrite:
+            message = "output exists; pass --skip-existing to keep it or --overwrite to replace it"
+            results.append(FileResult(src, dst, "failed", 0.0, message, rank))
+            continue
+        start = time.perf_counter()
+        try:
+            result = harmonizer.run(src, on_batch=on_batch)
+            image = result.image
+            save_image(image.data, dst, geometry=image.geometry, overwrite=overwrite)
+        except SegrenormError as exc:
+            results.append(_failure(src, dst, str(exc), start, rank))
+            continue
+        except (OSError, EOFError, ValueError, RuntimeError, MemoryError) as exc:
+            # Anything else from one file must not stop the others; the table shows it.
+            results.append(
+                _failure(src, dst, f"{type(exc).__name__}: {one_line(exc)}", start, rank)
+            )
+            continue
+        for note in result.notes:
+            log.warning("%s", note)
+        seconds = time.perf_counter() - start
+        results.append(FileResult(src, dst, "ok", seconds, " ".join(result.notes), rank))
+    return results
+
+
+def _failure(src: Path, dst: Path, message: str, start: float, rank: int) -> FileResult:
+    # io's messages start with the path; the table has a file column, so keep the reason.
+    reason = message.removeprefix(f"{src}: ")
+    log.error("%s: %s", src, reason)
+    return FileResult(src, dst, "failed", time.perf_counter() - start, reason, rank)
+
+
+def gather_results(results: list[FileResult], ctx: DistContext | None) -> list[FileResult]:
+    """Every rank's results on every rank, in input order (plain list when not distributed).
+
+    Args:
+        results: this rank's results.
+        ctx: the distributed context.
+    """
+    if ctx is None or not ctx.enabled:
+        return list(results)
+    import torch.distributed as dist
+
+    boxes: list[list[FileResult] | None] = [None] * ctx.world_size
+    dist.all_gather_object(boxes, results)
+    merged: list[FileResult] = []
+    shares = [box or [] for box in boxes]
+    # Rank r holds files r, r + N, ...: interleave to restore the input order.
+    for i in range(max((len(s) for s in shares), default=0)):
+        merged.extend(share[i] for share in shares if i < len(share))
+    return merged
+
+
+def summary_table(results: Sequence[FileResult], *, width: int = 100) -> str:
+    """A plain-text table: file, status, seconds, output or error; then the totals.
+
+    Args:
+        results: all files' results.
+        width: longest message shown before it is cut with an ellipsis.
+    """
+    rows = [("file", "status", "seconds", "output / message")]
+    for r in results:
+        detail = r.message if r.status == "failed" else str(r.output or "")
+        if r.status == "ok" and r.message:
+            detail += " (warning: " + r.message + ")"
+        if len(detail) > width:
+            detail = detail[: width - 1] + "…"
+        rows.append((r.input.name, r.status, f"{r.seconds:.1f}", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 16)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    lines.append(
+        f"{len(results)} file(s): {counts['ok']} harmonized, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed"
+    )
+    return "\n".join(lines)

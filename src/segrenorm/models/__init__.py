@@ -1,0 +1,1 @@
+"""The networks (``nn/``), the translator, the inference graph and checkpoint loading."""

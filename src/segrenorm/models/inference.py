@@ -1,0 +1,180 @@
+"""The graph that is exported: one direction's seg net, extractor and generator as one module.
+
+Some pieces of the training networks do not trace or export as written, so export uses
+equivalent forms, checked against the originals by :mod:`segrenorm.export.exporter`: the extractor's
+shape-derived adaptive pooling becomes fixed averaging matrices for one slice size, the
+renorm layers' fused batch-folded kernel becomes instance norm followed by the affine map,
+and the decoders' low-resolution phase convolutions become upsample-then-convolve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from segrenorm.errors import ConfigError
+from segrenorm.models.nn import renorm, upsample
+from segrenorm.models.nn.extractor import SemanticExtractor
+from segrenorm.models.translator import DIRECTIONS, Translator
+
+__all__ = ["ConditionedGenerator", "portable_layers", "register_atanh"]
+
+
+def _pool_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) averaging matrix of adaptive average pooling along one axis."""
+    matrix = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+class _StaticPoolExtractor(nn.Module):
+    """The semantic extractor with its pooling written as fixed matrices for one slice size.
+
+    Adaptive average pooling over a rectangle is separable, so ``P_h @ x @ P_w^T`` gives the
+    same values; unlike ``adaptive_avg_pool2d`` with shape-derived sizes it exports to ONNX
+    with the TorchScript-based exporter. Shares the extractor's weights.
+    """
+
+    def __init__(self, extractor: SemanticExtractor, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.convs = extractor.convs
+        self.mlp = extractor.mlp
+        height, width = shape
+        sizes = []
+        for _ in extractor.convs:  # each stage halves, never below 1 (see the extractor)
+            sizes.append((max(1, height // 2), max(1, width // 2), height, width))
+            height, width = sizes[-1][0], sizes[-1][1]
+        sizes.append((extractor.grid, extractor.grid, height, width))
+        for i, (out_h, out_w, in_h, in_w) in enumerate(sizes):
+            self.register_buffer(f"pool_h{i}", _pool_matrix(in_h, out_h), persistent=False)
+            self.register_buffer(f"pool_w{i}", _pool_matrix(in_w, out_w).T.contiguous(), False)
+
+    def _pool(self, x: Tensor, i: int) -> Tensor:
+        pool_h, pool_w = getattr(self, f"pool_h{i}"), getattr(self, f"pool_w{i}")
+        return torch.matmul(torch.matmul(pool_h, x), pool_w)  # (B, C, out_h, out_w)
+
+    def forward(self, probs: Tensor) -> Tensor:
+        h = probs  # (B, n_classes, H, W)
+        for i, conv in enumerate(self.convs):
+            h = torch.relu(self._pool(conv(h), i))
+        h = self._pool(h, len(self.convs))  # (B, 8ngf, grid, grid)
+        return self.mlp(h.flatten(1))
+
+
+class ConditionedGenerator(nn.Module):
+    """One direction of a translator as a single module: ``x -> G(x | S(x))``.
+
+    Args:
+        translator: a trained translator (its networks are shared, not copied).
+        direction: ``"AB"`` (G, conditioned on S) or ``"BA"`` (F, conditioned on Q).
+        static_shape: slice size (H, W) to specialise the extractor's pooling for (needed
+            for the ONNX export); None keeps the size-agnostic extractor.
+        seg_chunk: run the segmentation net and extractor on at most this many slices at a
+            time (the full-resolution segmentation net dominates peak memory); None runs
+            the whole batch at once.
+    """
+
+    def __init__(
+        self,
+        translator: Translator,
+        direction: str = "AB",
+        *,
+        static_shape: tuple[int, int] | None = None,
+        seg_chunk: int | None = None,
+    ) -> None:
+        super().__init__()
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
+        self.direction = direction
+        ab = direction == "AB"
+        self.generator = translator.gen_ab if ab else translator.gen_ba
+        seg = translator.seg_a if ab else translator.seg_b
+        extractor = translator.extractor_ab if ab else translator.extractor_ba
+        # Only the renormalised generator consumes the segmentation.
+        self.segmenter = seg if extractor is not None else None
+        self.extractor: nn.Module | None = extractor if seg is not None else None
+        if self.extractor is not None and extractor is not None and static_shape is not None:
+            self.extractor = _StaticPoolExtractor(extractor, static_shape)
+        if seg_chunk is not None and seg_chunk < 1:
+            raise ConfigError(f"seg_chunk {seg_chunk} must be at least 1")
+        self.seg_chunk = seg_chunk
+        self.stride = translator.stride
+        self.translator = [translator]  # a list: not registered twice as a submodule
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Translate slices.
+
+        Args:
+            x: (B, 1, H, W) images in [-1, 1], H and W multiples of :attr:`stride`.
+
+        Returns:
+            (B, 1, H, W) translated images in (-1, 1).
+        """
+        if self.segmenter is None or self.extractor is None:
+            return self.generator(x)
+        step = x.shape[0] if self.seg_chunk is None else self.seg_chunk
+        embeddings = [
+            self.extractor(torch.softmax(self.segmenter(x[i : i + step]), dim=1))  # (b, E)
+            for i in range(0, x.shape[0], step)
+        ]
+        emb = embeddings[0] if len(embeddings) == 1 else torch.cat(embeddings)
+        return self.generator(x, emb)
+
+    def for_shape(self, shape: tuple[int, int]) -> ConditionedGenerator:
+        """The same networks with the extractor's pooling fixed for slices of ``shape``.
+
+        Args:
+            shape: slice size (H, W).
+        """
+        return ConditionedGenerator(self.translator[0], self.direction, static_shape=shape)
+
+
+def register_atanh(opset: int) -> None:
+    """Map ``aten::atanh`` (the identity-start generator's output) to ONNX ``Atanh``.
+
+    ONNX has had ``Atanh`` since opset 9, but the TorchScript-based exporter has no rule
+    for it.
+    """
+    from torch.onnx import register_custom_op_symbolic
+
+    register_custom_op_symbolic("aten::atanh", lambda g, x: g.op("Atanh", x), opset)
+
+
+def _portable_modulated_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float = 1e-5) -> Tensor:
+    """Instance norm, then the per-sample affine map: the unfused form of the renorm layer."""
+    normed = torch.nn.functional.instance_norm(x, eps=eps)  # (B, C, H, W)
+    return normed * scale[:, :, None, None] + shift[:, :, None, None]
+
+
+@contextmanager
+def portable_layers() -> Iterator[None]:
+    """Swap the networks' hand-written kernels for traceable equivalents while exporting.
+
+    * The renorm layers fold the batch into the channels of one ``batch_norm`` call; the
+      TorchScript-based ONNX exporter needs that channel count to be static, which a
+      dynamic batch axis rules out: instance norm and the affine map are used instead.
+    * The decoders convolve nearest-upsampled features by phases at the low resolution,
+      scattering them with a Python ``autograd.Function`` that tracing cannot record and
+      with kernels computed from the weights that the ONNX exporter cannot shape: the
+      direct upsample-then-convolve path (same function) is used instead.
+
+    The exported graphs are checked against the original PyTorch model.
+    """
+    original_norm = renorm.modulated_instance_norm
+    renorm.modulated_instance_norm = _portable_modulated_norm
+    original_fits = upsample.fits_phase_conv
+    upsample.fits_phase_conv = _never  # upsample_conv / upsample_cat_conv then run directly
+    try:
+        yield
+    finally:
+        renorm.modulated_instance_norm = original_norm
+        upsample.fits_phase_conv = original_fits
+
+
+def _never(conv: nn.Conv2d) -> bool:
+    return False

@@ -1,0 +1,102 @@
+"""Semantic extractor: segmentation probabilities -> one embedding f(m) per image."""
+
+from __future__ import annotations
+
+import typing
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segrenorm.errors import InputError
+from segrenorm.models.nn.init import init_weights
+
+__all__ = ["SemanticExtractor"]
+
+N_STAGES = 4
+
+
+def _halve(x: Tensor) -> Tensor:
+    """2x average pooling that never shrinks a side below 1 (small crops pool adaptively)."""
+    if _even(x):
+        return F.avg_pool2d(x, 2)
+    h, w = x.shape[-2:]
+    return F.adaptive_avg_pool2d(x, (max(1, h // 2), max(1, w // 2)))
+
+
+def _even(x: Tensor) -> bool:
+    h, w = x.shape[-2:]
+    return h >= 2 and w >= 2 and h % 2 == 0 and w % 2 == 0
+
+
+def _conv_halve(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``_halve(conv(x))`` for a 3x3 'same' convolution.
+
+    On even sides, 2x2 average pooling after a 3x3 convolution is one 4x4 stride-2
+    convolution whose kernel is the 3x3 kernel spread over a 2x2 box (each output mixes
+    the same 16 input pixels with the same weights): the same function at 4/9 of the
+    multiply-adds, without the full-resolution intermediate. Equal up to float rounding.
+    """
+    if not _even(x):
+        return _halve(conv(x))
+    w = conv.weight  # (O, C, 3, 3)
+    out_ch, in_ch = w.shape[:2]
+    # Spread each 3x3 kernel over a 2x2 box (a full 2D convolution with 1/4s): 4x4 kernels.
+    box = w.new_full((1, 1, 2, 2), 0.25)
+    spread = F.conv2d(w.reshape(out_ch * in_ch, 1, 3, 3), box, padding=1)
+    return F.conv2d(x, spread.view(out_ch, in_ch, 4, 4), conv.bias, stride=2, padding=1)
+
+
+class SemanticExtractor(nn.Module):
+    """Four {3x3 conv, 2x average pool, ReLU} stages, an adaptive pool and an MLP.
+
+    Widths grow ngf -> 2ngf -> 4ngf -> 8ngf with the generator's ngf, so the extractor
+    stays a small fraction of the generator's cost at every model size.
+
+    Args:
+        n_classes: input channels (one probability map per class).
+        ngf: width of the first stage.
+        embed_dim: size of the output embedding.
+        grid: side of the adaptive average pool before the MLP.
+
+    Example:
+        >>> import torch
+        >>> ext = SemanticExtractor(n_classes=4, ngf=4, embed_dim=16, grid=2)
+        >>> ext(torch.rand(3, 4, 32, 32)).shape
+        torch.Size([3, 16])
+    """
+
+    def __init__(self, *, n_classes: int, ngf: int, embed_dim: int, grid: int = 2) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+        self.embed_dim = embed_dim
+        self.grid = grid
+        widths = [n_classes] + [ngf * 2**i for i in range(N_STAGES)]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], kernel_size=3, padding=1) for i in range(N_STAGES)
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(widths[-1] * grid * grid, embed_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(embed_dim, embed_dim),
+        )
+        init_weights(self)
+
+    def forward(self, probs: Tensor) -> Tensor:
+        """Embed segmentation probabilities.
+
+        Args:
+            probs: softmax probabilities (B, n_classes, H, W); any H, W >= 1.
+
+        Returns:
+            Embeddings (B, embed_dim).
+        """
+        if probs.dim() != 4 or probs.shape[1] != self.n_classes:
+            raise InputError(
+                f"SemanticExtractor expects probabilities (B, {self.n_classes}, H, W), got "
+                f"{tuple(probs.shape)}: pass softmax(segmentation logits)."
+            )
+        h = probs
+        for conv in typing.cast("list[nn.Conv2d]", self.convs):
+            h = F.relu(_conv_halve(h, conv), inplace=True)  # relu(halve(conv(h)))
+        h = F.adaptive_avg_pool2d(h, self.grid)  # (B, 8ngf, grid, grid)
+        return self.mlp(h.flatten(1))  # (B, embed_dim)

@@ -1,0 +1,1 @@
+"""Evaluation numbers to HTML, Markdown, JSON and CSV: tables, quality checks and figures."""

@@ -1,0 +1,1 @@
+"""Built-in benchmarks with ground truth: anatomy, scanner profiles, subjects, previews."""

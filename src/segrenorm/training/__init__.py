@@ -1,0 +1,1 @@
+"""Training: the loop, optimisers and schedules, losses, steps, checkpoints, EMA, run logs."""

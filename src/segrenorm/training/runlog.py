@@ -1,0 +1,340 @@
+"""Run directories that explain themselves: resolved config, JSON log, TensorBoard, images.
+
+Layout written by :func:`segrenorm.training.trainer.train` (only on rank 0)::
+
+    RUNS/00000-<config name>-<translator>/
+      config.json              resolved config, cache path, versions
+      log.jsonl                one JSON object per log step: step, losses, lr, it/s
+      tensorboard/             the same scalars for TensorBoard
+      images/step-000500.png   translation grids
+      checkpoints/             step-XXXXXXX.pt, last.pt
+      final.pt                 the model at the end of training
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from segrenorm._version import __version__
+from segrenorm.atomic import atomic_file, write_bytes_atomic, write_json_atomic
+from segrenorm.errors import InputError
+
+if TYPE_CHECKING:
+    from segrenorm.data.datasets import SliceCache
+
+__all__ = [
+    "RunLog",
+    "create_run_dir",
+    "describe_cache",
+    "grid_array",
+    "save_image_grid",
+    "translation_rows",
+    "versions",
+    "write_run_record",
+]
+
+_RUN_NAME = re.compile(r"^(\d{5})-")
+
+
+def versions() -> dict[str, str]:
+    """Versions of segrenorm, torch, numpy and Python, for ``config.json``."""
+    return {
+        "segrenorm": str(__version__),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-.") or "run"
+
+
+def create_run_dir(out: str | Path, name: str, translator: str) -> Path:
+    """Create ``OUT/NNNNN-<name>-<translator>`` with the next free number.
+
+    The number is one more than the largest existing ``NNNNN-*`` entry; creation with
+    ``mkdir(exist_ok=False)`` retries if another process takes the same number first.
+
+    Args:
+        out: parent folder of all runs (created if needed).
+        name: the config name.
+        translator: the translator kind.
+
+    Raises:
+        InputError: ``out`` exists but is not a folder.
+    """
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--out {root} is a file: give a folder to hold run directories.")
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(1000):
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := _RUN_NAME.match(p.name))]
+        number = max(taken, default=-1) + 1
+        run_dir = root / f"{number:05d}-{_slug(name)}-{_slug(translator)}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
+    raise InputError(f"could not create a new run directory in {root}: too many races.")
+
+
+class RunLog:
+    """Appends scalars to ``log.jsonl`` and TensorBoard; writes nothing when disabled.
+
+    Args:
+        run_dir: the run directory.
+        enabled: False on non-zero ranks.
+        tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.path = run_dir / "log.jsonl"
+        self._writer: Any = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop log lines past ``step`` (left by a run that went on after its last checkpoint).
+
+        Args:
+            step: the step training resumes from.
+        """
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if isinstance(entry, dict) and int(entry.get("step", 0)) <= step:
+                kept.append(line)
+        write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+
+    def log(
+        self,
+        step: int,
+        losses: Mapping[str, float],
+        lr: Mapping[str, float],
+        it_per_s: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Record one log step and return the JSON object written.
+
+        Args:
+            step: completed iterations.
+            losses: mean loss terms since the previous log step.
+            lr: learning rate per optimiser.
+            it_per_s: iterations per second since the previous log step.
+            extra: further JSON-serialisable fields.
+        """
+        entry: dict[str, Any] = {
+            "step": int(step),
+            "losses": {k: _json_float(v) for k, v in losses.items()},
+            "lr": {k: float(v) for k, v in lr.items()},
+            "it_per_s": round(float(it_per_s), 4),
+            **extra,
+        }
+        if not self.enabled:
+            return entry
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self._writer is not None:
+            for key, value in losses.items():
+                self._writer.add_scalar(f"loss/{key}", value, step)
+            for key, value in lr.items():
+                self._writer.add_scalar(f"lr/{key}", value, step)
+            self._writer.add_scalar("speed/it_per_s", it_per_s, step)
+        return entry
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _json_float(value: float) -> float | str:
+    # JSON has no NaN/Inf; strings keep the log parseable by strict readers.
+    return float(value) if math.isfinite(value) else str(value)
+
+
+def grid_array(
+    rows: Sequence[tuple[str, torch.Tensor]], *, n_classes: int, max_columns: int = 4, gap: int = 2
+) -> np.ndarray:
+    """Tile images and class maps into one RGB array (rows x samples), white gaps between.
+
+    Args:
+        rows: ``(label, tensor)`` pairs: images ``(B, 1, H, W)`` in [-1, 1] (grey) or class
+            maps ``(B, H, W)`` (integer, one fixed colour per class). All share H and W.
+        n_classes: number of classes, so a colour means the same class in every grid.
+        max_columns: samples shown per row.
+        gap: pixels between tiles.
+
+    Returns:
+        float array (rows*(H+gap)-gap, columns*(W+gap)-gap, 3) in [0, 1].
+    """
+    from matplotlib import colormaps
+
+    if not rows:
+        raise InputError("no rows to draw in the image grid.")
+    columns = max(1, min(max_columns, min(int(t.shape[0]) for _, t in rows)))
+    h, w = (int(v) for v in rows[0][1].shape[-2:])
+    palette = colormaps["viridis"](np.linspace(0.0, 1.0, max(n_classes, 2)))[:, :3]
+    canvas = np.ones((len(rows) * (h + gap) - gap, columns * (w + gap) - gap, 3))
+    for r, (label, tensor) in enumerate(rows):
+        data = tensor.detach().float().cpu().numpy()
+        if tuple(data.shape[-2:]) != (h, w):
+            raise InputError(f"row {label!r} is {data.shape[-2:]}, expected {(h, w)}.")
+        for c in range(columns):
+            if data.ndim == 4:  # (B, 1, H, W) image in [-1, 1]
+                tile = np.repeat(((np.clip(data[c, 0], -1, 1) + 1) / 2)[..., None], 3, axis=2)
+            else:  # (B, H, W) class indices
+                tile = palette[np.clip(data[c].astype(np.int64), 0, len(palette) - 1)]
+            top, left = r * (h + gap), c * (w + gap)
+            canvas[top : top + h, left : left + w] = tile
+    return canvas
+
+
+def save_image_grid(
+    path: str | Path,
+    rows: Sequence[tuple[str, torch.Tensor]],
+    *,
+    n_classes: int,
+    max_columns: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Save :func:`grid_array` as a PNG with the row labels on the left.
+
+    One matplotlib axes shows the whole tiled array: a subplot per tile would cost ~0.5 s
+    per grid on a small CPU.
+
+    Args:
+        path: destination ``.png``; written through a temporary file.
+        rows: ``(label, tensor)`` pairs (see :func:`grid_array`).
+        n_classes: number of classes.
+        max_columns: samples shown per row.
+        title: figure title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    canvas = grid_array(rows, n_classes=n_classes, max_columns=max_columns)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scale = 1.2 / max(int(rows[0][1].shape[-2]), 1)  # inches per pixel: tiles ~1.2 in tall
+    fig = Figure(figsize=(canvas.shape[1] * scale + 1.0, canvas.shape[0] * scale + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.8 / fig.get_figwidth(), 0.0, 1 - 0.9 / fig.get_figwidth(), 0.95))
+    ax.imshow(canvas, interpolation="nearest")
+    h = canvas.shape[0] + 2  # rows * (H + gap)
+    ax.set_yticks([(r + 0.5) * h / len(rows) - 1 for r in range(len(rows))])
+    ax.set_yticklabels([label for label, _ in rows], fontsize=8)
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    with atomic_file(target) as handle:
+        fig.savefig(handle, format="png")
+    return target
+
+
+def describe_cache(cache: SliceCache) -> dict[str, Any]:
+    """Plain facts about a slice cache, kept in ``config.json`` and checkpoints.
+
+    Args:
+        cache: the opened slice cache.
+    """
+    from segrenorm.data.facts import INFERENCE_KEY, inference_facts
+
+    return {
+        "path": str(Path(cache.path).resolve()),
+        "n_classes": cache.n_classes,
+        "class_names": list(cache.class_names),
+        "slice_shape": list(cache.slice_shape),
+        "sites": list(cache.site_names),
+        # Slice axis, spacing and each site's intensity scale: `segrenorm harmonize` needs
+        # them to cut volumes like the training slices and map outputs to the target scale.
+        INFERENCE_KEY: inference_facts(cache.manifest),
+    }
+
+
+def write_run_record(
+    run_dir: Path,
+    *,
+    config: dict[str, Any],
+    cache_info: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    resumed_from: Path | None = None,
+    step: int = 0,
+) -> Path:
+    """Write (or, on resume, update) ``config.json``: resolved config, cache and versions.
+
+    Args:
+        run_dir: the run directory.
+        config: the resolved config as a dict.
+        cache_info: facts about the slice cache (``path`` is the cache folder).
+        extra: further fields (device, amp, world size).
+        resumed_from: the checkpoint a resumed run started from; appended to ``resumes``.
+        step: the step it resumed at.
+    """
+    path = run_dir / "config.json"
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            record = loaded if isinstance(loaded, dict) else {}
+        except (OSError, json.JSONDecodeError):
+            record = {}  # rewritten below from what this run knows
+    record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    record.update(
+        config=config,
+        cache=cache_info.get("path"),
+        cache_info=dict(cache_info),
+        versions=versions(),
+        **extra,
+    )
+    if resumed_from is not None:
+        resumes = list(record.get("resumes", []))
+        resumes.append({"from": str(resumed_from), "step": step, "at": time.ctime()})
+        record["resumes"] = resumes
+    return write_json_atomic(path, record)
+
+
+def translation_rows(
+    batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor]]:
+    """Rows of the training image grid from a batch and ``generator_step`` outputs.
+
+    Real A, G(A), F(G(A)), S(A) and Q(G(A)) (when the translator segments), real B, F(B),
+    G(F(B)).
+
+    Args:
+        batch: the training batch (``a``, ``b``).
+        outputs: ``fake_b``, ``rec_a``, ``fake_a``, ``rec_b`` and optional ``seg_a``,
+            ``seg_fake_b``.
+    """
+    rows = [("real A", batch["a"]), ("G(A)", outputs["fake_b"]), ("F(G(A))", outputs["rec_a"])]
+    if "seg_a" in outputs and "seg_fake_b" in outputs:
+        rows += [("S(A)", outputs["seg_a"]), ("Q(G(A))", outputs["seg_fake_b"])]
+    rows += [("real B", batch["b"]), ("F(B)", outputs["fake_a"]), ("G(F(B))", outputs["rec_b"])]
+    return rows

@@ -1,0 +1,1 @@
+"""Volumes: typed images and label maps with geometry, NIfTI/ITK I/O, spatial, intensity."""

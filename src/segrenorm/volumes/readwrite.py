@@ -1,0 +1,449 @@
+"""Volumes in and out: NIfTI through nibabel, MetaImage and NRRD through SimpleITK.
+
+This module validates; the format code itself lives in ``segrenorm.volumes.formats``.
+
+Every volume carries a :class:`Geometry` (a RAS+ voxel-to-world affine, NIfTI convention) so that
+whatever segrenorm writes lands on the grid it was read from. Loading validates eagerly: a file
+that is missing, truncated, not 3D, non-finite or empty fails here with a message naming it,
+not later inside training. Writing is atomic and never replaces an existing file by default.
+
+Example:
+    >>> img = load_image("sub-01_T1w.nii.gz")  # doctest: +SKIP
+    >>> save_image(img.data * 2, "out.nii.gz", geometry=img.geometry)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from segrenorm.errors import ConfigError, InputError
+from segrenorm.volumes.formats import max_abs_diff, read_file, write_file
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "Geometry",
+    "LabelMap",
+    "ScalarImage",
+    "find_images",
+    "image_stem",
+    "image_suffix",
+    "load_image",
+    "load_label",
+    "save_image",
+    "save_label",
+]
+
+SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+_INT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
+_SAVE_DTYPES = (*_INT_DTYPES, "float32", "float64")
+_AFFINE_ATOL = 1e-3  # mm; below any scanner's reporting precision, above float32 round-off
+_LABEL_TOL = 1e-3  # a stored label may carry float round-off from scl_slope
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """Where a volume's voxels lie in the world, and how it was stored.
+
+    Args:
+        affine: (4, 4) voxel-to-world matrix in RAS+ millimetres (NIfTI convention).
+        shape: Voxel grid size (X, Y, Z).
+        spacing: Voxel size along each voxel axis in mm (the affine's column norms).
+        dtype: On-disk voxel type name, e.g. ``"int16"``; the default type when saving
+            (``"float32"`` for NIfTI integers stored with a scl_slope/scl_inter scaling).
+        axcodes: Orientation of the voxel axes, e.g. ``("R", "A", "S")``.
+        header: A copy of the nibabel header for NIfTI input, else None.
+        fmt: ``"nifti"`` or ``"itk"``: the format family the volume came from.
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    dtype: str
+    axcodes: tuple[str, str, str]
+    header: Any | None = None
+    fmt: str = "nifti"
+
+    def __post_init__(self) -> None:
+        affine = np.array(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise InputError(f"affine {self.affine!r} is not a finite 4x4 matrix")
+        affine.setflags(write=False)  # a frozen geometry must not move under the volumes using it
+        object.__setattr__(self, "affine", affine)
+        if self.fmt not in ("nifti", "itk"):
+            raise ConfigError(f"geometry format {self.fmt!r} is unknown; use 'nifti' or 'itk'")
+
+    @classmethod
+    def from_affine(
+        cls,
+        affine: np.ndarray,
+        shape: Sequence[int],
+        *,
+        dtype: str = "float32",
+        header: Any | None = None,
+        fmt: str = "nifti",
+    ) -> Geometry:
+        """Build a geometry whose spacing and axis codes are derived from ``affine``.
+
+        Args:
+            affine: (4, 4) voxel-to-world matrix (RAS+ mm).
+            shape: Voxel grid size, three integers.
+            dtype: On-disk voxel type to use when saving.
+            header: Optional nibabel header to reuse when writing NIfTI.
+            fmt: ``"nifti"`` or ``"itk"``.
+        """
+        matrix = np.asarray(affine, dtype=np.float64)
+        if matrix.shape != (4, 4) or len(shape) != 3:
+            raise InputError(f"expected a 4x4 affine and a 3D shape, got {matrix.shape}, {shape}")
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        codes = nib.aff2axcodes(matrix)
+        return cls(
+            affine=matrix,
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            dtype=np.dtype(dtype).name,
+            axcodes=(str(codes[0]), str(codes[1]), str(codes[2])),
+            header=header,
+            fmt=fmt,
+        )
+
+    def matches(self, other: Geometry, *, atol: float = _AFFINE_ATOL) -> bool:
+        """Whether ``other`` has the same voxel grid: same shape, affines within ``atol`` mm.
+
+        Args:
+            other: The geometry to compare with.
+            atol: Largest tolerated difference of any affine entry, in mm.
+        """
+        return self.shape == other.shape and max_abs_diff(self.affine, other.affine) <= atol
+
+
+@dataclass
+class ScalarImage:
+    """An intensity volume, float32 in memory.
+
+    Args:
+        data: (X, Y, Z) float32 intensities.
+        geometry: The grid the intensities live on.
+        path: The file it was read from, if any.
+    """
+
+    data: np.ndarray
+    geometry: Geometry
+    path: Path | None = None
+
+
+@dataclass
+class LabelMap:
+    """An integer segmentation: never intensity-scaled, only resampled nearest-neighbour.
+
+    Args:
+        data: (X, Y, Z) uint8 class indices (int16 when a value exceeds 255).
+        geometry: The grid the labels live on.
+        path: The file it was read from, if any.
+    """
+
+    data: np.ndarray
+    geometry: Geometry
+    path: Path | None = None
+
+
+def image_suffix(path: str | Path) -> str:
+    """Return the lower-case image suffix of ``path``, e.g. ``".nii.gz"`` or ``".mha"``.
+
+    Args:
+        path: A file name or path.
+
+    Raises:
+        InputError: If the suffix is not one of :data:`SUPPORTED_SUFFIXES`.
+    """
+    name = Path(path).name.lower()
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    raise InputError(
+        f"{path}: not a supported image file; the name must end in one of "
+        f"{', '.join(SUPPORTED_SUFFIXES)}. Convert it to NIfTI first."
+    )
+
+
+def image_stem(path: str | Path) -> str:
+    """Return the file name of ``path`` without its image suffix (``sub-01.nii.gz`` → ``sub-01``).
+
+    Args:
+        path: A file name or path with a supported suffix.
+    """
+    name = Path(path).name
+    return name[: len(name) - len(image_suffix(path))]
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files, folders (non-recursive) and glob patterns into a sorted list of images.
+
+    Args:
+        inputs: Image files, folders holding images, or glob patterns such as ``"data/*.nii.gz"``.
+
+    Raises:
+        InputError: If ``inputs`` is empty, a path is missing, a file has an unsupported suffix,
+            or a folder or pattern holds no supported image.
+    """
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
+    if not inputs:
+        raise InputError("no input images given; pass image files, folders or glob patterns")
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            image_suffix(path)
+            matches = [path]
+        elif path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
+            if not matches:
+                raise InputError(
+                    f"{path}: the folder holds no image ({', '.join(SUPPORTED_SUFFIXES)}); "
+                    "point to the folder that holds the volumes."
+                )
+        elif any(char in str(item) for char in "*?["):
+            hits = glob.glob(os.path.expanduser(str(item)))
+            matches = sorted(Path(p) for p in hits if Path(p).is_file() and _is_image(Path(p)))
+            if not matches:
+                raise InputError(
+                    f"{item}: the pattern matches no image ({', '.join(SUPPORTED_SUFFIXES)}); "
+                    "check the pattern and quote it so the shell does not expand it."
+                )
+        else:
+            raise InputError(f"{path}: no such file or folder; check the path.")
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def load_image(path: str | Path) -> ScalarImage:
+    """Read a 3D intensity volume as float32, with its geometry.
+
+    Args:
+        path: A ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` or ``.nrrd`` file.
+
+    Raises:
+        InputError: If the file is missing, unsupported, truncated or corrupt, not 3D (a 4D
+            image with one volume is squeezed), holds NaN/Inf, or is constant.
+    """
+    file = Path(path)
+    raw, geometry = _read_volume(file)
+    data = raw.astype(np.float32)  # float64 beyond float32 range becomes Inf and is refused
+    _check_finite(data, file)
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise InputError(
+            f"{file}: every voxel has the value {low:g}; the volume is empty or constant. "
+            "Check that the right file was exported."
+        )
+    return ScalarImage(data=data, geometry=geometry, path=file)
+
+
+def load_label(
+    path: str | Path, *, n_classes: int | None = None, like: ScalarImage | None = None
+) -> LabelMap:
+    """Read a 3D label map of integer classes 0..n_classes-1.
+
+    An all-background map is accepted: a subject may have no lesion.
+
+    Args:
+        path: A label file in any supported format; float storage is fine if values are whole.
+        n_classes: Number of classes; values at or above it are refused. None skips that check.
+        like: The image the labels belong to; shape and affine (within 1e-3 mm) must match.
+
+    Raises:
+        InputError: For the reasons of :func:`load_image` other than constancy, and for
+            non-integer, negative or out-of-range values, or a grid that differs from ``like``.
+    """
+    if n_classes is not None and n_classes < 1:
+        raise ConfigError(f"n_classes={n_classes} must be at least 1")
+    file = Path(path)
+    raw, geometry = _read_volume(file)
+    _check_finite(raw, file)
+    if raw.dtype.kind == "f":
+        rounded = np.rint(raw)
+        off = np.abs(raw - rounded) > _LABEL_TOL
+        if off.any():
+            bad = np.unique(raw[off])[:5]
+            raise InputError(
+                f"{file}: a label map must hold whole numbers but has {int(off.sum())} voxels "
+                f"such as {', '.join(f'{v:g}' for v in bad)}. Is this an intensity image or "
+                "a probability map? Pass the discrete segmentation."
+            )
+        raw = rounded.astype(np.int64)
+    values = np.unique(raw)
+    limit = n_classes if n_classes is not None else np.iinfo(np.int16).max + 1
+    bad_values = values[(values < 0) | (values >= limit)]
+    if bad_values.size:
+        shown = ", ".join(str(int(v)) for v in bad_values[:10])
+        allowed = f"0..{limit - 1}" + (f" (n_classes={n_classes})" if n_classes else "")
+        raise InputError(
+            f"{file}: label values {shown} fall outside the classes {allowed}. "
+            "Remap the labels or set the right number of classes."
+        )
+    dtype = np.uint8 if values.size == 0 or values.max() <= 255 else np.int16
+    if like is not None:
+        _check_same_grid(geometry, file, like.geometry, like.path)
+    return LabelMap(data=raw.astype(dtype), geometry=geometry, path=file)
+
+
+def save_image(
+    data: np.ndarray,
+    path: str | Path,
+    *,
+    geometry: Geometry,
+    dtype: str | np.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an intensity volume on ``geometry``'s grid, atomically; the format follows the suffix.
+
+    Args:
+        data: (X, Y, Z) array with ``geometry.shape``.
+        path: Output file; its suffix picks NIfTI or an ITK format.
+        geometry: The grid (and, for NIfTI input, the header) to write with.
+        dtype: On-disk voxel type; defaults to ``geometry.dtype``. Integer types round and clip.
+        overwrite: Replace an existing file instead of refusing.
+
+    Raises:
+        InputError: If the data are not finite or do not fit the geometry, or the file exists.
+        ConfigError: If ``dtype`` is not a supported voxel type.
+    """
+    name = np.dtype(dtype if dtype is not None else geometry.dtype).name
+    if name not in _SAVE_DTYPES:
+        raise ConfigError(f"dtype {name!r} cannot be saved; use one of {', '.join(_SAVE_DTYPES)}")
+    array = _check_output_array(data, path, geometry)
+    _check_finite(array, Path(path))
+    if np.dtype(name).kind in "iu":
+        info = np.iinfo(name)
+        array = np.minimum(np.maximum(np.rint(array), info.min), info.max)
+    return _write_volume(array.astype(name), Path(path), geometry, overwrite, is_label=False)
+
+
+def save_label(
+    data: np.ndarray, path: str | Path, *, geometry: Geometry, overwrite: bool = False
+) -> Path:
+    """Write a label map on ``geometry``'s grid, atomically; the format follows the suffix.
+
+    The on-disk type is ``geometry.dtype`` when that is an integer type holding every value,
+    else uint8 (int16 above 255). Labels are never rounded or clipped silently.
+
+    Args:
+        data: (X, Y, Z) array of whole, non-negative class indices with ``geometry.shape``.
+        path: Output file; its suffix picks NIfTI or an ITK format.
+        geometry: The grid (and, for NIfTI input, the header) to write with.
+        overwrite: Replace an existing file instead of refusing.
+
+    Raises:
+        InputError: If values are negative, fractional or above 32767, the shape differs from
+            the geometry, or the file exists.
+    """
+    array = _check_output_array(data, path, geometry)
+    _check_finite(array, Path(path))
+    if array.dtype.kind not in "iub" and np.any(array != np.rint(array)):
+        raise InputError(f"{path}: label data must be whole numbers; take an argmax first.")
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.int16).max:
+        raise InputError(f"{path}: label values must lie in 0..32767, got {low}..{high}.")
+    dtype = np.dtype(geometry.dtype)
+    if dtype.kind not in "iu" or high > np.iinfo(dtype).max:
+        dtype = np.dtype(np.uint8 if high <= 255 else np.int16)
+    return _write_volume(array.astype(dtype), Path(path), geometry, overwrite, is_label=True)
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+
+def _is_image(path: Path) -> bool:
+    name = path.name.lower()
+    return not name.startswith(".") and any(
+        name.endswith(s) and len(name) > len(s) for s in SUPPORTED_SUFFIXES
+    )
+
+
+def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read voxels (native type, or float after NIfTI scaling) and geometry, squeezed to 3D."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image file.")
+    array, affine, header, dtype, fmt = read_file(path, image_suffix(path))
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not a real scalar; convert it.")
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        what = f"{array.ndim}D with shape {array.shape}"
+        raise InputError(
+            f"{path}: the image is {what}; segrenorm needs one 3D volume per file. "
+            "Split 4D series into volumes (e.g. fslsplit) and stack 2D slices into a volume."
+        )
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: the voxel-to-world affine is singular; fix the header.")
+    return array, Geometry.from_affine(affine, array.shape, dtype=dtype, header=header, fmt=fmt)
+
+
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        n_nan = int(np.isnan(array).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise InputError(
+            f"{path}: {n_nan} NaN and {n_inf} Inf voxels; replace them (e.g. with 0) "
+            "before harmonizing."
+        )
+
+
+def _check_same_grid(geometry: Geometry, path: Path, ref: Geometry, ref_path: Path | None) -> None:
+    ref_name = ref_path if ref_path is not None else "the image"
+    if geometry.shape != ref.shape:
+        raise InputError(
+            f"{path}: label shape {geometry.shape} differs from {ref_name} shape {ref.shape}; "
+            "resample the labels onto the image grid (nearest neighbour)."
+        )
+    if not geometry.matches(ref):
+        diff = max_abs_diff(geometry.affine, ref.affine)
+        raise InputError(
+            f"{path}: label affine {np.round(geometry.affine, 4).tolist()} differs from "
+            f"{ref_name} affine {np.round(ref.affine, 4).tolist()} by up to {diff:.4g} mm; "
+            "the labels are not on the image grid. Resample them (nearest neighbour)."
+        )
+
+
+# --------------------------------------------------------------------------- writing helpers
+
+
+def _check_output_array(data: np.ndarray, path: str | Path, geometry: Geometry) -> np.ndarray:
+    array = np.asarray(data)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: cannot save voxels of type {array.dtype}; pass real numbers.")
+    if array.shape != geometry.shape:
+        raise InputError(
+            f"{path}: data shape {array.shape} differs from the geometry shape "
+            f"{geometry.shape}; save on a geometry built for this grid."
+        )
+    return array
+
+
+def _write_volume(
+    array: np.ndarray, path: Path, geometry: Geometry, overwrite: bool, *, is_label: bool
+) -> Path:
+    suffix = image_suffix(path)  # refuses an unsupported suffix before anything is written
+    return write_file(
+        array,
+        path,
+        suffix,
+        geometry.affine,
+        geometry.header,
+        is_label=is_label,
+        overwrite=overwrite,
+    )

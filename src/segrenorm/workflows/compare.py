@@ -1,0 +1,145 @@
+"""Train the four translators on one cache with one budget, then evaluate them together.
+
+``segrenorm compare`` is the paper's comparison on your data: CycleGAN, S-CycleGAN,
+SemGAN and SegRenorm share the config (a preset or YAML, with overrides), the cache, the
+seed and the iteration budget; only ``model.translator`` (and SemGAN's semantic dropout)
+differ. Runs go to ``OUT/runs/``, the report to ``OUT/report/``. A translator whose run
+already finished there (a ``final.pt`` in a run directory of that translator and config
+name) is not trained again, so an interrupted comparison picks up where it stopped.
+
+Example:
+    >>> result = compare("cache/", "compare_out/", load_config("cpu"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segrenorm.config.schema import Config, TranslatorKind, config_from_dict
+from segrenorm.errors import ConfigError
+from segrenorm.evaluate.methods import BASELINES
+from segrenorm.evaluate.suite import EvaluationConfig
+from segrenorm.report.write import ReportPaths
+
+__all__ = ["SEMGAN_DROPOUT", "CompareResult", "compare", "translator_config"]
+
+log = logging.getLogger(__name__)
+
+#: SemGAN's semantic-dropout probability when the config leaves it at 0.
+SEMGAN_DROPOUT = 0.5
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What a comparison produced.
+
+    Args:
+        runs: translator name -> run directory.
+        train_seconds: translator name -> training wall time (0 when reused).
+        report: the report's files.
+        results: the evaluation's numbers.
+    """
+
+    runs: dict[str, Path]
+    train_seconds: dict[str, float]
+    report: ReportPaths
+    results: dict[str, Any]
+
+
+def translator_config(config: Config, kind: TranslatorKind) -> Config:
+    """``config`` with ``kind`` as the translator (SemGAN gets semantic dropout).
+
+    Args:
+        config: the shared configuration.
+        kind: the translator.
+    """
+    raw = config.to_dict()
+    raw["model"]["translator"] = kind.value
+    dropout = float(raw["data"].get("semantic_dropout", 0.0))
+    if kind is TranslatorKind.SEMGAN:
+        raw["data"]["semantic_dropout"] = dropout or SEMGAN_DROPOUT
+    else:
+        raw["data"]["semantic_dropout"] = 0.0
+    return config_from_dict(raw).validate()
+
+
+def _finished_run(runs: Path, config: Config) -> Path | None:
+    if not runs.is_dir():
+        return None
+    suffix = f"-{config.name}-{config.model.translator.value}"
+    done = sorted(p.parent for p in runs.glob(f"*{suffix}/final.pt"))
+    return done[-1] if done else None
+
+
+def compare(
+    cache: str | Path,
+    out: str | Path,
+    config: Config,
+    *,
+    translators: Sequence[str] | None = None,
+    baselines: Sequence[str] = BASELINES,
+    evaluation: EvaluationConfig | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> CompareResult:
+    """Train each translator (or reuse its finished run) and evaluate all of them.
+
+    Args:
+        cache: the slice cache.
+        out: the comparison folder (``runs/`` and ``report/`` inside).
+        config: the shared training configuration.
+        translators: names among cyclegan, s-cyclegan, semgan, segrenorm (default: all).
+        baselines: classical baselines in the report.
+        evaluation: budgets of the evaluation lenses.
+        device: where evaluation runs (training follows ``config.run.device``).
+        progress: show training progress bars.
+        on_stage: progress callback.
+
+    Raises:
+        ConfigError: an unknown translator name.
+    """
+    from segrenorm.evaluate.pipeline import evaluate_cache
+    from segrenorm.training.trainer import train
+
+    known = {k.value: k for k in TranslatorKind}
+    names = list(translators or known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown translator(s) {', '.join(map(repr, unknown))}: choose from {', '.join(known)}"
+        )
+    say = on_stage or (lambda text: log.info("%s", text))
+    root = Path(out)
+    runs_dir = root / "runs"
+    runs: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for name in names:
+        cfg = translator_config(config, known[name])
+        done = _finished_run(runs_dir, cfg)
+        if done is not None:
+            say(f"{name}: reusing finished run {done}")
+            runs[name], seconds[name] = done, 0.0
+            continue
+        say(f"{name}: training {cfg.optim.total_iterations} iterations")
+        start = time.perf_counter()
+        runs[name] = train(cfg, cache, runs_dir, progress=progress)
+        seconds[name] = time.perf_counter() - start
+    iterations = config.optim.total_iterations
+    paths, results = evaluate_cache(
+        cache,
+        root / "report",
+        models=runs,
+        baselines=baselines,
+        config=evaluation,
+        device=device,
+        title=f"segrenorm compare: {config.name} config, {iterations} iterations each",
+        on_stage=say,
+        extra={"train_seconds": seconds, "train_config": config.to_dict()},
+    )
+    return CompareResult(runs=runs, train_seconds=seconds, report=paths, results=results)
