@@ -29,7 +29,7 @@ Phantom = Callable[..., Path]
 def _trainer_tests() -> Any:
     """tests/test_trainer.py as a module (its tiny cache and config), whatever the import mode."""
     spec = importlib.util.spec_from_file_location(
-        "_segrenorm_trainer_tests_h", Path(__file__).with_name("test_trainer.py")
+        "_segrenorm_trainer_tests_h", Path(__file__).parents[1] / "training" / "test_trainer.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
