@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from segrenorm.config.schema import load_config
+from segrenorm.config.load import load_config
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.methods import baseline_slices, translator_slices
 from segrenorm.evaluate.paired import paired_scores

@@ -19,7 +19,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from segrenorm.config.schema import load_config
+from segrenorm.config.load import load_config
 from segrenorm.models.translator import Translator
 
 

@@ -47,9 +47,9 @@ def _checkpoint(preset: str, folder: Path) -> Path:
     """An untrained translator of ``preset`` saved with 1 mm axial inference facts."""
     import torch
 
-    from segrenorm.config.schema import load_config
-    from segrenorm.models.checkpoint import build_checkpoint, save_checkpoint
+    from segrenorm.config.load import load_config
     from segrenorm.models.translator import Translator
+    from segrenorm.training.state import build_checkpoint, save_checkpoint
 
     config = load_config(preset, overrides=["run.device=cpu"])
     torch.manual_seed(0)
@@ -99,8 +99,9 @@ def run_one(
     import torch
 
     from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.volumes.intensity import foreground_mask
     from segrenorm.volumes.readwrite import load_image
-    from segrenorm.volumes.spatial import foreground_mask, round_up
+    from segrenorm.volumes.spatial import round_up
 
     torch.set_num_threads(threads)
     image = load_image(volume)

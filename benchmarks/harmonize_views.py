@@ -39,7 +39,8 @@ AXIS_NAMES = ("x (sagittal)", "y (coronal)", "z (axial)")
 
 
 def _prepare(sim: Path, work: Path) -> dict[str, Path]:
-    from segrenorm.data.prepare import prepare_cache, read_listing
+    from segrenorm.data.listing import read_listing
+    from segrenorm.data.prepare import prepare_cache
 
     records = read_listing(sim / "subjects.csv")
     caches = {}
@@ -52,7 +53,7 @@ def _prepare(sim: Path, work: Path) -> dict[str, Path]:
 
 
 def _train(caches: dict[str, Path], work: Path, iterations: int) -> dict[str, Path]:
-    from segrenorm.config.schema import load_config
+    from segrenorm.config.load import load_config
     from segrenorm.training.trainer import train
 
     runs = {}
@@ -91,8 +92,8 @@ def evaluate(sim: Path, runs: dict[str, Path], n_subjects: int) -> dict[str, Any
     """Harmonize the paired test subjects with every method; return per-method means."""
     from segrenorm.evaluate.metrics import mae, psnr
     from segrenorm.harmonize.harmonizer import Harmonizer
+    from segrenorm.volumes.intensity import fit_scaling, foreground_mask
     from segrenorm.volumes.readwrite import load_image, load_label
-    from segrenorm.volumes.spatial import fit_scaling, foreground_mask
 
     info = json.loads((sim / "simulation.json").read_text())
     source, target = info["source"]["name"], info["target"]["name"]

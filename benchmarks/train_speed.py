@@ -44,10 +44,11 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from segrenorm.config.schema import Config, load_config
+from segrenorm.config.load import load_config
+from segrenorm.config.schema import Config
 from segrenorm.errors import SegrenormError
 from segrenorm.models.translator import Translator
-from segrenorm.training.trainer import build_optimizers
+from segrenorm.training.optim import build_optimizers
 
 REFERENCE_FRACTION = 0.53  # of the fp32 matmul peak, straightforward eager implementation
 REFERENCE_SECONDS = 6.2  # per batch-4 ixi iteration
@@ -63,7 +64,7 @@ class Job:
     """One measurement to run in its own process.
 
     Args:
-        preset: a preset name of :data:`segrenorm.config.schema.PRESETS`.
+        preset: a preset name of :data:`segrenorm.config.presets.PRESETS`.
         translator: the translator kind.
         iterations: timed iterations.
         warmup: untimed iterations first (the first one also counts FLOPs).
@@ -176,7 +177,7 @@ def make_iteration(
 
     Args:
         model: the translator, in training mode.
-        optimizers: from :func:`segrenorm.training.trainer.build_optimizers`.
+        optimizers: from :func:`segrenorm.training.optim.build_optimizers`.
         batch: the batch to train on, every iteration.
         amp: autocast dtype, or None for fp32.
         parallel: let the step runner use its two threads (CPU).
@@ -214,6 +215,7 @@ def _legacy_iteration(
 ) -> Callable[[], None]:
     """The trainer iteration of checkouts without ``segrenorm.training.step`` (baselines)."""
     device_type = batch["a"].device.type
+    legacy: Any = model  # its Translator still had the step methods
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
         if amp is None:
@@ -224,7 +226,7 @@ def _legacy_iteration(
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         with autocast():
-            g_total, g_terms, outputs = model.generator_step(batch)
+            g_total, g_terms, outputs = legacy.generator_step(batch)
         torch.stack([g_total.detach(), *g_terms.values()]).tolist()
         g_total.backward()
         for name in ("seg", "gen"):
@@ -232,7 +234,7 @@ def _legacy_iteration(
                 optimizers[name].step()
         optimizers["disc"].zero_grad(set_to_none=True)
         with autocast():
-            d_total, d_terms = model.discriminator_step(batch, outputs)
+            d_total, d_terms = legacy.discriminator_step(batch, outputs)
         torch.stack([d_total.detach(), *d_terms.values()]).tolist()
         d_total.backward()
         optimizers["disc"].step()

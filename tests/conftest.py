@@ -1,6 +1,11 @@
-"""Suite-wide settings: the suite runs under pytest-xdist with one worker per core, so
-each worker keeps torch to one intra-op thread (oversubscription makes tiny models ~10x
-slower on the 2-core CI machine)."""
+"""Suite-wide settings and the shared factories of tiny volumes, caches, configs and runs.
+
+The suite runs under pytest-xdist with one worker per core, so each worker keeps torch to
+one intra-op thread (oversubscription makes tiny models ~10x slower on the 2-core CI
+machine). Test modules reach the factories through fixtures: ``tiny_kit`` (sizes, configs,
+cache and checkpoint writers, phantoms), ``eval_kit``, ``tiny_cache``, ``tiny_checkpoints``,
+``write_phantom`` and ``eval_study`` (conftest is not importable under every import mode).
+"""
 
 from __future__ import annotations
 
@@ -16,16 +21,137 @@ import torch
 torch.set_num_threads(1)
 
 
-# --------------------------------------------------------------------------- harmonize fixtures
-# Tiny checkpoints and phantom volumes shared by test_harmonize*.py and test_export.py.
-
+import json  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from segrenorm.config.schema import Config
+
+# --------------------------------------------------------------------------- tiny runs
+# The sizes, settings and hand-written cache every training, checkpoint and workflow test
+# starts from: a training step takes a few tens of ms on one thread.
+
+#: Network sizes of every tiny translator in the suite.
+TINY_MODEL: dict[str, Any] = {
+    "ngf": 4, "ndf": 4, "n_downsample": 2, "n_middle_blocks": 1, "seg_ngf": 4,
+    "seg_depth": 2, "embed_dim": 8,
+}  # fmt: skip
+#: ``--set`` overrides of a 3 + 1 step CPU training run with the tiny networks.
+TINY_TRAIN_SET = [
+    *[f"model.{key}={value}" for key, value in TINY_MODEL.items()],
+    "data.crop_size=32", "data.batch_size=2", "optim.iterations=3", "optim.decay_iterations=1",
+    "run.checkpoint_every=0", "run.image_every=0", "run.device=cpu",
+]  # fmt: skip
+#: ``--eval-set`` overrides: evaluation lenses with budgets of a few iterations.
+TINY_EVAL_SET = [
+    "autoencoder.width=4", "autoencoder.depth=2", "autoencoder.feature_dim=8",
+    "autoencoder.iterations=3", "autoencoder.decay_iterations=0", "autoencoder.batch_size=8",
+    "autoencoder.crop_size=32", "segmentor.ngf=4", "segmentor.depth=2",
+    "segmentor.iterations=3", "robustness_slices=4", "kid_subsets=5",
+]  # fmt: skip
+#: Classes and slice size of :func:`write_tiny_cache`.
+TINY_CLASSES = 4
+TINY_SLICE = (40, 40)
+
+
+def flags(option: str, values: list[str]) -> list[str]:
+    """``["--set", "a=1", "--set", "b=2"]`` from ``option="--set"`` and ``["a=1", "b=2"]``."""
+    return [part for value in values for part in (option, value)]
+
+
+def tiny_config(translator: str = "segrenorm", **sections: dict[str, Any]) -> Config:
+    """ngf 4, two downsamplings, 32x32 crops, batch 2, 4 + 2 steps; ``sections`` update it."""
+    from segrenorm.config.build import config_from_dict
+
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "model": {"translator": translator, **TINY_MODEL},
+        "data": {"crop_size": 32, "batch_size": 2, "n_classes": TINY_CLASSES},
+        "optim": {"iterations": 4, "decay_iterations": 2, "warmup_iterations": 2},
+        "run": {"log_every": 1, "image_every": 3, "checkpoint_every": 2, "keep_checkpoints": 1,
+                "device": "cpu", "amp": "off"},
+    }  # fmt: skip
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    return config_from_dict(data)
+
+
+def write_cache(
+    root: Path,
+    sites: dict[str, dict[str, np.ndarray]],
+    subjects: list[dict[str, Any]],
+    *,
+    class_names: list[str],
+    n_folds: int = 1,
+) -> Path:
+    """Write a slice cache by hand, following docs/cache-format.md.
+
+    Args:
+        root: the cache folder (created).
+        sites: site key -> ``images``, ``labels``, ``masks`` and ``slices`` arrays.
+        subjects: the manifest's subject entries.
+        class_names: class names, background first.
+        n_folds: the split's fold count.
+    """
+    for site, arrays in sites.items():
+        (root / site).mkdir(parents=True)
+        for name, array in arrays.items():
+            np.save(root / site / f"{name}.npy", array)
+    manifest = {
+        "format_version": 1, "complete": True, "created": "2026-01-01T00:00:00Z",
+        "segrenorm_version": "0.1.0", "sites": {"A": "1.5T", "B": "3T"},
+        "n_classes": len(class_names), "class_names": class_names, "has_labels": True,
+        "slice_axis": "axial", "canonical_orientation": "RAS", "spacing": [1.0, 1.0, 1.0],
+        "slice_shape": list(next(iter(sites.values()))["images"].shape[1:]), "pad_multiple": 8,
+        "percentiles": [0.5, 99.5], "min_foreground": 0.0,
+        "split": {"seed": 0, "test_fraction": 0.3, "n_folds": n_folds}, "subjects": subjects,
+    }  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def write_tiny_cache(root: Path, n_classes: int = TINY_CLASSES, n: int = 6) -> Path:
+    """A training cache of concentric classes, ``n`` 40x40 slices per site, all ``train``."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: TINY_SLICE[0], : TINY_SLICE[1]]
+    sites, subjects = {}, []
+    for site, offset in (("A", 0.0), ("B", 0.3)):
+        labels = np.zeros((n, *TINY_SLICE), np.uint8)
+        for i in range(n):
+            radius = np.hypot(yy - 20 - i % 3, xx - 20)
+            for c in range(1, n_classes):
+                labels[i][radius < 20 - 4 * c] = c
+        noise = 0.05 * rng.standard_normal(labels.shape)
+        images = np.where(labels > 0, -0.6 + 0.4 * labels + offset + noise, -1.0)
+        sites[site] = {
+            "images": np.clip(images, -1, 1).astype(np.float32),
+            "labels": labels,
+            "masks": (labels > 0).astype(np.uint8),
+            "slices": np.stack([np.zeros(n), np.arange(n)], 1).astype(np.int32),
+        }
+        subjects.append(
+            {"subject": f"sub-{site}", "site": site, "image": f"/x/{site}.nii.gz", "label": None,
+             "split": "train", "fold": 0, "shape": [*TINY_SLICE, n], "n_slices": n,
+             "first_row": 0}
+        )  # fmt: skip
+    names = [f"c{k}" for k in range(n_classes)]
+    return write_cache(root, sites, subjects, class_names=names)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`write_tiny_cache`, written once per session: read it, never change it."""
+    return write_tiny_cache(tmp_path_factory.mktemp("tiny-cache") / "cache")
+
+
+# --------------------------------------------------------------------------- harmonize fixtures
+# Tiny checkpoints and phantom volumes shared by the harmonize, export and CLI tests.
 
 #: Site intensity scales stored in the tiny checkpoints: target B is twice as bright.
 TINY_SCALING = {
@@ -55,16 +181,15 @@ def save_tiny_checkpoint(
     """
     import torch
 
-    from segrenorm.config.schema import config_from_dict
-    from segrenorm.models.checkpoint import build_checkpoint, save_checkpoint
+    from segrenorm.config.build import config_from_dict
     from segrenorm.models.translator import Translator
+    from segrenorm.training.state import build_checkpoint, save_checkpoint
 
     config = config_from_dict(
         {
             "name": "tiny",
-            "model": {"translator": translator, "ngf": 4, "ndf": 4, "n_downsample": 2,
-                      "n_middle_blocks": 1, "seg_ngf": 4, "seg_depth": 2, "embed_dim": 8,
-                      "residual_output": identity, "zero_init_film": identity},
+            "model": {"translator": translator, **TINY_MODEL, "residual_output": identity,
+                      "zero_init_film": identity},
             "data": {"crop_size": 32, "batch_size": 2, "n_classes": 4},
             "run": {"device": "cpu", "amp": "off"},
         }
@@ -143,6 +268,13 @@ def tiny_kit() -> SimpleNamespace:
         facts=tiny_inference_facts,
         save_checkpoint=save_tiny_checkpoint,
         phantom=phantom_data,
+        model=TINY_MODEL,
+        config=tiny_config,
+        write_cache=write_cache,
+        cache=write_tiny_cache,
+        train_set=TINY_TRAIN_SET,
+        eval_set=TINY_EVAL_SET,
+        flags=flags,
     )
 
 
@@ -174,9 +306,10 @@ def eval_volume(
 @pytest.fixture(scope="session")
 def eval_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Volumes, labels and a prepared cache of the tiny two-site study."""
-    from segrenorm.data.prepare import SubjectRecord, prepare_cache
-    from segrenorm.volumes import readwrite as io
-    from segrenorm.volumes.readwrite import Geometry
+    from segrenorm.data.listing import SubjectRecord
+    from segrenorm.data.prepare import prepare_cache
+    from segrenorm.volumes.images import Geometry
+    from segrenorm.volumes.readwrite import save_image, save_label
 
     root = tmp_path_factory.mktemp("eval-study")
     geometry = Geometry.from_affine(np.diag([2.0, 2.0, 2.0, 1.0]), EVAL_SHAPE)
@@ -191,8 +324,8 @@ def eval_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                 continue
             image, labels = eval_volume(k, scale, gamma, noise)
             path = root / site / f"{name}.nii.gz"
-            img = io.save_image(image.astype(np.float32), path, geometry=geometry)
-            lab = io.save_label(labels, root / site / f"{name}_dseg.nii.gz", geometry=geometry)
+            img = save_image(image.astype(np.float32), path, geometry=geometry)
+            lab = save_label(labels, root / site / f"{name}_dseg.nii.gz", geometry=geometry)
             records.append(SubjectRecord(name, site, img, lab, split))
     cache = prepare_cache(
         records, root / "cache", class_names=["background", "csf", "gm", "wm"],
@@ -218,7 +351,46 @@ def tiny_evaluation(**changes: Any) -> Any:
     return dataclasses.replace(base, **changes)
 
 
+def paired_by_hand(data: Any, slices: np.ndarray) -> dict[str, float]:
+    """Paired scores as docs/evaluation.md defines them, computed here with scikit-image.
+
+    Each row of ``slices`` (aligned with ``data.source``) is compared with the target slice
+    of the same subject and slice index: SSIM (Gaussian window sigma 1.5, K1 0.01, K2 0.03,
+    data range 2), PSNR and MAE inside the target's foreground, pooled over a subject's
+    slices, then averaged over subjects.
+    """
+    from skimage.metrics import structural_similarity
+
+    pairs = zip(data.target.subjects, data.target.index, strict=True)
+    target_row = {(str(s), int(i)): k for k, (s, i) in enumerate(pairs)}
+    pooled: dict[str, list[np.ndarray]] = {}
+    for k, (subject, index) in enumerate(zip(data.source.subjects, data.source.index, strict=True)):
+        t = target_row.get((str(subject), int(index)))
+        if t is None:
+            continue
+        truth, pred = data.target.images[t].astype(np.float64), slices[k].astype(np.float64)
+        inside = data.target.masks[t].astype(bool)
+        _, ssim_map = structural_similarity(
+            truth, pred, data_range=2.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False, full=True,
+        )  # fmt: skip
+        error = pred - truth
+        pooled.setdefault(str(subject), []).append(
+            np.stack([ssim_map[inside], error[inside] ** 2, np.abs(error[inside])])
+        )
+    scores = []
+    for parts in pooled.values():
+        ssim, squared, absolute = np.concatenate(parts, axis=1)
+        mse = squared.mean()
+        scores.append(
+            [ssim.mean(), 10 * np.log10(4.0 / mse) if mse > 0 else np.inf, absolute.mean()]
+        )
+    ssim, psnr, mae = (float(v) for v in np.mean(scores, axis=0))
+    count = sum(len(parts) for parts in pooled.values())
+    return {"ssim": ssim, "psnr": psnr, "mae": mae, "n_subjects": len(pooled), "n_slices": count}
+
+
 @pytest.fixture(scope="session")
 def eval_kit() -> SimpleNamespace:
     """Evaluation helpers for test modules."""
-    return SimpleNamespace(evaluation=tiny_evaluation, shape=EVAL_SHAPE)
+    return SimpleNamespace(evaluation=tiny_evaluation, shape=EVAL_SHAPE, paired=paired_by_hand)

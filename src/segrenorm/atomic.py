@@ -16,8 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from segrenorm.errors import InputError
+
 __all__ = [
     "atomic_file",
+    "atomic_named_path",
+    "atomic_path",
     "new_file_mode",
     "replace_dir",
     "write_bytes_atomic",
@@ -38,6 +42,64 @@ def new_file_mode() -> int:
 
 
 @contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Give a temporary path beside ``target`` to fill; rename it over ``target`` on success.
+
+    For writers that take a file name rather than a handle (``torch.onnx.export``). On any
+    exception (KeyboardInterrupt included) the temporary file is removed and ``target`` is
+    left as it was.
+
+    Args:
+        target: the final path; its folder is created if needed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp_name)
+        os.chmod(tmp_name, new_file_mode())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_named_path(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Give a path with ``target``'s own name in a private folder beside it; move what was
+    written there into place on success.
+
+    For writers that pick the format from the file name and may write companion files
+    under names of their own (a ``.mhd`` header names its ``.raw`` data file), such as
+    nibabel and SimpleITK. Companions are moved first, ``target`` last. On any exception
+    the folder and everything in it are removed and nothing beside ``target`` changes.
+
+    Args:
+        target: the final path; its folder is created if needed.
+        overwrite: replace existing files; when False, a file that already exists under a
+            written name is an error (checked before anything is moved).
+
+    Raises:
+        InputError: ``overwrite`` is False and a written file's name is taken.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield workdir / target.name
+        written = sorted(workdir.iterdir(), key=lambda p: p.name == target.name)  # target last
+        for item in written:
+            final = target.parent / item.name
+            if final.exists() and not overwrite:
+                raise InputError(f"{final}: the file already exists; pass overwrite=True.")
+        for item in written:
+            os.replace(item, target.parent / item.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
 def atomic_file(target: str | Path, *, fsync: bool = False) -> Iterator[BinaryIO]:
     """Open a temporary binary file beside ``target``; rename it over ``target`` on success.
 
@@ -48,20 +110,11 @@ def atomic_file(target: str | Path, *, fsync: bool = False) -> Iterator[BinaryIO
         target: the final path; its folder is created if needed.
         fsync: flush the data to disk before the rename (checkpoints).
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.chmod(tmp_name, new_file_mode())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        yield handle
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_bytes_atomic(target: str | Path, content: bytes) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -24,17 +23,6 @@ from segrenorm.harmonize.harmonizer import Harmonizer
 from segrenorm.models.checkpoint import load_checkpoint
 
 Phantom = Callable[..., Path]
-
-
-def _trainer_tests() -> Any:
-    """tests/test_trainer.py as a module (its tiny cache and config), whatever the import mode."""
-    spec = importlib.util.spec_from_file_location(
-        "_segrenorm_trainer_tests_h", Path(__file__).parents[1] / "training" / "test_trainer.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_folder_with_an_unreadable_file(
@@ -128,15 +116,14 @@ def test_summary_table_lists_every_file() -> None:
 
 
 def test_trained_checkpoint_carries_what_harmonize_needs(
-    write_phantom: Phantom, tmp_path: Path
+    write_phantom: Phantom, tiny_kit: SimpleNamespace, tmp_path: Path
 ) -> None:
-    trainer_tests = _trainer_tests()
-    cache = trainer_tests.make_tiny_cache(tmp_path / "cache")
+    cache = tiny_kit.cache(tmp_path / "cache")
     manifest = json.loads((cache / "manifest.json").read_text())
     for subject, (low, high) in zip(manifest["subjects"], [(10, 90), (30, 300)], strict=True):
         subject["scaling"] = {"low": low, "high": high, "lower_pct": 0.5, "upper_pct": 99.5}
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    config = trainer_tests.tiny_config(
+    config = tiny_kit.config(
         optim={"iterations": 2, "decay_iterations": 0, "warmup_iterations": 0},
         run={"checkpoint_every": 0, "image_every": 0},
     )

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from segrenorm.cli import main
-from segrenorm.data.prepare import open_manifest
-from segrenorm.volumes import readwrite as io
-from segrenorm.volumes.readwrite import Geometry
+from segrenorm.data.manifest import open_manifest
+from segrenorm.volumes.images import Geometry
+from segrenorm.volumes.readwrite import save_image, save_label
 
 SHAPE = (20, 24, 16)
 LABELLED = ["--site-a", "a", "--site-b", "b", "--labels-a", "a/*dseg*", "--labels-b", "b/*dseg*"]
@@ -26,8 +26,8 @@ def _write_site(folder: Path, n: int, scale: float, prefix: str) -> None:
     for k in range(n):
         rng = np.random.default_rng(k)
         data = np.abs(rng.normal(0.0, 5.0, SHAPE)) + labels * 300.0 * scale
-        io.save_image(data, folder / f"{prefix}{k}_T1w.nii.gz", geometry=geometry)
-        io.save_label(labels, folder / f"{prefix}{k}_dseg.nii.gz", geometry=geometry)
+        save_image(data, folder / f"{prefix}{k}_T1w.nii.gz", geometry=geometry)
+        save_label(labels, folder / f"{prefix}{k}_dseg.nii.gz", geometry=geometry)
 
 
 @pytest.fixture()

@@ -4,14 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from segrenorm.config.build import config_from_dict
+from segrenorm.config.load import load_config
 from segrenorm.config.presets import PRESETS
-from segrenorm.config.schema import (
-    AmpMode,
-    Config,
-    TranslatorKind,
-    config_from_dict,
-    load_config,
-)
+from segrenorm.config.schema import AmpMode, Config, TranslatorKind
 from segrenorm.errors import ConfigError
 
 
@@ -72,6 +68,7 @@ def test_two_class_weights_broadcast_to_foreground() -> None:
         (["data.semantic_dropout=0.5"], r"only applies to the semgan translator"),
         (["loss.class_weights=[1, 2, 3]"], r"class_weights has 3 values but the data has 4"),
         (["run.device=tpu"], r"run.device='tpu' is unknown"),
+        (["data.direction=XY"], r"data\.direction 'XY' is unknown: use 'AB'"),
         (["optim.iterations"], r"must look like section.field=value"),
     ],
 )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -12,87 +14,62 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segrenorm.data.datasets import BatchStream, SliceCache, UnpairedSliceDataset, infinite_loader
+from segrenorm.data.batches import BatchStream, infinite_loader
+from segrenorm.data.datasets import UnpairedSliceDataset
+from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError
 
 H, W = 24, 32
-N_CLASSES = 3
 SLICES = 4  # per subject
 
 
-def make_cache(
-    root: Path, subjects_per_site: int = 3, n_test: int = 1, shape: tuple[int, int] = (H, W)
-) -> Path:
-    """Write a tiny valid cache following docs/cache-format.md, by hand.
+@pytest.fixture
+def make_cache(tiny_kit: SimpleNamespace) -> Callable[..., Path]:
+    """Write a tiny valid cache: ``make_cache(root, subjects_per_site=3, n_test=1, shape=(H, W))``.
 
     Foreground sits in a small block in the top-left corner (class 1 with a class-2 core),
     so uniform crops rarely hit it. Site B images are offset so the sites are told apart.
     """
-    subjects: list[dict[str, Any]] = []
-    for site, offset in (("A", 0.0), ("B", 0.25)):
-        n = subjects_per_site * SLICES
-        labels = np.zeros((n, *shape), np.uint8)
-        labels[:, 2:8, 3:9] = 1
-        labels[:, 4:6, 5:7] = 2
-        masks = (labels > 0).astype(np.uint8)
-        # Background -1, foreground a per-row, per-class ramp: each row's values are unique.
-        rows = np.arange(n, dtype=np.float32)[:, None, None]
-        images = np.where(labels > 0, offset + 0.01 * rows + 0.2 * labels, -1.0).astype(np.float32)
-        slices = np.stack(
-            [
-                np.repeat(np.arange(subjects_per_site), SLICES),
-                np.tile(np.arange(SLICES), subjects_per_site),
-            ],
-            axis=1,
-        ).astype(np.int32)
-        (root / site).mkdir(parents=True)
-        for name, array in (
-            ("images", images),
-            ("labels", labels),
-            ("masks", masks),
-            ("slices", slices),
-        ):
-            np.save(root / site / f"{name}.npy", array)
-        for k in range(subjects_per_site):
-            subjects.append(
-                {
-                    "subject": f"sub-{site}{k}",
-                    "site": site,
-                    "image": f"/x/{site}{k}.nii.gz",
-                    "label": None,
-                    "split": "test" if k >= subjects_per_site - n_test else "train",
-                    "fold": k,
-                    "scaling": {"low": 0.0, "high": 1.0, "lower_pct": 0.5, "upper_pct": 99.5},
-                    "shape": [W, H, SLICES],
-                    "n_slices": SLICES,
-                    "first_row": k * SLICES,
-                }
-            )
-    manifest = {
-        "format_version": 1,
-        "complete": True,
-        "created": "2026-01-01T00:00:00Z",
-        "segrenorm_version": "0.1.0",
-        "sites": {"A": "1.5T", "B": "3T"},
-        "n_classes": N_CLASSES,
-        "class_names": ["background", "one", "two"],
-        "has_labels": True,
-        "slice_axis": "axial",
-        "canonical_orientation": "RAS",
-        "spacing": [1.0, 1.0, 1.0],
-        "slice_shape": list(shape),
-        "pad_multiple": 8,
-        "percentiles": [0.5, 99.5],
-        "min_foreground": 0.0,
-        "split": {"seed": 0, "test_fraction": 0.3, "n_folds": subjects_per_site},
-        "subjects": subjects,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
+
+    def make(
+        root: Path, subjects_per_site: int = 3, n_test: int = 1, shape: tuple[int, int] = (H, W)
+    ) -> Path:
+        sites: dict[str, dict[str, np.ndarray]] = {}
+        subjects: list[dict[str, Any]] = []
+        for site, offset in (("A", 0.0), ("B", 0.25)):
+            n = subjects_per_site * SLICES
+            labels = np.zeros((n, *shape), np.uint8)
+            labels[:, 2:8, 3:9] = 1
+            labels[:, 4:6, 5:7] = 2
+            # Background -1, foreground a per-row, per-class ramp: each row's values are unique.
+            rows = np.arange(n, dtype=np.float32)[:, None, None]
+            images = np.where(labels > 0, offset + 0.01 * rows + 0.2 * labels, -1.0)
+            owners = np.repeat(np.arange(subjects_per_site), SLICES)
+            index = np.tile(np.arange(SLICES), subjects_per_site)
+            sites[site] = {
+                "images": images.astype(np.float32),
+                "labels": labels,
+                "masks": (labels > 0).astype(np.uint8),
+                "slices": np.stack([owners, index], axis=1).astype(np.int32),
+            }
+            for k in range(subjects_per_site):
+                subjects.append(
+                    {"subject": f"sub-{site}{k}", "site": site, "image": f"/x/{site}{k}.nii.gz",
+                     "label": None, "split": "test" if k >= subjects_per_site - n_test else "train",
+                     "fold": k,
+                     "scaling": {"low": 0.0, "high": 1.0, "lower_pct": 0.5, "upper_pct": 99.5},
+                     "shape": [W, H, SLICES], "n_slices": SLICES, "first_row": k * SLICES}
+                )  # fmt: skip
+        names = ["background", "one", "two"]
+        return tiny_kit.write_cache(
+            root, sites, subjects, class_names=names, n_folds=subjects_per_site
+        )
+
+    return make
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path) -> Path:
+def cache_dir(make_cache: Callable[..., Path], tmp_path: Path) -> Path:
     return make_cache(tmp_path / "cache")
 
 
@@ -172,7 +149,7 @@ def test_cache_missing_folder_says_run_prepare(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        # Checked by segrenorm.data.prepare.open_manifest, which SliceCache.open relies on.
+        # Checked by segrenorm.data.manifest.open_manifest, which SliceCache.open relies on.
         ({"complete": False}, r"incomplete.*segrenorm prepare"),
         ({"format_version": 9}, r"format_version 9.*segrenorm prepare"),
         ({"slice_shape": [24, 30]}, r"images\.npy holds float32 \(12, 24, 32\)"),
@@ -227,7 +204,9 @@ def test_sample_shapes_dtypes_and_onehot(cache_dir: Path) -> None:
         data[8]
 
 
-def test_full_size_crop_returns_whole_slice(tmp_path: Path) -> None:
+def test_full_size_crop_returns_whole_slice(
+    make_cache: Callable[..., Path], tmp_path: Path
+) -> None:
     cache = SliceCache.open(make_cache(tmp_path / "square", shape=(16, 16)))
     data = UnpairedSliceDataset(cache, crop_size=16, split="all")
     for i in (0, 5, 11):
@@ -257,7 +236,7 @@ def test_direction_ba_makes_site_b_the_source(cache_dir: Path) -> None:
     [
         ({"crop_size": 33}, r"crop_size 33 is larger than the cached slice size 24x32"),
         ({"crop_size": 0}, "crop_size must be a positive integer"),
-        ({"direction": "AC"}, "unknown direction 'AC'"),
+        ({"direction": "AC"}, "direction 'AC' is unknown"),
         ({"split": "dev"}, "unknown split 'dev'"),
         ({"foreground_bias": 1.5}, r"foreground_bias must be a probability in \[0, 1\], got 1.5"),
         ({"semantic_dropout": -0.1}, "semantic_dropout must be a probability"),
@@ -270,7 +249,9 @@ def test_dataset_bad_config(cache_dir: Path, kwargs: dict[str, Any], match: str)
         UnpairedSliceDataset(cache_dir, **{"crop_size": 16, **kwargs})
 
 
-def test_dataset_bad_cache_path_and_empty_split(tmp_path: Path) -> None:
+def test_dataset_bad_cache_path_and_empty_split(
+    make_cache: Callable[..., Path], tmp_path: Path
+) -> None:
     with pytest.raises(CacheError, match=r"missing_cache does not exist.*segrenorm prepare"):
         UnpairedSliceDataset(tmp_path / "missing_cache")
     root = make_cache(tmp_path / "c", n_test=0)

@@ -1,26 +1,21 @@
-"""Tests of segrenorm.data.prepare: listings, splits, the slice cache and its manifest."""
+"""Tests of segrenorm.data.prepare: building a slice cache from listings, splits and folds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from segrenorm.data import prepare as cache
-from segrenorm.data.prepare import (
-    SubjectRecord,
-    open_manifest,
-    prepare_cache,
-    read_listing,
-    records_from_inputs,
-    subject_id,
-)
+from segrenorm.data.listing import SubjectRecord, read_listing
+from segrenorm.data.manifest import open_manifest
+from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.volumes import readwrite as io
-from segrenorm.volumes.readwrite import Geometry
-from segrenorm.volumes.spatial import IntensityScaling, foreground_mask, slice_volume, unpad
+from segrenorm.volumes.images import Geometry
+from segrenorm.volumes.intensity import IntensityScaling, foreground_mask
+from segrenorm.volumes.readwrite import load_image, load_label, save_image, save_label
+from segrenorm.volumes.spatial import slice_volume, unpad
 
 SHAPE = (20, 24, 16)
 # Voxel axes point Left, Posterior, Superior: prepare must flip x and y to reach RAS.
@@ -46,10 +41,8 @@ def _write_subject(
     data[labels == 2] = rng.normal(600.0, 10.0, int((labels == 2).sum()))
     geometry = Geometry.from_affine(AFFINE, SHAPE)
     folder.mkdir(parents=True, exist_ok=True)
-    image = io.save_image(data * scale, folder / f"{name}_T1w.nii.gz", geometry=geometry)
-    label = io.save_label(
-        labels, folder / f"{label_name or name + '_dseg'}.nii.gz", geometry=geometry
-    )
+    image = save_image(data * scale, folder / f"{name}_T1w.nii.gz", geometry=geometry)
+    label = save_label(labels, folder / f"{label_name or name + '_dseg'}.nii.gz", geometry=geometry)
     return image, label
 
 
@@ -87,8 +80,8 @@ def test_prepare_writes_a_valid_cache(tmp_path: Path) -> None:
     subject = manifest["subjects"][0]
     rows = slice(subject["first_row"], subject["first_row"] + subject["n_slices"])
     assert (slices[rows, 0] == 0).all()
-    original = io.load_image(records[0].image).data[::-1, ::-1, :]  # LPS -> RAS by flips
-    original_labels = io.load_label(str(records[0].label)).data[::-1, ::-1, :]
+    original = load_image(records[0].image).data[::-1, ::-1, :]  # LPS -> RAS by flips
+    original_labels = load_label(str(records[0].label)).data[::-1, ::-1, :]
     pads = ((6, 6), (4, 4))
     kept = slices[rows, 1]
     np.testing.assert_array_equal(unpad(labels[rows], pads), slice_volume(original_labels, 2)[kept])
@@ -105,7 +98,7 @@ def test_slices_with_little_foreground_are_skipped(tmp_path: Path) -> None:
     out = prepare_cache(records, tmp_path / "cache", min_foreground=0.2, progress=False)
     manifest = open_manifest(out)
     kept = np.load(out / "A" / "slices.npy")[:, 1]
-    mask = foreground_mask(io.load_image(records[0].image).data)
+    mask = foreground_mask(load_image(records[0].image).data)
     fraction = mask.reshape(-1, SHAPE[2]).mean(axis=0)  # per axial slice (z unchanged by flips)
     np.testing.assert_array_equal(kept, np.flatnonzero(fraction >= 0.2))
     assert 0 < len(kept) < SHAPE[2]
@@ -159,79 +152,6 @@ def test_csv_listing_and_split_column(tmp_path: Path) -> None:
     out = prepare_cache(read, tmp_path / "cache", test_fraction=0.0, progress=False)
     manifest = open_manifest(out)
     assert [s["split"] for s in manifest["subjects"]] == ["test", "train", "test", "train"]
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("subject,site\nsub-1,A\n", r"missing column\(s\) image"),
-        ("subject,site,image\n", "has a header but no subject rows"),
-        ("subject,site,image\nsub-1,,img.nii.gz\n", r"line 2: empty value for site"),
-        ("subject,site,image\nsub-1,A,nowhere.nii.gz\n", r"line 2: file .*nowhere.nii.gz does not"),
-        ("subject,site,image,split\nsub-1,A,img.nii.gz,val\n", "line 2: split 'val' must be"),
-        (
-            "subject,site,image\nsub-1,A,img.nii.gz\nsub-1,A,img.nii.gz\n",
-            "line 3: subject 'sub-1' is listed twice for site 'A'",
-        ),
-    ],
-)
-def test_read_listing_errors_name_the_row(tmp_path: Path, text: str, message: str) -> None:
-    (tmp_path / "img.nii.gz").write_bytes(b"")
-    listing = tmp_path / "list.csv"
-    listing.write_text(text)
-    with pytest.raises(InputError, match=message):
-        read_listing(listing)
-    with pytest.raises(InputError, match="does not exist"):
-        read_listing(tmp_path / "absent.csv")
-
-
-def test_records_from_inputs_pairs_labels_by_subject_id(tmp_path: Path) -> None:
-    for k in range(2):
-        _write_subject(tmp_path / "a", f"sub-{k}", 1.0, k)
-        _write_subject(tmp_path / "b", f"sub-{k + 5}", 1.0, k, label_name=f"sub-{k + 5}_label")
-    records = records_from_inputs(
-        [str(tmp_path / "a" / "*_T1w.nii.gz")],
-        [str(tmp_path / "b" / "*_T1w.nii.gz")],
-        [str(tmp_path / "a" / "*_dseg.nii.gz")],
-        [str(tmp_path / "b" / "*_label.nii.gz")],
-        site_names=("1.5T", "3T"),
-    )
-    assert [(r.site, r.subject) for r in records] == [
-        ("1.5T", "sub-0"), ("1.5T", "sub-1"), ("3T", "sub-5"), ("3T", "sub-6")
-    ]  # fmt: skip
-    assert all(r.label is not None and subject_id(r.label) == r.subject for r in records)
-    assert subject_id("x/sub-02_T1w.mha") == "sub-02" and subject_id("s_LABELS.nrrd") == "s"
-    unlabelled = records_from_inputs(
-        [tmp_path / "a" / "sub-0_T1w.nii.gz"], [str(tmp_path / "b" / "*T1w*")]
-    )
-    assert unlabelled[0].label is None
-    # Images and labels in one folder: the files given as labels are not taken as images.
-    together = records_from_inputs(
-        [tmp_path / "a"],
-        [tmp_path / "b"],
-        [str(tmp_path / "a" / "*_dseg.nii.gz")],
-        [str(tmp_path / "b" / "*_label.nii.gz")],
-    )
-    assert [r.subject for r in together] == ["sub-0", "sub-1", "sub-5", "sub-6"]
-
-
-def test_records_from_inputs_errors(tmp_path: Path) -> None:
-    _write_subject(tmp_path / "a", "sub-0", 1.0, 0)
-    _write_subject(tmp_path / "a", "sub-1", 1.0, 1, label_name="other_dseg")
-    images = [str(tmp_path / "a" / "*_T1w.nii.gz")]
-    labels = [str(tmp_path / "a" / "*_dseg.nii.gz")]
-    with pytest.raises(
-        InputError, match=r"no label map for .*sub-1_T1w.nii.gz \(subject id 'sub-1'\)"
-    ):
-        records_from_inputs(images, images, labels, labels)
-    with pytest.raises(InputError, match="labels were given for one site only"):
-        records_from_inputs(images, images, labels, None)
-    with pytest.raises(InputError, match="both have subject id 'sub-0'"):
-        records_from_inputs([str(tmp_path / "a" / "sub-0*")], images)
-    with pytest.raises(InputError, match="site A: every image given was also given as a label"):
-        records_from_inputs([tmp_path / "a"], images, [tmp_path / "a"], labels)
-    with pytest.raises(ConfigError, match="must be two different names"):
-        records_from_inputs(images, images, site_names=("X", "X"))
 
 
 def test_prepare_refuses_bad_records_and_options(tmp_path: Path) -> None:
@@ -294,9 +214,7 @@ def test_prepare_refuses_bad_outputs_and_wide_labels(tmp_path: Path) -> None:
         prepare_cache(records, tmp_path / "file", overwrite=True, progress=False)
     wide = np.zeros(SHAPE, dtype=np.int16)
     wide[5:10, 5:10, 5:10] = 300
-    label = io.save_label(
-        wide, tmp_path / "wide.nii.gz", geometry=Geometry.from_affine(AFFINE, SHAPE)
-    )
+    label = save_label(wide, tmp_path / "wide.nii.gz", geometry=Geometry.from_affine(AFFINE, SHAPE))
     records[1] = SubjectRecord("w", "siteB", records[1].image, label)
     with pytest.raises(InputError, match=r"wide.nii.gz: label value 300 does not fit the cache"):
         prepare_cache(records, tmp_path / "cache", progress=False)
@@ -355,35 +273,3 @@ def test_interrupted_prepare_leaves_nothing(
     assert (out / "manifest.json").read_text() == before  # the old cache is untouched
     open_manifest(out)
     assert not list(tmp_path.glob(".fresh.*")) and not list(tmp_path.glob(".cache.*"))
-
-
-def test_open_manifest_refuses_broken_caches(tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="does not exist; create it with segrenorm prepare"):
-        open_manifest(tmp_path / "nope")
-    out = prepare_cache(_records(tmp_path, n_per_site=1), tmp_path / "cache", progress=False)
-    manifest_path = out / "manifest.json"
-    good = json.loads(manifest_path.read_text())
-
-    def expect(manifest: object, message: str) -> None:
-        manifest_path.write_text(json.dumps(manifest))
-        with pytest.raises(CacheError, match=message):
-            open_manifest(out)
-
-    expect({**good, "complete": False}, "is incomplete .*re-run segrenorm prepare")
-    expect({**good, "format_version": 9}, "has format_version 9, this segrenorm reads 1")
-    expect({k: v for k, v in good.items() if k != "slice_shape"}, "lacks slice_shape")
-    expect({**good, "slice_shape": [16, 32]}, r"A/images.npy holds float32 .* expects float32")
-    subjects = [{**good["subjects"][0], "first_row": 3}, good["subjects"][1]]
-    expect({**good, "subjects": subjects}, "first_row values are not contiguous")
-    expect([1, 2], "does not hold a JSON object")
-    manifest_path.write_text("{not json")
-    with pytest.raises(CacheError, match="is not valid JSON"):
-        open_manifest(out)
-    manifest_path.write_text(json.dumps(good))
-    open_manifest(out)
-    (out / "B" / "masks.npy").unlink()
-    with pytest.raises(CacheError, match=r"lacks B/masks.npy; re-run segrenorm prepare"):
-        open_manifest(out)
-    manifest_path.unlink()
-    with pytest.raises(CacheError, match=r"has no manifest.json"):
-        open_manifest(out)

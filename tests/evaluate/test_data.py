@@ -17,7 +17,8 @@ from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.evaluate.baselines import NyulStandardizer
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
-from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.images import Geometry
+from segrenorm.volumes.readwrite import load_image, save_image
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +91,13 @@ def test_harmonized_volume_missing_or_on_another_grid(data: EvalData, tmp_path: 
     shutil.copy(first, folder / first.name)
     with pytest.raises(InputError, match="no harmonized volume for held-out subject t1"):
         slices_from_volumes(data, folder)
-    image = io.load_image(first)
-    cropped = io.Geometry.from_affine(image.geometry.affine, (20, 24, 10))
+    image = load_image(first)
+    cropped = Geometry.from_affine(image.geometry.affine, (20, 24, 10))
     second = next(
         Path(e["image"]) for e in data.cache.manifest["subjects"]
         if e["site"] == "A" and e["subject"] == "t1"
     )  # fmt: skip
-    io.save_image(image.data[:20], folder / second.name, geometry=cropped)
+    save_image(image.data[:20], folder / second.name, geometry=cropped)
     with pytest.raises(InputError, match="differs from its source"):
         slices_from_volumes(data, folder)
 

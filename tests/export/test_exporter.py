@@ -15,14 +15,9 @@ import torch
 from segrenorm.atomic import new_file_mode
 from segrenorm.cli import main
 from segrenorm.errors import ConfigError, InputError, SegrenormError
-from segrenorm.export.exporter import (
-    TOLERANCE,
-    ConditionedGenerator,
-    check_torchscript,
-    export_model,
-    export_torchscript,
-)
+from segrenorm.export.exporter import TOLERANCE, check_torchscript, export_model, export_torchscript
 from segrenorm.models.checkpoint import load_translator
+from segrenorm.models.inference import ConditionedGenerator
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -94,13 +89,3 @@ def test_a_failing_onnx_export_is_reported(
     with pytest.raises(SegrenormError, match=r"ONNX export to .*translator_AB\.onnx failed.*foo"):
         export_model(tiny_checkpoints["random"], tmp_path, formats=["onnx"])
     assert not list(tmp_path.glob("*.onnx*"))  # no half-written file left behind
-
-
-def test_chunked_conditioning_matches_the_translator(tiny_checkpoints: dict[str, Path]) -> None:
-    translator, _ = load_translator(tiny_checkpoints["random"])
-    x = torch.linspace(-1, 1, 5 * 16 * 20).reshape(5, 1, 16, 20).cos()
-    chunked = ConditionedGenerator(translator, "AB", seg_chunk=2)
-    with torch.no_grad():
-        np.testing.assert_allclose(chunked(x), translator.translate(x, "AB"), atol=1e-6)
-    with pytest.raises(ConfigError, match="seg_chunk 0 must be at least 1"):
-        ConditionedGenerator(translator, "AB", seg_chunk=0)

@@ -17,10 +17,11 @@ from segrenorm.data.facts import TrainingFacts, inference_facts
 from segrenorm.errors import CacheError, CheckpointError, ConfigError, InputError
 from segrenorm.harmonize.fusion import interslice_jump, parse_views, translate_view
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer, HarmonizeWarning
-from segrenorm.models.checkpoint import load_checkpoint, save_checkpoint
-from segrenorm.volumes.intensity import IntensityScaling
+from segrenorm.models.checkpoint import load_checkpoint
+from segrenorm.training.state import save_checkpoint
+from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
 from segrenorm.volumes.readwrite import load_image, save_image
-from segrenorm.volumes.spatial import fit_scaling, foreground_mask, to_canonical
+from segrenorm.volumes.spatial import to_canonical
 
 Phantom = Callable[..., Path]
 

@@ -1,30 +1,27 @@
-"""Tests for checkpoints: safe loading, clear errors, RNG round trips, rotation, rebuilding."""
+"""Checkpoint files: safe loading, clear errors, resolving run directories, rebuilding.
+
+Writing and resuming are tested in tests/training/test_state.py.
+"""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from segrenorm.config.schema import Config, config_from_dict
-from segrenorm.errors import CheckpointError, ConfigError, InputError
+from segrenorm.config.build import config_from_dict
+from segrenorm.config.schema import Config
+from segrenorm.errors import CheckpointError, InputError
 from segrenorm.models.checkpoint import (
     FORMAT_VERSION,
-    build_checkpoint,
-    capture_rng_state,
-    check_resume_config,
     load_checkpoint,
     load_translator,
     resolve_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    save_rotating,
 )
 from segrenorm.models.translator import Translator
+from segrenorm.training.state import build_checkpoint, save_checkpoint
 
 
 def tiny_config(**model: Any) -> Config:
@@ -73,18 +70,6 @@ def payload() -> dict[str, Any]:
     return make_payload()
 
 
-def test_rng_state_round_trip_through_a_safe_load(tmp_path: Path) -> None:
-    random.seed(1)
-    np.random.seed(2)  # noqa: NPY002 - the global state is what checkpoints capture
-    torch.manual_seed(3)
-    torch.save({"rng": capture_rng_state()}, tmp_path / "rng.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
-    random.seed(9)
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
-    again = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
-    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
-
-
 def test_save_and_load_round_trip(payload: dict[str, Any], tmp_path: Path) -> None:
     path = save_checkpoint(payload, tmp_path / "sub" / "ck.pt")
     loaded = load_checkpoint(path)
@@ -94,22 +79,6 @@ def test_save_and_load_round_trip(payload: dict[str, Any], tmp_path: Path) -> No
     assert all(torch.equal(loaded["model"][k], v) for k, v in payload["model"].items())
     assert loaded["optimizers"]["gen"]["state"][0]["exp_avg"].abs().sum() > 0
     assert not list(path.parent.glob("*.tmp"))
-
-
-def test_failed_save_keeps_the_previous_file(
-    payload: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = save_checkpoint(payload, tmp_path / "last.pt")
-
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({**payload, "step": 99}, path)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["step"] == 7
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -162,17 +131,6 @@ def test_resolve_checkpoint(tmp_path: Path) -> None:
     assert resolve_checkpoint(run, prefer=("final.pt", "last.pt")) == run / "final.pt"
 
 
-def test_save_rotating_keeps_newest(payload: dict[str, Any], tmp_path: Path) -> None:
-    for step in (2, 4, 6):
-        last = save_rotating({**payload, "step": step}, tmp_path, step, keep=2)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["last.pt", "step-0000004.pt", "step-0000006.pt"]
-    assert load_checkpoint(last)["step"] == 6
-    save_rotating({**payload, "step": 8}, tmp_path, 8, keep=0)
-    assert load_checkpoint(tmp_path / "last.pt")["step"] == 8
-    assert not (tmp_path / "step-0000008.pt").exists()
-
-
 def test_load_translator_rebuilds_from_its_own_config(
     payload: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -193,9 +151,3 @@ def test_load_translator_with_foreign_weights(payload: dict[str, Any], tmp_path:
     path = save_checkpoint({**payload, "config": bad_config}, tmp_path / "cfg.pt")
     with pytest.raises(CheckpointError, match=r"cfg\.pt: its stored config is not valid"):
         load_translator(path)
-
-
-def test_check_resume_config_lists_differences() -> None:
-    check_resume_config(tiny_config(), tiny_config(), "ck.pt")  # same: accepted
-    with pytest.raises(ConfigError, match=r"model\.ngf: checkpoint 4, given 8; model\.ndf"):
-        check_resume_config(tiny_config(ngf=8, ndf=8), tiny_config(), "ck.pt")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -11,14 +10,15 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 
 import segrenorm
-from segrenorm.config.schema import AmpMode, config_from_dict
+from segrenorm.config.build import config_from_dict
+from segrenorm.config.schema import AmpMode
 from segrenorm.errors import ConfigError
 from segrenorm.training.distributed import (
     DistContext,
@@ -32,17 +32,6 @@ from segrenorm.training.distributed import (
 )
 
 NO_CUDA = not torch.cuda.is_available()
-
-
-def _trainer_tests() -> Any:
-    """tests/test_trainer.py as a module (for its tiny cache), whatever pytest's import mode."""
-    spec = importlib.util.spec_from_file_location(
-        "_segrenorm_trainer_tests", Path(__file__).with_name("test_trainer.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -134,7 +123,7 @@ def test_stop_signals_first_requests_second_aborts() -> None:
 _WORKER = """
 import hashlib, json, os, sys
 from pathlib import Path
-from segrenorm.config.schema import config_from_dict
+from segrenorm.config.build import config_from_dict
 from segrenorm.training.trainer import train
 
 config_file, cache, out, report = sys.argv[1:5]
@@ -154,13 +143,13 @@ Path(report, f"returned{rank}.txt").write_text(str(run_dir))
 """
 
 
-def test_torchrun_two_cpu_ranks_stay_identical(tmp_path: Path) -> None:
-    cache = _trainer_tests().make_tiny_cache(tmp_path / "cache")
+def test_torchrun_two_cpu_ranks_stay_identical(
+    tiny_cache: Path, tiny_kit: SimpleNamespace, tmp_path: Path
+) -> None:
     config = config_from_dict(
         {
             "name": "ddp",
-            "model": {"ngf": 4, "ndf": 4, "n_downsample": 2, "n_middle_blocks": 1,
-                      "seg_ngf": 4, "seg_depth": 2, "embed_dim": 8},
+            "model": tiny_kit.model,
             "data": {"crop_size": 32, "batch_size": 1, "n_classes": 4},
             "optim": {"iterations": 3, "decay_iterations": 0},
             "run": {"log_every": 1, "image_every": 0, "checkpoint_every": 0, "device": "cpu",
@@ -175,7 +164,7 @@ def test_torchrun_two_cpu_ranks_stay_identical(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--standalone", str(tmp_path / "worker.py"), str(tmp_path / "config.json"),
-               str(cache), str(tmp_path / "runs"), str(report)]  # fmt: skip
+               str(tiny_cache), str(tmp_path / "runs"), str(report)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]

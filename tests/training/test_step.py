@@ -6,13 +6,21 @@ import copy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from segrenorm.config.schema import LossConfig, ModelConfig, TranslatorKind
-from segrenorm.errors import InputError
+from segrenorm.errors import ConfigError, InputError
 from segrenorm.models.translator import Translator
+from segrenorm.training.objective import (
+    discriminator_half,
+    discriminator_step,
+    frozen_discriminators,
+    generator_half,
+    generator_step,
+)
 from segrenorm.training.step import StepRunner, keep_freed_memory
 from segrenorm.training.trainer import train
 
@@ -99,19 +107,19 @@ def test_parallel_step_is_deterministic() -> None:
 
 def test_halves_sum_to_the_steps() -> None:
     model, batch = make_model(), make_batch()
-    total, terms, outputs = model.generator_step(batch)
-    with model.frozen_discriminators():
-        ab = model.generator_half(batch, "AB")
-        ba = model.generator_half(batch, "BA")
+    total, terms, outputs = generator_step(model, batch)
+    with frozen_discriminators(model):
+        ab = generator_half(model, batch, "AB")
+        ba = generator_half(model, batch, "BA")
     torch.testing.assert_close(ab[0] + ba[0], total)
     assert set(ab[1]) == {"gan_ab", "cycle_a", "identity_a", "seg_real_a", "seg_trans_ab"}
     assert set(ba[2]) == {"fake_a", "rec_b", "seg_b", "seg_fake_a"}
     assert list(terms)[:4] == ["gan_ab", "gan_ba", "cycle_a", "cycle_b"]
     model.disc_a.eval()  # no spectral-norm power iteration: repeated passes agree
     model.disc_b.eval()
-    d_total, d_terms = model.discriminator_step(batch, outputs)
-    half_a = model.discriminator_half(batch, outputs, "A")
-    half_b = model.discriminator_half(batch, outputs, "B")
+    d_total, d_terms = discriminator_step(model, batch, outputs)
+    half_a = discriminator_half(model, batch, outputs, "A")
+    half_b = discriminator_half(model, batch, outputs, "B")
     torch.testing.assert_close(half_a[0] + half_b[0], d_total)
     torch.testing.assert_close(half_a[1]["disc_a"], d_terms["disc_a"], rtol=0, atol=0)
 
@@ -134,12 +142,12 @@ def test_runner_keeps_the_callers_thread_count() -> None:
 
 def test_bad_direction_site_or_outputs_are_rejected() -> None:
     model, batch = make_model(), make_batch()
-    with pytest.raises(InputError, match="direction='BB' is unknown"):
-        model.generator_half(batch, "BB")
+    with pytest.raises(ConfigError, match="direction 'BB' is unknown"):
+        generator_half(model, batch, "BB")
     with pytest.raises(InputError, match="site='C' is unknown"):
-        model.discriminator_half(batch, {}, "C")
+        discriminator_half(model, batch, {}, "C")
     with pytest.raises(InputError, match="output fake_a of generator_step"):
-        model.discriminator_half(batch, {"fake_b": batch["b"]}, "A")
+        discriminator_half(model, batch, {"fake_b": batch["b"]}, "A")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
@@ -147,16 +155,14 @@ def test_keep_freed_memory_applies_on_linux() -> None:
     assert keep_freed_memory() is True
 
 
-def test_training_in_parallel_matches_sequential(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_trainer import make_tiny_cache, tiny_config
-
-    cache = make_tiny_cache(tmp_path / "cache")
+def test_training_in_parallel_matches_sequential(
+    tiny_cache: Path, tiny_kit: SimpleNamespace, tmp_path: Path
+) -> None:
     finals = {}
     for name, threads, parallel in (("seq", 1, True), ("par", 2, True), ("par2", 2, True)):
         torch.set_num_threads(threads)  # 1 thread: the runner stays sequential
-        config = tiny_config(run={"parallel_directions": parallel})
-        run_dir = train(config, cache, tmp_path / name, progress=False, max_steps=3)
+        config = tiny_kit.config(run={"parallel_directions": parallel})
+        run_dir = train(config, tiny_cache, tmp_path / name, progress=False, max_steps=3)
         finals[name] = torch.load(run_dir / "final.pt", weights_only=True)["model"]
     for key, value in finals["seq"].items():
         assert torch.equal(finals["par"][key], finals["par2"][key]), key

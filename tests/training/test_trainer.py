@@ -7,83 +7,20 @@ import os
 import re
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from segrenorm.cli import main
-from segrenorm.config.schema import Config, config_from_dict, load_config
+from segrenorm.config.load import load_config
 from segrenorm.errors import ConfigError
 from segrenorm.models.checkpoint import load_checkpoint, load_translator
 from segrenorm.models.translator import Translator
-from segrenorm.training.trainer import (
-    StepInfo,
-    TrainingDiverged,
-    TrainingInterrupted,
-    build_optimizers,
-    lr_factor,
-    train,
-)
-
-N_CLASSES = 4
-SLICE = (40, 40)
-
-
-def make_tiny_cache(root: Path, n_classes: int = N_CLASSES, n: int = 6) -> Path:
-    """A hand-written cache (docs/cache-format.md): concentric classes, 6 slices per site."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[: SLICE[0], : SLICE[1]]
-    subjects = []
-    for site, offset in (("A", 0.0), ("B", 0.3)):
-        labels = np.zeros((n, *SLICE), np.uint8)
-        for i in range(n):
-            radius = np.hypot(yy - 20 - i % 3, xx - 20)
-            for c in range(1, n_classes):
-                labels[i][radius < 20 - 4 * c] = c
-        noise = 0.05 * rng.standard_normal(labels.shape)
-        images = np.where(labels > 0, -0.6 + 0.4 * labels + offset + noise, -1.0)
-        arrays: dict[str, np.ndarray] = {
-            "images": np.clip(images, -1, 1).astype(np.float32),
-            "labels": labels,
-            "masks": (labels > 0).astype(np.uint8),
-            "slices": np.stack([np.zeros(n), np.arange(n)], 1).astype(np.int32),
-        }
-        (root / site).mkdir(parents=True)
-        for name, array in arrays.items():
-            np.save(root / site / f"{name}.npy", array)
-        subjects.append(
-            {"subject": f"sub-{site}", "site": site, "image": f"/x/{site}.nii.gz", "label": None,
-             "split": "train", "fold": 0, "shape": [*SLICE, n], "n_slices": n, "first_row": 0}
-        )  # fmt: skip
-    manifest = {
-        "format_version": 1, "complete": True, "created": "2026-01-01T00:00:00Z",
-        "segrenorm_version": "0.1.0", "sites": {"A": "1.5T", "B": "3T"},
-        "n_classes": n_classes, "class_names": [f"c{k}" for k in range(n_classes)],
-        "has_labels": True, "slice_axis": "axial", "canonical_orientation": "RAS",
-        "spacing": [1.0, 1.0, 1.0], "slice_shape": list(SLICE), "pad_multiple": 8,
-        "percentiles": [0.5, 99.5], "min_foreground": 0.0,
-        "split": {"seed": 0, "test_fraction": 0.3, "n_folds": 1}, "subjects": subjects,
-    }  # fmt: skip
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
-
-
-def tiny_config(translator: str = "segrenorm", **sections: dict[str, Any]) -> Config:
-    """ngf 4, two downsamplings, 32x32 crops, batch 2: a step takes a few tens of ms."""
-    data: dict[str, Any] = {
-        "name": "tiny",
-        "model": {"translator": translator, "ngf": 4, "ndf": 4, "n_downsample": 2,
-                  "n_middle_blocks": 1, "seg_ngf": 4, "seg_depth": 2, "embed_dim": 8},
-        "data": {"crop_size": 32, "batch_size": 2, "n_classes": N_CLASSES},
-        "optim": {"iterations": 4, "decay_iterations": 2, "warmup_iterations": 2},
-        "run": {"log_every": 1, "image_every": 3, "checkpoint_every": 2, "keep_checkpoints": 1,
-                "device": "cpu", "amp": "off"},
-    }  # fmt: skip
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    return config_from_dict(data)
+from segrenorm.training import step as training_step
+from segrenorm.training.optim import build_optimizers, lr_factor
+from segrenorm.training.trainer import StepInfo, TrainingDiverged, TrainingInterrupted, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,11 +30,6 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_cache(tmp_path_factory.mktemp("cache") / "cache")
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -116,25 +48,27 @@ def stop_at(step: int) -> Any:
     return callback
 
 
-def test_lr_factor_constant_then_linear_to_zero() -> None:
-    factor = lr_factor(tiny_config().optim)  # 4 constant, 2 decay
+def test_lr_factor_constant_then_linear_to_zero(tiny_kit: SimpleNamespace) -> None:
+    factor = lr_factor(tiny_kit.config().optim)  # 4 constant, 2 decay
     assert [factor(s) for s in range(7)] == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
 
 
-def test_cyclegan_has_no_seg_optimizer() -> None:
-    config = tiny_config("cyclegan")
+def test_cyclegan_has_no_seg_optimizer(tiny_kit: SimpleNamespace) -> None:
+    config = tiny_kit.config("cyclegan")
     optimizers = build_optimizers(Translator.from_config(config), config.optim)
     assert sorted(optimizers) == ["disc", "gen"]
     assert optimizers["disc"].param_groups[0]["lr"] == config.optim.lr_disc
     assert optimizers["gen"].param_groups[0]["betas"] == (0.5, 0.999)
 
 
-def test_run_directory_layout_and_log(cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = train(tiny_config(), cache_dir, tmp_path / "runs", progress=False)
+def test_run_directory_layout_and_log(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
+    run_dir = train(tiny_kit.config(), tiny_cache, tmp_path / "runs", progress=False)
     assert run_dir.name == "00000-tiny-segrenorm"
     record = json.loads((run_dir / "config.json").read_text())
-    assert record["config"] == tiny_config().to_dict()
-    assert record["cache"] == str(cache_dir.resolve())
+    assert record["config"] == tiny_kit.config().to_dict()
+    assert record["cache"] == str(tiny_cache.resolve())
     assert {"segrenorm", "torch", "numpy", "python"} <= set(record["versions"])
     entries = read_log(run_dir)
     assert [e["step"] for e in entries] == [1, 2, 3, 4, 5, 6]
@@ -156,19 +90,23 @@ def test_run_directory_layout_and_log(cache_dir: Path, tmp_path: Path) -> None:
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(run_dir.rglob("*.tmp"))
     translator, config = load_translator(run_dir)
-    assert config == tiny_config() and not translator.training
+    assert config == tiny_kit.config() and not translator.training
     final = params_of(run_dir / "final.pt")
     assert all(torch.equal(final[k], v) for k, v in translator.state_dict().items())
     assert translator.translate(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
-    again = train(tiny_config(), cache_dir, tmp_path / "runs", progress=False, max_steps=1)
+    again = train(tiny_kit.config(), tiny_cache, tmp_path / "runs", progress=False, max_steps=1)
     assert again.name == "00001-tiny-segrenorm"
     assert load_checkpoint(again / "final.pt")["step"] == 1
 
 
-def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
+def test_resume_continues_exactly(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
     # log_every=2 and a stop at step 3: the log window spans the interruption too; the
     # weight average and the consistency warm-up must carry over as well.
-    config = tiny_config(run={"log_every": 2}, optim={"ema_decay": 0.9, "consistency_warmup": 4})
+    config = tiny_kit.config(
+        run={"log_every": 2}, optim={"ema_decay": 0.9, "consistency_warmup": 4}
+    )
     seen: dict[str, dict[int, dict[str, float]]] = {"straight": {}, "split": {}}
 
     def recorder(key: str) -> Any:
@@ -177,13 +115,13 @@ def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
 
         return callback
 
-    straight = train(config, cache_dir, tmp_path / "a", callbacks=[recorder("straight")])
+    straight = train(config, tiny_cache, tmp_path / "a", callbacks=[recorder("straight")])
     with pytest.raises(TrainingInterrupted, match=r"interrupted at step 3.*--resume"):
-        train(config, cache_dir, tmp_path / "b", callbacks=[recorder("split"), stop_at(3)])
+        train(config, tiny_cache, tmp_path / "b", callbacks=[recorder("split"), stop_at(3)])
     split = next((tmp_path / "b").iterdir())
     assert load_checkpoint(split / "checkpoints" / "last.pt")["step"] == 3
     assert not (split / "final.pt").exists()
-    resumed = train(config, cache_dir, tmp_path / "c", resume=split, callbacks=[recorder("split")])
+    resumed = train(config, tiny_cache, tmp_path / "c", resume=split, callbacks=[recorder("split")])
     assert resumed == split and not (tmp_path / "c").exists()
     assert sorted(seen["split"]) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
@@ -200,8 +138,10 @@ def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path) -> None:
     assert [r["step"] for r in resumes] == [3]
 
 
-def test_weight_average_is_what_inference_loads(cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = train(tiny_config(optim={"ema_decay": 0.9}), cache_dir, tmp_path, progress=False)
+def test_weight_average_is_what_inference_loads(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
+    run_dir = train(tiny_kit.config(optim={"ema_decay": 0.9}), tiny_cache, tmp_path, progress=False)
     payload = load_checkpoint(run_dir / "final.pt")
     assert not any(k.startswith(("disc_a.", "disc_b.")) for k in payload["ema"])
     assert any(k.startswith("gen_ab.") for k in payload["ema"])
@@ -212,37 +152,41 @@ def test_weight_average_is_what_inference_loads(cache_dir: Path, tmp_path: Path)
     assert torch.equal(raw.state_dict()[key], payload["model"][key])
     assert not torch.equal(payload["ema"][key], payload["model"][key])
     with pytest.raises(ConfigError, match=r"optim\.ema_decay=1\.0 must lie in \[0, 1\)"):
-        tiny_config(optim={"ema_decay": 1.0}).validate()
+        tiny_kit.config(optim={"ema_decay": 1.0}).validate()
 
 
-def test_resume_with_other_model_config_is_refused(cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = train(tiny_config(), cache_dir, tmp_path, progress=False, max_steps=1)
-    other = tiny_config(model={"ngf": 8})
+def test_resume_with_other_model_config_is_refused(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
+    run_dir = train(tiny_kit.config(), tiny_cache, tmp_path, progress=False, max_steps=1)
+    other = tiny_kit.config(model={"ngf": 8})
     with pytest.raises(ConfigError, match=r"cannot resume .*model\.ngf: checkpoint 4, given 8"):
-        train(other, cache_dir, tmp_path, resume=run_dir, progress=False)
+        train(other, tiny_cache, tmp_path, resume=run_dir, progress=False)
 
 
-def test_sigterm_stops_after_the_step_and_saves(cache_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_after_the_step_and_saves(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
     def send(info: StepInfo) -> None:
         if info.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 3") as caught:
-        train(tiny_config(), cache_dir, tmp_path, progress=False, callbacks=[send])
+        train(tiny_kit.config(), tiny_cache, tmp_path, progress=False, callbacks=[send])
     # The signal arrived during step 2's callbacks; the flag stops the loop after step 3.
     assert load_checkpoint(caught.value.run_dir / "checkpoints" / "last.pt")["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
-    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_kit: SimpleNamespace
 ) -> None:
-    original = Translator.generator_half  # the trainer builds the step from its halves
+    original = training_step.generator_half  # the trainer builds the step from its halves
     calls = {"n": 0}
 
-    def poisoned(self: Translator, batch: dict[str, torch.Tensor], direction: str) -> Any:
-        total, terms, outputs = original(self, batch, direction)
+    def poisoned(model: Translator, batch: dict[str, torch.Tensor], direction: str) -> Any:
+        total, terms, outputs = original(model, batch, direction)
         if direction == "BA":  # the half holding cycle_b
             calls["n"] += 1
             if calls["n"] == 3:
@@ -250,9 +194,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
                 total = total * float("nan")
         return total, terms, outputs
 
-    monkeypatch.setattr(Translator, "generator_half", poisoned)
+    monkeypatch.setattr(training_step, "generator_half", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss cycle_b became nan at step 3.*step 2\)"):
-        train(tiny_config(), cache_dir, tmp_path, progress=False)
+        train(tiny_kit.config(), tiny_cache, tmp_path, progress=False)
     run_dir = next(tmp_path.iterdir())
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["step"] == 2
@@ -270,13 +214,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     ],
 )
 def test_bad_configs_are_rejected(
-    cache_dir: Path,
+    tiny_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     overrides: list[str],
     match: str,
 ) -> None:
-    args = ["train", "--config", "cpu", "--data", str(cache_dir), "--out", str(tmp_path)]
+    args = ["train", "--config", "cpu", "--data", str(tiny_cache), "--out", str(tmp_path)]
     for item in ["model.n_downsample=2", "model.seg_depth=2", "data.crop_size=32", *overrides]:
         args += ["--set", item]
     assert main([*args, "--dry-run"]) == 2
@@ -286,15 +230,17 @@ def test_bad_configs_are_rejected(
     assert re.search(match, err), err
 
 
-def test_train_api_rejects_class_mismatch(cache_dir: Path, tmp_path: Path) -> None:
+def test_train_api_rejects_class_mismatch(
+    tiny_cache: Path, tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
     with pytest.raises(ConfigError, match=r"data\.n_classes=2 but the cache .* n_classes=4"):
-        train(tiny_config(data={"n_classes": 2}), cache_dir, tmp_path, progress=False)
+        train(tiny_kit.config(data={"n_classes": 2}), tiny_cache, tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"max_steps=0 must be >= 1"):
-        train(tiny_config(), cache_dir, tmp_path, max_steps=0)
+        train(tiny_kit.config(), tiny_cache, tmp_path, max_steps=0)
 
 
-def test_cli_dry_run_prints_config(cache_dir: Path, tmp_path: Path, capsys: Any) -> None:
-    code = main(["train", "--config", "cpu", "--data", str(cache_dir), "--out", str(tmp_path),
+def test_cli_dry_run_prints_config(tiny_cache: Path, tmp_path: Path, capsys: Any) -> None:
+    code = main(["train", "--config", "cpu", "--data", str(tiny_cache), "--out", str(tmp_path),
                  "--set", "data.crop_size=32", "--dry-run"])  # fmt: skip
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
@@ -312,10 +258,14 @@ def test_cli_requires_config_data_and_out(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_cli_interrupt_then_resume_from_run_dir(
-    cache_dir: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+    tiny_cache: Path,
+    tmp_path: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_kit: SimpleNamespace,
 ) -> None:
     yaml_file = tmp_path / "tiny.yaml"
-    yaml_file.write_text(json.dumps(tiny_config().to_dict()))
+    yaml_file.write_text(json.dumps(tiny_kit.config().to_dict()))
     from segrenorm.training.runlog import RunLog
 
     original = RunLog.log
@@ -327,7 +277,7 @@ def test_cli_interrupt_then_resume_from_run_dir(
         return entry
 
     monkeypatch.setattr(RunLog, "log", interrupting)
-    args = ["train", "--config", str(yaml_file), "--data", str(cache_dir), "--no-progress"]
+    args = ["train", "--config", str(yaml_file), "--data", str(tiny_cache), "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "runs")]) == 130
     run_dir = tmp_path / "runs" / "00000-tiny-segrenorm"
     assert f"--resume {run_dir}" in capsys.readouterr().err

@@ -1,10 +1,9 @@
-"""Tests of segrenorm.volumes.readwrite: validation on load, round trips, atomic writes."""
+"""Tests of segrenorm.volumes.readwrite: validation on load, labels and round trips."""
 
 from __future__ import annotations
 
 import gzip
 import os
-import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segrenorm.atomic import write_text_atomic
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.images import Geometry
+from segrenorm.volumes.readwrite import load_image, load_label, save_image, save_label
 
 SHAPE = (8, 9, 10)
 
@@ -67,14 +66,14 @@ def read_nifti(path: Path) -> nib.Nifti1Image:
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"absent\.nii\.gz: no such file"):
-        io.load_image(tmp_path / "absent.nii.gz")
+        load_image(tmp_path / "absent.nii.gz")
 
 
 def test_folder_instead_of_file(tmp_path: Path) -> None:
     folder = tmp_path / "scan.nii"
     folder.mkdir()
     with pytest.raises(InputError, match=r"scan\.nii: is a folder"):
-        io.load_image(folder)
+        load_image(folder)
 
 
 def test_text_file_named_nii_gz(tmp_path: Path) -> None:
@@ -83,14 +82,14 @@ def test_text_file_named_nii_gz(tmp_path: Path) -> None:
     with pytest.raises(
         InputError, match=r"notes\.nii\.gz: the file is truncated or corrupt, or not NIfTI"
     ):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_text_file_named_mha(tmp_path: Path) -> None:
     path = tmp_path / "notes.mha"
     path.write_text("this is not an image\n" * 40)
     with pytest.raises(InputError, match=r"notes\.mha: the file is truncated or corrupt"):
-        io.load_image(path)
+        load_image(path)
 
 
 @pytest.mark.parametrize("name", ["scan.png", "scan.txt", "scan.gz", ".nii"])
@@ -98,7 +97,7 @@ def test_unsupported_suffix(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"\x00" * 400)
     with pytest.raises(InputError, match=r"not a supported image file.*\.nii\.gz"):
-        io.load_image(path)
+        load_image(path)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +109,7 @@ def test_truncated_nifti(tmp_path: Path, name: str, keep: float) -> None:
     cut = tmp_path / name
     cut.write_bytes(raw[: int(len(raw) * keep) if keep > 0 else int(keep)])
     with pytest.raises(InputError, match=rf"{name}: the file is truncated or corrupt.*re-copy"):
-        io.load_image(cut)
+        load_image(cut)
 
 
 def test_truncated_gzip_is_detected_by_nibabel_only_on_read(tmp_path: Path) -> None:
@@ -127,26 +126,26 @@ def test_2d_nifti_refused(tmp_path: Path) -> None:
     path = tmp_path / "slice.nii"
     nib.save(nib.Nifti1Image(np.arange(80, dtype=np.float32).reshape(8, 10), np.eye(4)), path)
     with pytest.raises(InputError, match=r"slice\.nii: the image is 2D with shape \(8, 10\)"):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_2d_itk_refused(tmp_path: Path) -> None:
     path = tmp_path / "slice.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.arange(80, dtype=np.float32).reshape(8, 10)), path)
     with pytest.raises(InputError, match=r"slice\.mha: the image is 2D"):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_true_4d_refused(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "series.nii.gz", np.stack([volume(0), volume(1)], axis=-1))
     with pytest.raises(InputError, match=r"series\.nii\.gz: the image is 4D.*fslsplit"):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_4d_with_one_volume_is_squeezed(tmp_path: Path) -> None:
     data = volume()
     path = write_nifti(tmp_path / "single.nii.gz", data[..., None])
-    image = io.load_image(path)
+    image = load_image(path)
     assert image.data.shape == SHAPE
     assert image.geometry.shape == SHAPE
     np.testing.assert_array_equal(image.data, data.astype(np.float32))
@@ -160,20 +159,20 @@ def test_non_finite_voxels(tmp_path: Path, bad: float, message: str) -> None:
     data[1, 2, 3] = bad
     path = write_nifti(tmp_path / "nonfinite.nii", data)
     with pytest.raises(InputError, match=rf"nonfinite\.nii: {message} voxels"):
-        io.load_image(path)
+        load_image(path)
 
 
 @pytest.mark.parametrize("value", [0, 7])
 def test_constant_volume(tmp_path: Path, value: int) -> None:
     path = write_nifti(tmp_path / "flat.nii.gz", np.full(SHAPE, value, dtype=np.int16))
     with pytest.raises(InputError, match=rf"flat\.nii\.gz: every voxel has the value {value};"):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_complex_voxels_refused(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "complex.nii", volume(dtype="float32").astype(np.complex64))
     with pytest.raises(InputError, match=r"complex\.nii: voxel type complex64 is not a real"):
-        io.load_image(path)
+        load_image(path)
 
 
 def test_vector_itk_image_refused(tmp_path: Path) -> None:
@@ -181,7 +180,7 @@ def test_vector_itk_image_refused(tmp_path: Path) -> None:
     rgb = np.zeros((*SHAPE[::-1], 3), dtype=np.uint8)
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), path)
     with pytest.raises(InputError, match=r"rgb\.mha: voxels have 3 components"):
-        io.load_image(path)
+        load_image(path)
 
 
 # ------------------------------------------------------------------------------- labels
@@ -190,8 +189,8 @@ def test_vector_itk_image_refused(tmp_path: Path) -> None:
 def test_label_loads_as_uint8_and_accepts_float_storage(tmp_path: Path) -> None:
     labels = np.random.default_rng(0).integers(0, 4, size=SHAPE)
     path = write_nifti(tmp_path / "seg.nii.gz", labels.astype(np.float32))
-    image = io.load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
-    label = io.load_label(path, n_classes=4, like=image)
+    image = load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
+    label = load_label(path, n_classes=4, like=image)
     assert label.data.dtype == np.uint8
     np.testing.assert_array_equal(label.data, labels)
     assert label.geometry.matches(image.geometry)
@@ -200,22 +199,22 @@ def test_label_loads_as_uint8_and_accepts_float_storage(tmp_path: Path) -> None:
 def test_label_above_255_becomes_int16_and_empty_map_is_accepted(tmp_path: Path) -> None:
     big = np.zeros(SHAPE, dtype=np.int32)
     big[0, 0, 0] = 300
-    assert io.load_label(write_nifti(tmp_path / "big.nii", big)).data.dtype == np.int16
-    empty = io.load_label(write_nifti(tmp_path / "empty.nii", np.zeros(SHAPE, np.uint8)))
+    assert load_label(write_nifti(tmp_path / "big.nii", big)).data.dtype == np.int16
+    empty = load_label(write_nifti(tmp_path / "empty.nii", np.zeros(SHAPE, np.uint8)))
     assert not empty.data.any()
 
 
 def test_label_shape_differs(tmp_path: Path) -> None:
-    image = io.load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
+    image = load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
     path = write_nifti(tmp_path / "seg.nii.gz", np.zeros((8, 9, 11), dtype=np.uint8))
     with pytest.raises(
         InputError, match=r"seg\.nii\.gz: label shape \(8, 9, 11\) differs from .*t1\.nii\.gz shape"
     ):
-        io.load_label(path, like=image)
+        load_label(path, like=image)
 
 
 def test_label_affine_differs(tmp_path: Path) -> None:
-    image = io.load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
+    image = load_image(write_nifti(tmp_path / "t1.nii.gz", volume()))
     shifted = oblique_affine()
     shifted[0, 3] += 0.5
     path = write_nifti(tmp_path / "seg.nii.gz", np.zeros(SHAPE, dtype=np.uint8), shifted)
@@ -223,7 +222,7 @@ def test_label_affine_differs(tmp_path: Path) -> None:
         InputError,
         match=r"seg\.nii\.gz: label affine .* differs from .*t1\.nii\.gz affine .*0\.5 mm",
     ):
-        io.load_label(path, like=image)
+        load_label(path, like=image)
 
 
 def test_label_values_outside_classes(tmp_path: Path) -> None:
@@ -231,11 +230,11 @@ def test_label_values_outside_classes(tmp_path: Path) -> None:
     labels[0, 0, 0], labels[1, 1, 1] = 5, 7
     path = write_nifti(tmp_path / "seg.nii", labels)
     with pytest.raises(InputError, match=r"seg\.nii: label values 5, 7 fall outside .*0\.\.3"):
-        io.load_label(path, n_classes=4)
+        load_label(path, n_classes=4)
     labels[0, 0, 0] = -1
     write_nifti(tmp_path / "neg.nii", labels)
     with pytest.raises(InputError, match=r"neg\.nii: label values -1 fall outside"):
-        io.load_label(tmp_path / "neg.nii")
+        load_label(tmp_path / "neg.nii")
 
 
 def test_non_integer_labels(tmp_path: Path) -> None:
@@ -243,16 +242,16 @@ def test_non_integer_labels(tmp_path: Path) -> None:
     labels[2, 2, 2] = 0.5
     path = write_nifti(tmp_path / "prob.nii.gz", labels)
     with pytest.raises(InputError, match=r"prob\.nii\.gz: .*whole numbers .*1 voxels such as 0\.5"):
-        io.load_label(path)
+        load_label(path)
 
 
 def test_nan_label_and_bad_n_classes(tmp_path: Path) -> None:
     labels = np.zeros(SHAPE, dtype=np.float32)
     labels[0, 0, 0] = np.nan
     with pytest.raises(InputError, match=r"nanseg\.nii: 1 NaN and 0 Inf voxels"):
-        io.load_label(write_nifti(tmp_path / "nanseg.nii", labels))
+        load_label(write_nifti(tmp_path / "nanseg.nii", labels))
     with pytest.raises(ConfigError, match="n_classes=0 must be at least 1"):
-        io.load_label(tmp_path / "nanseg.nii", n_classes=0)
+        load_label(tmp_path / "nanseg.nii", n_classes=0)
 
 
 # ------------------------------------------------------------------------------- round trips
@@ -260,9 +259,9 @@ def test_nan_label_and_bad_n_classes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd"])
 def test_round_trip_keeps_geometry_dtype_and_voxels(tmp_path: Path, suffix: str) -> None:
-    source = io.load_image(write_nifti(tmp_path / "in.nii.gz", volume()))
-    out = io.save_image(source.data, tmp_path / f"out{suffix}", geometry=source.geometry)
-    again = io.load_image(out)
+    source = load_image(write_nifti(tmp_path / "in.nii.gz", volume()))
+    out = save_image(source.data, tmp_path / f"out{suffix}", geometry=source.geometry)
+    again = load_image(out)
     geo, back = source.geometry, again.geometry
     np.testing.assert_allclose(back.affine, geo.affine, atol=1e-5)
     assert back.shape == geo.shape == SHAPE
@@ -278,8 +277,8 @@ def test_round_trip_keeps_geometry_dtype_and_voxels(tmp_path: Path, suffix: str)
     else:
         assert back.header is None and back.fmt == "itk"
         # a second pass through the ITK writer is stable too
-        twice = io.save_image(again.data, tmp_path / f"twice{suffix}", geometry=back)
-        np.testing.assert_allclose(io.load_image(twice).geometry.affine, geo.affine, atol=1e-5)
+        twice = save_image(again.data, tmp_path / f"twice{suffix}", geometry=back)
+        np.testing.assert_allclose(load_image(twice).geometry.affine, geo.affine, atol=1e-5)
 
 
 def test_itk_direction_and_origin_become_ras(tmp_path: Path) -> None:
@@ -298,14 +297,14 @@ def test_itk_direction_and_origin_become_ras(tmp_path: Path) -> None:
     image.SetOrigin((12.0, -30.0, 55.0))
     path = tmp_path / "itk.nrrd"
     sitk.WriteImage(image, path)
-    loaded = io.load_image(path)
+    loaded = load_image(path)
     for index in [(0, 0, 0), (7, 0, 0), (3, 8, 9)]:
         lps = np.array(image.TransformIndexToPhysicalPoint(index))
         ras = loaded.geometry.affine @ np.array([*index, 1.0])
         np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-6)
     np.testing.assert_allclose(loaded.geometry.spacing, (0.7, 1.1, 3.0), atol=1e-9)
     # NIfTI written from the ITK geometry places voxels at the same world points (nibabel's view)
-    out = io.save_image(loaded.data, tmp_path / "from_itk.nii.gz", geometry=loaded.geometry)
+    out = save_image(loaded.data, tmp_path / "from_itk.nii.gz", geometry=loaded.geometry)
     nifti = read_nifti(out)
     np.testing.assert_allclose(nifti.affine, loaded.geometry.affine, atol=1e-4)
     assert (int(nifti.header["qform_code"]), int(nifti.header["sform_code"])) == (1, 1)
@@ -316,11 +315,11 @@ def test_scaled_nifti_defaults_to_float_output(tmp_path: Path) -> None:
     image = nib.Nifti1Image(data, oblique_affine())
     image.header.set_slope_inter(0.5, 10.0)
     nib.save(image, tmp_path / "scaled.nii")
-    source = io.load_image(tmp_path / "scaled.nii")
+    source = load_image(tmp_path / "scaled.nii")
     np.testing.assert_allclose(source.data, data * 0.5 + 10.0)
     assert source.geometry.dtype == "float32"
-    out = io.save_image(source.data, tmp_path / "out.nii", geometry=source.geometry)
-    np.testing.assert_array_equal(io.load_image(out).data, source.data)
+    out = save_image(source.data, tmp_path / "out.nii", geometry=source.geometry)
+    np.testing.assert_array_equal(load_image(out).data, source.data)
 
 
 def test_sheared_affine_survives_in_sform(tmp_path: Path) -> None:
@@ -328,170 +327,55 @@ def test_sheared_affine_survives_in_sform(tmp_path: Path) -> None:
     sheared[0, 1] += 0.3  # a qform (rotation + zooms) cannot hold a shear
     header = nib.Nifti1Header()
     header.set_qform(np.eye(4), code=1)
-    geometry = io.Geometry.from_affine(sheared, SHAPE, header=header)
-    out = io.save_image(volume(dtype="float32"), tmp_path / "shear.nii", geometry=geometry)
+    geometry = Geometry.from_affine(sheared, SHAPE, header=header)
+    out = save_image(volume(dtype="float32"), tmp_path / "shear.nii", geometry=geometry)
     loaded = read_nifti(out)
     np.testing.assert_allclose(loaded.affine, sheared, atol=1e-5)
     assert int(loaded.header["sform_code"]) == 2
 
 
 def test_geometry_without_coded_transform_gets_aligned_sform(tmp_path: Path) -> None:
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE, header=nib.Nifti1Header())
-    out = io.save_image(volume(dtype="float32"), tmp_path / "plain.nii", geometry=geometry)
+    geometry = Geometry.from_affine(oblique_affine(), SHAPE, header=nib.Nifti1Header())
+    out = save_image(volume(dtype="float32"), tmp_path / "plain.nii", geometry=geometry)
     np.testing.assert_allclose(read_nifti(out).affine, oblique_affine(), atol=1e-5)
 
 
 def test_integer_dtype_rounds_and_clips(tmp_path: Path) -> None:
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
+    geometry = Geometry.from_affine(oblique_affine(), SHAPE)
     data = np.full(SHAPE, 3.6, dtype=np.float32)
     data[0, 0, 0], data[1, 0, 0] = -5.0, 300.0
-    out = io.save_image(data, tmp_path / "u8.nrrd", geometry=geometry, dtype="uint8")
-    loaded = io.load_image(out)
+    out = save_image(data, tmp_path / "u8.nrrd", geometry=geometry, dtype="uint8")
+    loaded = load_image(out)
     assert loaded.geometry.dtype == "uint8"
     assert (loaded.data[0, 0, 0], loaded.data[1, 0, 0], loaded.data[2, 0, 0]) == (0, 255, 4)
 
 
 def test_save_rejects_bad_dtype_shape_and_values(tmp_path: Path) -> None:
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
+    geometry = Geometry.from_affine(oblique_affine(), SHAPE)
     with pytest.raises(ConfigError, match=r"dtype 'float16' cannot be saved; use one of"):
-        io.save_image(volume(), tmp_path / "a.nii", geometry=geometry, dtype="float16")
+        save_image(volume(), tmp_path / "a.nii", geometry=geometry, dtype="float16")
     with pytest.raises(
         InputError, match=r"b\.nii: data shape \(8, 9\) differs from .*\(8, 9, 10\)"
     ):
-        io.save_image(np.zeros((8, 9)), tmp_path / "b.nii", geometry=geometry)
+        save_image(np.zeros((8, 9)), tmp_path / "b.nii", geometry=geometry)
     bad = volume(dtype="float32")
     bad[0, 0, 0] = np.nan
     with pytest.raises(InputError, match=r"c\.nii: 1 NaN and 0 Inf voxels"):
-        io.save_image(bad, tmp_path / "c.nii", geometry=geometry)
+        save_image(bad, tmp_path / "c.nii", geometry=geometry)
     with pytest.raises(InputError, match=r"d\.png: not a supported image file"):
-        io.save_image(volume(), tmp_path / "d.png", geometry=geometry)
+        save_image(volume(), tmp_path / "d.png", geometry=geometry)
     assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_save_label_types_and_refusals(tmp_path: Path) -> None:
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE, dtype="float32")
+    geometry = Geometry.from_affine(oblique_affine(), SHAPE, dtype="float32")
     labels = np.random.default_rng(1).integers(0, 3, size=SHAPE).astype(np.float64)
-    out = io.save_label(labels, tmp_path / "seg.nii.gz", geometry=geometry)
+    out = save_label(labels, tmp_path / "seg.nii.gz", geometry=geometry)
     stored = read_nifti(out)
     assert stored.get_data_dtype() == np.uint8
     assert stored.header.get_intent()[0] == "label"
-    np.testing.assert_array_equal(io.load_label(out, n_classes=3).data, labels)
+    np.testing.assert_array_equal(load_label(out, n_classes=3).data, labels)
     with pytest.raises(InputError, match=r"frac\.nii: label data must be whole numbers"):
-        io.save_label(labels + 0.25, tmp_path / "frac.nii", geometry=geometry)
+        save_label(labels + 0.25, tmp_path / "frac.nii", geometry=geometry)
     with pytest.raises(InputError, match=r"neg\.mha: label values must lie in 0\.\.32767, got -1"):
-        io.save_label(labels - 1, tmp_path / "neg.mha", geometry=geometry)
-
-
-# ------------------------------------------------------------------------------- atomic writes
-
-
-def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
-    source = io.load_image(write_nifti(tmp_path / "in.nii.gz", volume()))
-    before = (tmp_path / "in.nii.gz").read_bytes()
-    with pytest.raises(InputError, match=r"in\.nii\.gz: the file already exists.*overwrite=True"):
-        io.save_image(source.data + 1, tmp_path / "in.nii.gz", geometry=source.geometry)
-    assert (tmp_path / "in.nii.gz").read_bytes() == before
-    io.save_image(source.data + 1, tmp_path / "in.nii.gz", geometry=source.geometry, overwrite=True)
-    np.testing.assert_array_equal(io.load_image(tmp_path / "in.nii.gz").data, source.data + 1)
-
-
-def test_mhd_refuses_to_clobber_a_foreign_raw_file(tmp_path: Path) -> None:
-    (tmp_path / "scan.raw").write_bytes(b"someone else's data")
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
-    with pytest.raises(InputError, match=r"scan\.raw: the file already exists"):
-        io.save_image(volume(), tmp_path / "scan.mhd", geometry=geometry)
-    assert sorted(os.listdir(tmp_path)) == ["scan.raw"]
-
-
-def test_atomic_write_leaves_no_temp_on_success(tmp_path: Path) -> None:
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
-    out_dir = tmp_path / "new" / "folder"
-    io.save_image(volume(), out_dir / "a.nii.gz", geometry=geometry)
-    io.save_image(volume(), out_dir / "b.mhd", geometry=geometry)
-    assert sorted(os.listdir(out_dir)) == ["a.nii.gz", "b.mhd", "b.raw"]
-    assert io.load_image(out_dir / "b.mhd").data.shape == SHAPE
-
-
-def test_atomic_write_leaves_nothing_on_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def half_write(image: nib.Nifti1Image, filename: str) -> None:
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(io.nib, "save", half_write)
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
-    with pytest.raises(OSError, match="disk full"):
-        io.save_image(volume(), tmp_path / "out.nii.gz", geometry=geometry)
-    assert os.listdir(tmp_path) == []
-
-
-def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
-    # mkstemp makes owner-only files; what is renamed into place follows the umask instead.
-    old = os.umask(0o022)
-    try:
-        written = write_text_atomic(tmp_path / "report.md", "# report\n")
-        io.save_image(
-            volume(),
-            tmp_path / "scan.nii.gz",
-            geometry=io.Geometry.from_affine(oblique_affine(), SHAPE),
-        )
-        os.umask(0o077)
-        private = write_text_atomic(tmp_path / "private.json", "{}")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(written.stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "scan.nii.gz").stat().st_mode) == 0o644
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-
-
-# ------------------------------------------------------------------------------- names and lists
-
-
-def test_image_suffix_and_stem() -> None:
-    assert io.image_suffix("a/B.NII.GZ") == ".nii.gz"
-    assert io.image_suffix(Path("x.nrrd")) == ".nrrd"
-    assert io.image_stem("dir/sub-01_T1w.nii.gz") == "sub-01_T1w"
-    with pytest.raises(InputError, match=r"scan\.tar\.gz: not a supported image file"):
-        io.image_suffix("scan.tar.gz")
-
-
-def test_find_images_folder_glob_and_files(tmp_path: Path) -> None:
-    for name in ["b.nii.gz", "a.mha", "c.nrrd", "notes.txt", ".hidden.nii"]:
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "deep.nii").write_bytes(b"x")
-    assert io.find_images([tmp_path]) == [tmp_path / n for n in ["a.mha", "b.nii.gz", "c.nrrd"]]
-    assert io.find_images([str(tmp_path / "*.n*")]) == [tmp_path / "b.nii.gz", tmp_path / "c.nrrd"]
-    listed = io.find_images([tmp_path / "c.nrrd", tmp_path, tmp_path / "sub" / "deep.nii"])
-    assert listed == [tmp_path / n for n in ["c.nrrd", "a.mha", "b.nii.gz", "sub/deep.nii"]]
-
-
-def test_find_images_refusals(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"missing: no such file or folder"):
-        io.find_images([tmp_path / "missing"])
-    with pytest.raises(InputError, match=r"\*\.mha: the pattern matches no image"):
-        io.find_images([str(tmp_path / "*.mha")])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match=r"empty: the folder holds no image"):
-        io.find_images([tmp_path / "empty"])
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(InputError, match=r"notes\.txt: not a supported image file"):
-        io.find_images([tmp_path / "notes.txt"])
-    with pytest.raises(InputError, match="no input images given"):
-        io.find_images([])
-
-
-def test_geometry_validates_and_freezes_its_affine() -> None:
-    with pytest.raises(InputError, match=r"expected a 4x4 affine and a 3D shape, got \(3, 3\)"):
-        io.Geometry.from_affine(np.eye(3), SHAPE)
-    with pytest.raises(InputError, match=r"is not a finite 4x4 matrix"):
-        io.Geometry(np.full((4, 4), np.nan), SHAPE, (1.0, 1.0, 1.0), "float32", ("R", "A", "S"))
-    with pytest.raises(ConfigError, match=r"geometry format 'dicom' is unknown"):
-        io.Geometry.from_affine(np.eye(4), SHAPE, fmt="dicom")
-    geometry = io.Geometry.from_affine(oblique_affine(), SHAPE)
-    with pytest.raises(ValueError, match="read-only"):
-        geometry.affine[0, 0] = 1.0
-    moved = io.Geometry.from_affine(oblique_affine() + 2e-3, SHAPE)
-    assert geometry.matches(io.Geometry.from_affine(oblique_affine() + 5e-4, SHAPE))
-    assert not geometry.matches(moved)
+        save_label(labels - 1, tmp_path / "neg.mha", geometry=geometry)

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes.readwrite import Geometry, LabelMap, ScalarImage
+from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
+from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
 from segrenorm.volumes.spatial import (
-    SLICE_AXES,
-    IntensityScaling,
-    fit_scaling,
-    foreground_mask,
     from_canonical,
     pad_to_shape,
     resample_to_spacing,

@@ -6,37 +6,27 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from segrenorm.cli import main
-from segrenorm.config.schema import TranslatorKind, load_config
+from segrenorm.config.load import load_config
+from segrenorm.config.schema import TranslatorKind
 from segrenorm.errors import ConfigError
+from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.workflows.compare import SEMGAN_DROPOUT, compare, translator_config
-
-TINY_TRAIN = [
-    "model.ngf=4", "model.ndf=4", "model.n_downsample=2", "model.n_middle_blocks=1",
-    "model.seg_ngf=4", "model.seg_depth=2", "model.embed_dim=8", "data.crop_size=32",
-    "data.batch_size=2", "optim.iterations=3", "optim.decay_iterations=1",
-    "run.checkpoint_every=0", "run.image_every=0", "run.device=cpu",
-]  # fmt: skip
-TINY_EVAL = [
-    "autoencoder.width=4", "autoencoder.depth=2", "autoencoder.feature_dim=8",
-    "autoencoder.iterations=3", "autoencoder.decay_iterations=0", "autoencoder.batch_size=8",
-    "autoencoder.crop_size=32", "segmentor.ngf=4", "segmentor.depth=2",
-    "segmentor.iterations=3", "robustness_slices=4", "kid_subsets=5",
-]  # fmt: skip
-
-
-def _flags(option: str, values: list[str]) -> list[str]:
-    return [part for value in values for part in (option, value)]
 
 
 def test_demo_runs_every_stage_and_reuses_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_kit: SimpleNamespace,
+    eval_kit: SimpleNamespace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--subjects", "4",
-            *_flags("--set", TINY_TRAIN), *_flags("--eval-set", TINY_EVAL)]  # fmt: skip
+            *tiny_kit.flags("--set", tiny_kit.train_set),
+            *tiny_kit.flags("--eval-set", tiny_kit.eval_set)]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed, progress = captured.out, captured.err
@@ -53,7 +43,18 @@ def test_demo_runs_every_stage_and_reuses_them(
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["harmonized_folders"]["segrenorm"].endswith("harmonized/segrenorm")
     assert results["class_names"] == ["background", "CSF", "GM", "WM"]
-    assert results["paired"]["methods"]["segrenorm"]["ssim"] > 0
+    # The paired numbers, recomputed from the files the demo wrote: its cache's held-out
+    # target slices, and the harmonized volumes cut like the cache (or the source as is).
+    data = EvalData.from_cache(out / "cache")
+    folder = slices_from_volumes(data, out / "harmonized" / "segrenorm")
+    assert not np.allclose(folder, data.source.images, atol=1e-3)  # the run did change them
+    paired = results["paired"]
+    for name, slices in (("none", data.source.images), ("segrenorm", folder)):
+        want = eval_kit.paired(data, slices)
+        assert paired["n_subjects"] == want["n_subjects"] == len(harmonized)
+        assert paired["n_slices"] == want["n_slices"] > 0
+        for key in ("ssim", "psnr", "mae"):
+            assert paired["methods"][name][key] == pytest.approx(want[key], rel=1e-6), (name, key)
     # A second demo reuses every finished stage instead of redoing it.
     assert main(argv) == 0
     again = capsys.readouterr().err
@@ -71,9 +72,12 @@ def test_translator_configs_differ_only_in_the_translator() -> None:
 
 
 def test_compare_trains_each_translator_once(
-    eval_study: SimpleNamespace, eval_kit: SimpleNamespace, tmp_path: Path
+    eval_study: SimpleNamespace,
+    eval_kit: SimpleNamespace,
+    tiny_kit: SimpleNamespace,
+    tmp_path: Path,
 ) -> None:
-    config = load_config("cpu", overrides=[*TINY_TRAIN, "data.crop_size=24"])
+    config = load_config("cpu", overrides=[*tiny_kit.train_set, "data.crop_size=24"])
     result = compare(
         eval_study.cache, tmp_path / "cmp", config,
         translators=["cyclegan", "segrenorm"], baselines=["histogram"],

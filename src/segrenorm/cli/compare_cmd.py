@@ -64,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.config.schema import load_config
-    from segrenorm.evaluate.pipeline import evaluation_config
-    from segrenorm.report.tables import check_lines
+    from segrenorm.config.load import load_config
+    from segrenorm.config.overrides import apply_overrides
+    from segrenorm.evaluate.suite import EvaluationConfig
+    from segrenorm.report.checks import check_lines
     from segrenorm.workflows.compare import compare
 
     config = load_config(args.config, overrides=args.overrides)
-    evaluation = evaluation_config(args.eval_overrides)
+    evaluation = apply_overrides(EvaluationConfig(), args.eval_overrides)
 
     def on_stage(text: str) -> None:
         print(f"compare: {text}", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from segrenorm.cli.evaluate_cmd import add_settings_option
-from segrenorm.config.schema import load_config
+from segrenorm.config.load import load_config
 
 __all__ = ["add_parser", "run"]
 
@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.evaluate.pipeline import evaluation_config
+    from segrenorm.config.overrides import apply_overrides
     from segrenorm.workflows.demo import DEMO_EVALUATION, headline, run_demo
 
     config = load_config(args.config, overrides=args.overrides)
-    evaluation = evaluation_config(args.eval_overrides, base=DEMO_EVALUATION)
+    evaluation = apply_overrides(DEMO_EVALUATION, args.eval_overrides)
 
     def on_stage(text: str) -> None:
         print(f"demo: {text}", file=sys.stderr, flush=True)

@@ -114,13 +114,15 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from segrenorm.evaluate.pipeline import evaluate_cache, evaluation_config
-    from segrenorm.report.tables import check_lines
+    from segrenorm.config.overrides import apply_overrides
+    from segrenorm.evaluate.suite import EvaluationConfig
+    from segrenorm.report.checks import check_lines
+    from segrenorm.workflows.evaluate import evaluate_cache
 
     models = named_paths(args.model, "--model")
     harmonized = named_paths(args.harmonized, "--harmonized")
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    config = evaluation_config(args.eval_overrides).with_seed(args.seed)
+    config = apply_overrides(EvaluationConfig(), args.eval_overrides).with_seed(args.seed)
 
     def on_stage(text: str) -> None:
         print(f"evaluate: {text}", file=sys.stderr, flush=True)

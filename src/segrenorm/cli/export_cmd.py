@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import DIRECTIONS
 
 __all__ = ["add_parser", "run"]
 
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, metavar="RUN_OR_CKPT", help="run or checkpoint")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--direction", default="AB", choices=["AB", "BA"], help="default AB")
+    parser.add_argument("--direction", default="AB", choices=DIRECTIONS, help="default AB")
     parser.add_argument(
         "--format",
         default="torchscript,onnx",

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from pathlib import Path
 
 from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import DIRECTIONS, SLICE_AXES
 
 __all__ = ["add_parser", "parse_models", "run"]
-
-log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--direction",
         default="AB",
-        choices=["AB", "BA"],
+        choices=DIRECTIONS,
         help="AB: the model's source -> target site (G); BA: the reverse (F). Default AB",
     )
     parser.add_argument(
@@ -105,8 +101,6 @@ def parse_models(values: list[str]) -> str | dict[str, str]:
     Raises:
         ConfigError: a mix of plain and ``PLANE=RUN`` values, or a plane given twice.
     """
-    from segrenorm.volumes.spatial import SLICE_AXES
-
     pairs = [v.split("=", 1) for v in values]
     planar = [len(p) == 2 and p[0] in SLICE_AXES for p in pairs]
     if len(values) == 1 and not planar[0]:
@@ -128,73 +122,27 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
-    from tqdm import tqdm
+    from segrenorm.harmonize.files import harmonize_paths
+    from segrenorm.harmonize.harmonizer import HarmonizeOptions
 
-    from segrenorm.harmonize.files import (
-        gather_results,
-        harmonize_files,
-        plan_outputs,
-        summary_table,
+    summary = harmonize_paths(
+        args.inputs,
+        args.out,
+        parse_models(args.model),
+        options=HarmonizeOptions(
+            direction=args.direction,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            background=args.background,
+            spacing_tolerance=args.spacing_tolerance,
+        ),
+        views=args.views,
+        device=args.device,
+        compile=args.compile,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
-    from segrenorm.harmonize.harmonizer import Harmonizer
-    from segrenorm.training.distributed import init_distributed, shutdown_distributed
-
-    models = parse_models(args.model)
-    if isinstance(models, dict) and args.views:
-        raise ConfigError("--views and PLANE=RUN models both pick the views: give only one")
-    plan_outputs(args.inputs, args.out)  # refuse an unsafe output folder before loading models
-    ctx = init_distributed(args.device)
-    try:
-        options = {
-            "direction": args.direction,
-            "batch_size": args.batch_size,
-            "dtype": args.dtype,
-            "background": args.background,
-            "spacing_tolerance": args.spacing_tolerance,
-        }
-        if isinstance(models, dict):
-            harmonizer = Harmonizer.load_per_view(
-                models, device=ctx.device, compile=args.compile, **options
-            )
-        else:
-            harmonizer = Harmonizer.load(
-                models, views=args.views, device=ctx.device, compile=args.compile, **options
-            )
-        prefix = f"[rank {ctx.rank}] " if ctx.world_size > 1 else ""
-        show = not args.no_progress
-
-        def on_file(index: int, total: int, path: Path) -> None:
-            print(f"{prefix}[{index + 1}/{total}] {path}", file=sys.stderr, flush=True)
-
-        bar = tqdm(unit="slice", leave=False, disable=not show or not sys.stderr.isatty())
-
-        def on_batch(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        log.info(
-            "harmonizing to %s (%s, views %s, batch %d) on %s",
-            harmonizer.target_name,
-            args.direction,
-            ",".join(harmonizer.views),
-            args.batch_size,
-            ctx.device,
-        )
-        mine = harmonize_files(
-            harmonizer,
-            args.inputs,
-            args.out,
-            skip_existing=args.skip_existing,
-            overwrite=args.overwrite,
-            ctx=ctx,
-            on_file=on_file if show or ctx.world_size > 1 else None,
-            on_batch=None if bar.disable else on_batch,
-        )
-        bar.close()
-        results = gather_results(mine, ctx)
-    finally:
-        shutdown_distributed(ctx)
-    if ctx.is_main:
-        print(summary_table(results))
-    return 1 if any(r.status == "failed" for r in results) else 0
+    if summary.is_main:
+        print(summary.table())
+    return 1 if summary.failed else 0

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from typing import Any
 
-from segrenorm.data.prepare import open_manifest, prepare_cache, read_listing, records_from_inputs
+from segrenorm.data.listing import read_listing, records_from_inputs
+from segrenorm.data.manifest import open_manifest, summarize
+from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import ConfigError
-from segrenorm.volumes.spatial import SLICE_AXES
+from segrenorm.vocabulary import SLICE_AXES
 
-__all__ = ["add_parser", "run", "summarize"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -147,29 +147,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summarize(open_manifest(out), str(out)))
     return 0
-
-
-def summarize(manifest: dict[str, Any], where: str) -> str:
-    """A few lines describing a cache: slices per site and split, slice shape, classes.
-
-    Args:
-        manifest: a manifest as returned by ``open_manifest``.
-        where: the cache folder, for the first line.
-    """
-    slices: Counter[tuple[str, str]] = Counter()
-    subjects: Counter[tuple[str, str]] = Counter()
-    for subject in manifest["subjects"]:
-        slices[subject["site"], subject["split"]] += int(subject["n_slices"])
-        subjects[subject["site"], subject["split"]] += 1
-    height, width = manifest["slice_shape"]
-    lines = [
-        f"cache {where}: {manifest['slice_axis']} slices {height}x{width}, "
-        f"{manifest['n_classes']} classes" + ("" if manifest["has_labels"] else " (no labels)")
-    ]
-    for key, name in manifest["sites"].items():
-        parts = [
-            f"{split} {slices[key, split]} slices / {subjects[key, split]} subjects"
-            for split in ("train", "test")
-        ]
-        lines.append(f"  {key} ({name}): " + ", ".join(parts))
-    return "\n".join(lines)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
-
-import yaml
 
 from segrenorm.config.presets import PRESETS
-from segrenorm.config.schema import Config, config_from_dict, load_config
 from segrenorm.errors import ConfigError
 
-__all__ = ["add_parser", "apply_overrides", "resolve", "run"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,89 +72,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings to an existing config.
-
-    Args:
-        config: the base config (e.g. a checkpoint's).
-        overrides: strings such as ``"optim.iterations=500"``; values are parsed as YAML.
-
-    Raises:
-        ConfigError: a malformed override, unknown key or invalid value.
-    """
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like section.field=value.")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        *sections, leaf = key.strip().split(".")
-        node = tree
-        for name in sections:
-            node = node.setdefault(name, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {name} is not a section.")
-        node[leaf] = value
-    return config_from_dict(tree, base=config)
-
-
-def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
-    """The config, cache folder and output folder a ``train`` invocation means.
-
-    Args:
-        args: the parsed command line.
-
-    Raises:
-        ConfigError: a required option is missing or a value is invalid.
-    """
-    from segrenorm.models.checkpoint import config_of, load_checkpoint, resolve_checkpoint
-
-    payload: dict[str, Any] | None = None
-    ckpt: Path | None = None
-    if args.resume:
-        ckpt = resolve_checkpoint(args.resume)
-        payload = load_checkpoint(ckpt)
-    if args.config:
-        config = load_config(args.config, overrides=args.overrides)
-    elif payload is not None:
-        config = apply_overrides(config_of(payload, source=ckpt or args.resume), args.overrides)
-    else:
-        raise ConfigError(
-            "--config is required (a preset or a YAML file) unless --resume is given."
-        )
-    cache = args.data or (payload["cache_info"].get("path") if payload is not None else None)
-    if not cache:
-        raise ConfigError("--data is required (the slice cache folder) unless --resume is given.")
-    if args.out is None and payload is None:
-        raise ConfigError("--out is required: the folder that will hold the run directory.")
-    return config, Path(cache), Path(args.out) if args.out else None
-
-
 def run(args: argparse.Namespace) -> int:
     """Body of ``segrenorm train``: returns 0, or 130 when interrupted (after saving).
 
     Args:
         args: the parsed command line.
     """
-    from segrenorm.data.datasets import SliceCache
-    from segrenorm.training.trainer import TrainingInterrupted, check_against_cache, train
+    from segrenorm.data.slice_cache import SliceCache
+    from segrenorm.training.resolve import resolve_training
+    from segrenorm.training.session import check_against_cache
+    from segrenorm.training.trainer import TrainingInterrupted, train
 
-    config, cache, out = resolve(args)
+    plan = resolve_training(
+        config=args.config, data=args.data, out=args.out, resume=args.resume,
+        overrides=args.overrides,
+    )  # fmt: skip
     if args.iterations is not None and args.iterations < 1:
         raise ConfigError(f"--iterations {args.iterations} must be >= 1.")
     if args.dry_run:
-        check_against_cache(config, SliceCache.open(cache))
-        print(config.to_json())
+        check_against_cache(plan.config, SliceCache.open(plan.cache))
+        print(plan.config.to_json())
         return 0
     try:
         run_dir = train(
-            config,
-            cache,
-            out if out is not None else Path(args.resume).parent,
-            resume=args.resume,
+            plan.config,
+            plan.cache,
+            plan.out,
+            resume=plan.resume,
             progress=not args.no_progress,
             max_steps=args.iterations,
         )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from segrenorm.config.schema import Config, config_from_dict
+from segrenorm.config.build import config_from_dict
+from segrenorm.config.schema import Config
 
 __all__ = ["PRESETS"]
 

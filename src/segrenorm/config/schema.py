@@ -1,18 +1,16 @@
-"""Run configuration: frozen dataclasses, named presets and validated loading.
+"""Run configuration schema: the enums and frozen dataclasses of a run, and their checks.
 
-A configuration is a tree of frozen dataclasses. Presets are named ``Config`` values;
-a YAML file may name a preset under ``preset:`` and override any field, and the command
-line may override single fields with ``--set section.field=value``. Unknown keys and
-out-of-range values raise :class:`~segrenorm.errors.ConfigError` naming the key.
-
-Presets live in :mod:`segrenorm.config.presets`.
+A configuration is a tree of frozen dataclasses; :meth:`Config.validate` raises
+:class:`~segrenorm.errors.ConfigError` naming the key of any value that cannot work.
+Building one from a dict is :mod:`segrenorm.config.build`, ``section.field=value``
+overrides are :mod:`segrenorm.config.overrides`, the named presets
+:mod:`segrenorm.config.presets`, and loading a preset or YAML file
+:mod:`segrenorm.config.load`.
 
 Example:
-    >>> cfg = load_config("cpu", overrides=["optim.iterations=10"])
-    >>> cfg.optim.iterations
-    10
-    >>> cfg.model.translator.value
-    'segrenorm'
+    >>> cfg = Config()
+    >>> cfg.model.translator.value, cfg.model.stride
+    ('segrenorm', 16)
 """
 
 from __future__ import annotations
@@ -20,15 +18,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import types
 import typing
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-import yaml
-
 from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import check_direction
 
 __all__ = [
     "AmpMode",
@@ -39,8 +34,6 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "TranslatorKind",
-    "config_from_dict",
-    "load_config",
 ]
 
 
@@ -250,7 +243,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that :func:`config_from_dict` turns back into this."""
+        """A JSON-serialisable dict that ``config.build.config_from_dict`` turns back into this."""
         return typing.cast(dict[str, Any], _to_jsonable(self))
 
     def to_json(self) -> str:
@@ -282,8 +275,7 @@ class Config:
             )
         if d.fold is not None:
             _in_range("data.fold", d.fold, 0, 10**6)
-        if d.direction not in ("AB", "BA"):
-            raise ConfigError(f"data.direction={d.direction!r} is unknown: use 'AB' or 'BA'.")
+        check_direction(d.direction, name="data.direction")
         if d.semantic_dropout > 0 and m.translator is not TranslatorKind.SEMGAN:
             raise ConfigError(
                 f"data.semantic_dropout={d.semantic_dropout} only applies to the semgan "
@@ -337,143 +329,3 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_jsonable(v) for v in value]
     return value
-
-
-def _coerce(name: str, annotation: Any, value: Any, *, optional: bool = False) -> Any:
-    """Convert a JSON/YAML value to the field's declared type, or raise ConfigError."""
-    if value is None and optional:
-        return None
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if isinstance(value, annotation):
-            return value
-        allowed = ", ".join(m.value for m in annotation)
-        for member in annotation:
-            if member.value == value:
-                return member
-        raise ConfigError(f"{name}={value!r} is unknown: choose one of {allowed}.")
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}={value!r} must be a list of numbers.")
-        return tuple(_coerce(f"{name}[]", float, v) for v in value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{name}={value!r} must be true or false.")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | str | float):
-            raise ConfigError(f"{name}={value!r} must be an integer.")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{name}={value!r} must be an integer.") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{name}={value!r} must be an integer.")
-        return int(as_float)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} must be a number.")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r} must be a number.") from None
-    if annotation is str:
-        return str(value)
-    raise ConfigError(f"{name}: cannot read a value of type {annotation}")  # pragma: no cover
-
-
-def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + k for k in unknown)}: "
-            f"known keys are {', '.join(prefix + k for k in sorted(known))}."
-        )
-    updates: dict[str, Any] = {}
-    for key, value in data.items():
-        hint = hints[key]
-        current = getattr(base, key)
-        if dataclasses.is_dataclass(current):
-            updates[key] = _build(type(current), value, f"{prefix}{key}.", current)
-        else:
-            inner = _unwrap_optional(hint)
-            updates[key] = _coerce(prefix + key, inner, value, optional=inner is not hint)
-    return replace(base, **updates)
-
-
-def _unwrap_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0]
-    return hint
-
-
-def config_from_dict(data: dict[str, Any], *, base: Config | None = None) -> Config:
-    """Build and validate a :class:`Config` from a (possibly partial) dict over ``base``."""
-    return typing.cast(Config, _build(Config, data, "", base or Config())).validate()
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.field=value.")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def load_config(source: str | Path, *, overrides: list[str] | None = None) -> Config:
-    """Resolve a preset name or a YAML/JSON file, then apply ``section.field=value`` overrides.
-
-    Args:
-        source: a key of :data:`PRESETS`, or a path to a YAML/JSON file whose optional
-            ``preset:`` key names the preset it starts from.
-        overrides: strings such as ``"optim.iterations=500"``.
-
-    Raises:
-        ConfigError: unknown preset, unreadable file, unknown key or invalid value.
-    """
-    from segrenorm.config.presets import PRESETS  # presets are built from this module
-
-    text = str(source)
-    data: dict[str, Any] = {}
-    if text in PRESETS:
-        base = PRESETS[text]
-    else:
-        path = Path(text)
-        if not path.suffix and not path.exists():
-            raise ConfigError(
-                f"unknown preset {text!r}: choose one of {', '.join(PRESETS)} "
-                "or give a path to a YAML file."
-            )
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found.")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections.")
-        data = dict(loaded)
-        preset = data.pop("preset", None)
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"{path}: unknown preset {preset!r}: use {', '.join(PRESETS)}.")
-        base = PRESETS[preset] if preset else Config()
-        data.setdefault("name", path.stem)
-    for item in overrides or []:
-        keys, value = _parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section.")
-        node[keys[-1]] = value
-    return config_from_dict(data, base=base)

@@ -1,7 +1,7 @@
 """Unpaired two-domain slice dataset over a slice cache: crops, labels, semantic dropout.
 
 The cache is read only through :class:`~segrenorm.data.slice_cache.SliceCache`; batches come from
-:class:`~segrenorm.data.batches.BatchStream`. Both are re-exported here.
+:func:`~segrenorm.data.batches.infinite_loader`.
 
 Example:
     >>> cache = SliceCache.open("cache/")  # doctest: +SKIP
@@ -18,22 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segrenorm.data.batches import BatchStream, EpochDataset, infinite_loader
-from segrenorm.data.slice_cache import RUN_PREPARE, SITES, SPLITS, SliceCache
+from segrenorm.data.manifest import RUN_PREPARE
+from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError
+from segrenorm.vocabulary import check_direction
 
-# Re-exports: training code gets its whole data pipeline from this module.
-__all__ = [
-    "SITES",
-    "SPLITS",
-    "BatchStream",
-    "EpochDataset",
-    "SliceCache",
-    "UnpairedSliceDataset",
-    "infinite_loader",
-]
-
-DIRECTIONS: tuple[str, ...] = ("AB", "BA")
+__all__ = ["UnpairedSliceDataset"]
 
 
 class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
@@ -87,8 +77,7 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
         direction: str = "AB",
     ) -> None:
         self.cache = cache if isinstance(cache, SliceCache) else SliceCache.open(cache)
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"unknown direction {direction!r}; expected one of AB, BA")
+        check_direction(direction)
         h, w = self.cache.slice_shape
         if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
             raise ConfigError(f"crop_size must be a positive integer, got {crop_size!r}")

@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import CacheError, SegrenormError
+from segrenorm.vocabulary import SITES, SLICE_AXES
 from segrenorm.volumes.intensity import IntensityScaling
-from segrenorm.volumes.spatial import SLICE_AXES
 
 __all__ = ["INFERENCE_KEY", "TrainingFacts", "inference_facts"]
 
 #: Key of the facts inside a checkpoint's ``cache_info``.
 INFERENCE_KEY = "inference"
-_SITE_KEYS = ("A", "B")
 
 
 def _median_scaling(subjects: list[Mapping[str, Any]], percentiles: list[float]) -> dict[str, Any]:
@@ -65,7 +64,7 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
     subjects = list(manifest["subjects"])
     percentiles = [float(p) for p in manifest.get("percentiles", [0.5, 99.5])]
     scaling = {}
-    for key in _SITE_KEYS:
+    for key in SITES:
         site = [s for s in subjects if s["site"] == key and "scaling" in s]
         trained = [s for s in site if s.get("split") == "train"] or site
         if trained:
@@ -193,7 +192,7 @@ class TrainingFacts:
         Raises:
             CheckpointError: the checkpoint lacks the facts and its training cache is gone.
         """
-        from segrenorm.data.slice_cache import open_manifest
+        from segrenorm.data.manifest import open_manifest
         from segrenorm.errors import CheckpointError
 
         cache_info = dict(payload.get("cache_info") or {})

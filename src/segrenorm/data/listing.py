@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes import readwrite as io
+from segrenorm.volumes.paths import find_images, image_stem
 
 __all__ = [
     "SubjectRecord",
@@ -65,7 +65,7 @@ def subject_id(path: str | Path) -> str:
     Args:
         path: a volume file path.
     """
-    return _ID_SUFFIX.sub("", io.image_stem(path))
+    return _ID_SUFFIX.sub("", image_stem(path))
 
 
 def read_listing(csv_path: str | Path) -> list[SubjectRecord]:
@@ -162,13 +162,13 @@ def records_from_inputs(
         (site_names[0], site_a, labels_a),
         (site_names[1], site_b, labels_b),
     ):
-        label_files = [p.resolve() for p in io.find_images(labels)] if labels is not None else []
+        label_files = [p.resolve() for p in find_images(labels)] if labels is not None else []
         label_by_id: dict[str, Path] = {}
         for label in label_files:
             label_by_id.setdefault(subject_id(label), label)
         seen: dict[str, Path] = {}
         # A folder may hold images and their label maps side by side (BIDS derivatives).
-        for image in io.find_images(images):
+        for image in find_images(images):
             if image.resolve() in label_files:
                 continue
             sid = subject_id(image)

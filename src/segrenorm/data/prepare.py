@@ -4,8 +4,8 @@ The layout is fixed in ``docs/cache-format.md``. A cache is built in a hidden si
 renamed into place only once its ``manifest.json`` (written last, ``"complete": true``) exists,
 so an interrupted ``prepare`` never leaves anything that :func:`open_manifest` accepts.
 
-Listings are read by ``segrenorm.data.listing`` and caches by ``segrenorm.data.slice_cache``; their
-public names are re-exported here so that ``prepare`` needs one import.
+Listings are read by ``segrenorm.data.listing``; the manifest format is
+``segrenorm.data.manifest``'s and caches are read by ``segrenorm.data.slice_cache``.
 """
 
 from __future__ import annotations
@@ -24,63 +24,25 @@ from tqdm import tqdm
 
 from segrenorm._version import __version__
 from segrenorm.atomic import replace_dir
-from segrenorm.data.listing import (
-    SubjectRecord,
-    assign_splits,
-    read_listing,
-    records_from_inputs,
-    site_order,
-    subject_id,
-)
-from segrenorm.data.slice_cache import ARRAY_DTYPES, FORMAT_VERSION, SITE_KEYS, open_manifest
+from segrenorm.data.listing import SubjectRecord, assign_splits, site_order
+from segrenorm.data.manifest import ARRAY_DTYPES, FORMAT_VERSION
+from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.volumes import readwrite as io
-from segrenorm.volumes.spatial import (
-    SLICE_AXES,
-    fit_scaling,
-    foreground_mask,
-    pad_to_shape,
-    resample_to_spacing,
-    round_up,
-    slice_volume,
-    to_canonical,
-)
+from segrenorm.vocabulary import SITES
+from segrenorm.volumes.readwrite import load_image, load_label
+from segrenorm.volumes.spatial import pad_to_shape
 
-__all__ = [
-    "FORMAT_VERSION",
-    "SITE_KEYS",
-    "SubjectRecord",
-    "open_manifest",
-    "prepare_cache",
-    "read_listing",
-    "records_from_inputs",
-    "subject_id",
-]
+__all__ = ["prepare_cache"]
 
 logger = logging.getLogger(__name__)
 
 
 def _check_options(
-    slice_axis: str,
-    spacing: tuple[float, float, float] | None,
-    lower_pct: float,
-    upper_pct: float,
-    min_foreground: float,
-    pad_multiple: int,
-    test_fraction: float,
-    n_folds: int,
-    n_classes: int | None,
+    min_foreground: float, test_fraction: float, n_folds: int, n_classes: int | None
 ) -> None:
-    if slice_axis not in SLICE_AXES:
-        raise ConfigError(f"unknown slice axis {slice_axis!r}: choose {', '.join(SLICE_AXES)}")
-    if spacing is not None and (len(spacing) != 3 or any(not s > 0 for s in spacing)):
-        raise ConfigError(f"spacing {spacing!r} must be three positive numbers (mm)")
-    if not 0.0 <= lower_pct < upper_pct <= 100.0:
-        raise ConfigError(f"percentiles {lower_pct}, {upper_pct} must be 0 <= lower < upper <= 100")
+    """Check the options beyond the slicing recipe (which checks its own)."""
     if not 0.0 <= min_foreground < 1.0:
         raise ConfigError(f"min_foreground {min_foreground} must be in [0, 1)")
-    if pad_multiple < 1:
-        raise ConfigError(f"pad_multiple {pad_multiple} must be >= 1")
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction {test_fraction} must be in [0, 1)")
     if n_folds < 1:
@@ -94,37 +56,29 @@ def _process_subject(
     work: Path,
     index: int,
     *,
+    recipe: SliceRecipe,
     n_classes: int | None,
-    axis: str,
-    spacing: tuple[float, float, float] | None,
-    lower_pct: float,
-    upper_pct: float,
     min_foreground: float,
-    use_mask: bool,
 ) -> dict[str, Any]:
     """Load, canonicalize, resample, scale and slice one subject into unpadded work arrays."""
-    original = io.load_image(record.image)
+    original = load_image(record.image)
     label = None
     if record.label is not None:
-        # io checks the label's grid against the image's before either is reoriented.
-        label = to_canonical(io.load_label(record.label, n_classes=n_classes, like=original))
-    image = to_canonical(original)
+        # load_label checks the label's grid against the image's before either is reoriented.
+        label = recipe.to_grid(load_label(record.label, n_classes=n_classes, like=original))
+    image = recipe.to_grid(original)
     del original
-    if spacing is not None:
-        image = resample_to_spacing(image, spacing)
-        label = resample_to_spacing(label, spacing) if label is not None else None
-    mask = foreground_mask(image.data) if use_mask else np.ones(image.data.shape, dtype=bool)
-    scaling = fit_scaling(image.data, mask if use_mask else None, lower_pct, upper_pct)
-    scaled = scaling.apply(image.data, mask if use_mask else None)
+    scaled, found, scaling = recipe.scale(image.data)
+    mask = np.ones(image.data.shape, dtype=bool) if found is None else found
     labels = np.zeros(image.data.shape, np.uint8) if label is None else label.data
     max_label = int(labels.max())
     if max_label > 255:
         raise InputError(f"{record.label}: label value {max_label} does not fit the cache (0..255)")
-    mask_slices = slice_volume(mask, axis)
+    mask_slices = recipe.cut(mask)
     fraction = mask_slices.reshape(mask_slices.shape[0], -1).mean(axis=1)
     keep = np.flatnonzero(fraction >= min_foreground)
-    np.save(work / f"{index}_images.npy", slice_volume(scaled, axis)[keep])
-    np.save(work / f"{index}_labels.npy", slice_volume(labels, axis)[keep].astype(np.uint8))
+    np.save(work / f"{index}_images.npy", recipe.cut(scaled)[keep])
+    np.save(work / f"{index}_labels.npy", recipe.cut(labels)[keep].astype(np.uint8))
     np.save(work / f"{index}_masks.npy", mask_slices[keep].astype(np.uint8))
     np.save(work / f"{index}_keep.npy", keep.astype(np.int32))
     if keep.size == 0:
@@ -171,11 +125,6 @@ def _assemble(
     for array in out.values():
         array.flush()
     del out
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished cache into place, replacing an old one only now that the new is whole."""
-    replace_dir(tmp, out)
 
 
 def prepare_cache(
@@ -236,17 +185,14 @@ def prepare_cache(
         InputError: for unusable records or volumes; CacheError if ``out_dir`` exists and
             ``overwrite`` is False or it is not a cache; ConfigError for bad options.
     """
-    _check_options(
-        slice_axis,
-        spacing,
-        lower_pct,
-        upper_pct,
-        min_foreground,
-        pad_multiple,
-        test_fraction,
-        n_folds,
-        n_classes,
+    recipe = SliceRecipe(
+        axis=slice_axis,
+        spacing=spacing,
+        percentiles=(lower_pct, upper_pct),
+        use_mask=use_mask,
+        pad_multiple=pad_multiple,
     )
+    _check_options(min_foreground, test_fraction, n_folds, n_classes)
     if not records:
         raise InputError("no subjects to prepare: the listing is empty")
     if class_names is not None:
@@ -298,13 +244,9 @@ def prepare_cache(
                     record,
                     work,
                     index,
+                    recipe=recipe,
                     n_classes=n_classes,
-                    axis=slice_axis,
-                    spacing=spacing,
-                    lower_pct=lower_pct,
-                    upper_pct=upper_pct,
                     min_foreground=min_foreground,
-                    use_mask=use_mask,
                 )
             )
         max_label = max(info["max_label"] for info in infos)
@@ -315,17 +257,14 @@ def prepare_cache(
             if class_names is not None
             else (["background"] + [f"class_{k}" for k in range(1, n_classes)])
         )
-        slice_shape = (
-            round_up(max(info["plane"][0] for info in infos), pad_multiple),
-            round_up(max(info["plane"][1] for info in infos), pad_multiple),
-        )
+        slice_shape = recipe.slice_shape(info["plane"] for info in infos)
         subjects = []
-        for key, group_start, group in zip(SITE_KEYS, (0, len(by_site[0])), by_site, strict=True):
+        for key, group_start, group in zip(SITES, (0, len(by_site[0])), by_site, strict=True):
             rows = list(range(group_start, group_start + len(group)))
             n_rows = sum(infos[i]["n_slices"] for i in rows)
             if n_rows == 0:
                 raise InputError(
-                    f"site {site_names[SITE_KEYS.index(key)]!r}: no slice has "
+                    f"site {site_names[SITES.index(key)]!r}: no slice has "
                     f"{min_foreground:.0%} foreground; lower min_foreground (--min-foreground)"
                 )
             _assemble(tmp / key, work, rows, n_rows, slice_shape)
@@ -354,7 +293,7 @@ def prepare_cache(
             "complete": True,
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "segrenorm_version": __version__,
-            "sites": dict(zip(SITE_KEYS, site_names, strict=True)),
+            "sites": dict(zip(SITES, site_names, strict=True)),
             "n_classes": n_classes,
             "class_names": names,
             "has_labels": has_labels,
@@ -370,7 +309,7 @@ def prepare_cache(
             "subjects": subjects,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _install(tmp, out)
+        replace_dir(tmp, out)  # an old cache is replaced only now that the new one is whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

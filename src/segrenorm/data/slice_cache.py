@@ -1,8 +1,9 @@
-"""The slice cache, read side: its format constants, manifest validation and a read-only view.
+"""The slice cache, read side: a read-only, memory-mapped view of a prepared cache.
 
-The layout is fixed in ``docs/cache-format.md``; :func:`segrenorm.data.prepare.prepare_cache` writes
-it. This module reads a cache only through ``manifest.json`` and
-``numpy.load(..., mmap_mode="r")``, and imports neither torch nor the preprocessing code.
+The layout is fixed in ``docs/cache-format.md``; :func:`segrenorm.data.prepare.prepare_cache`
+writes it and ``segrenorm.data.manifest`` validates its ``manifest.json``. This module reads a
+cache only through that manifest and ``numpy.load(..., mmap_mode="r")``, and imports neither
+torch nor the preprocessing code.
 
 Example:
     >>> cache = SliceCache.open("cache/")  # doctest: +SKIP
@@ -11,150 +12,23 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segrenorm.errors import CacheError, ConfigError
+from segrenorm.data.manifest import SPLITS, check_fields, open_manifest
+from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import SITES
 
-__all__ = [
-    "FORMAT_VERSION",
-    "SITES",
-    "SITE_KEYS",
-    "SPLITS",
-    "SliceCache",
-    "open_manifest",
-]
-
-FORMAT_VERSION = 1
-#: Folder names of the two sites inside a cache: source first, target second.
-SITE_KEYS: tuple[str, str] = ("A", "B")
-SITES = SITE_KEYS
-SPLITS: tuple[str, ...] = ("train", "test", "all")
-#: The arrays of each site folder and their dtypes (shapes: ``docs/cache-format.md``).
-ARRAY_DTYPES = {"images": "float32", "labels": "uint8", "masks": "uint8", "slices": "int32"}
-#: What every cache error tells the user to do.
-RUN_PREPARE = "re-run segrenorm prepare"
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
-    with path.open("rb") as fh:
-        major, _minor = np.lib.format.read_magic(fh)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if major == 1
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _fortran, dtype = read(fh)
-    return tuple(shape), dtype
-
-
-def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
-    """Read and validate a cache's manifest, checking that its arrays exist with the right shapes.
-
-    Args:
-        cache_dir: a folder written by :func:`segrenorm.data.prepare.prepare_cache`.
-
-    Returns:
-        The manifest as a dict (see ``docs/cache-format.md``).
-
-    Raises:
-        CacheError: naming the cache and the problem, for a missing folder or manifest, an
-            incomplete or unknown-version cache, or a missing or mis-shaped array.
-    """
-    root = Path(cache_dir)
-    if not root.is_dir():
-        raise CacheError(f"slice cache {root} does not exist; create it with segrenorm prepare")
-    path = root / "manifest.json"
-    if not path.is_file():
-        raise CacheError(
-            f"slice cache {root} has no manifest.json: it is incomplete or not a cache; "
-            f"{RUN_PREPARE}"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{path} is not valid JSON ({exc}); {RUN_PREPARE}") from exc
-    if not isinstance(manifest, dict):
-        raise CacheError(f"{path} does not hold a JSON object; {RUN_PREPARE}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CacheError(
-            f"slice cache {root} has format_version {manifest.get('format_version')!r}, this "
-            f"segrenorm reads {FORMAT_VERSION}; {RUN_PREPARE}"
-        )
-    if manifest.get("complete") is not True:
-        raise CacheError(
-            f'slice cache {root} is incomplete ("complete" is not true); {RUN_PREPARE}'
-        )
-    required = ("sites", "n_classes", "slice_axis", "slice_shape", "subjects")
-    missing = [k for k in required if k not in manifest]
-    if missing:
-        raise CacheError(f"{path} lacks {', '.join(missing)}; {RUN_PREPARE}")
-    try:
-        height, width = (int(v) for v in manifest["slice_shape"])
-        subjects = manifest["subjects"]
-        for key in SITE_KEYS:
-            if key not in manifest["sites"]:
-                raise CacheError(f"{path} names no site {key!r}; {RUN_PREPARE}")
-            rows = [s for s in subjects if s["site"] == key]
-            n_rows = sum(int(s["n_slices"]) for s in rows)
-            starts = [int(s["first_row"]) for s in rows]
-            expected_starts = np.cumsum([0] + [int(s["n_slices"]) for s in rows])[:-1].tolist()
-            if starts != expected_starts:
-                raise CacheError(
-                    f"{path}: site {key} subjects' first_row values are not contiguous; "
-                    f"{RUN_PREPARE}"
-                )
-            for name, dtype in ARRAY_DTYPES.items():
-                array_path = root / key / f"{name}.npy"
-                if not array_path.is_file():
-                    raise CacheError(f"slice cache {root} lacks {key}/{name}.npy; {RUN_PREPARE}")
-                want = (n_rows, 2) if name == "slices" else (n_rows, height, width)
-                try:
-                    shape, found = _npy_header(array_path)
-                except (OSError, ValueError) as exc:
-                    raise CacheError(
-                        f"{array_path} is not a readable .npy file ({exc}); {RUN_PREPARE}"
-                    ) from exc
-                if shape != want or found != np.dtype(dtype):
-                    raise CacheError(
-                        f"{array_path} holds {found} {shape}, the manifest expects {dtype} {want}; "
-                        f"{RUN_PREPARE}"
-                    )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CacheError(f"{path} is malformed ({exc!r}); {RUN_PREPARE}") from exc
-    return manifest
+__all__ = ["SliceCache"]
 
 
 def _check_site(site: str) -> str:
     if site not in SITES:
         raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
     return site
-
-
-def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
-    """Check the manifest fields :class:`SliceCache` reads beyond what ``open_manifest`` checks."""
-    where = path / "manifest.json"
-    n_classes = manifest["n_classes"]
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise CacheError(f"{where}: 'n_classes' must be a positive integer, got {n_classes!r}")
-    names = manifest.get("class_names")
-    if not isinstance(names, list) or len(names) != n_classes:
-        raise CacheError(f"{where}: 'class_names' must list {n_classes} names, got {names!r}")
-    for k, subject in enumerate(manifest["subjects"]):
-        if (
-            not isinstance(subject.get("subject"), str)
-            or subject.get("split") not in ("train", "test")
-            or isinstance(subject.get("fold"), bool)
-            or not isinstance(subject.get("fold"), int)
-        ):
-            raise CacheError(
-                f"{where}: subjects[{k}] needs a 'subject' name, a 'split' of train or test and "
-                f"an integer 'fold'; {RUN_PREPARE}"
-            )
 
 
 class SliceCache:
@@ -197,7 +71,7 @@ class SliceCache:
         """
         root = Path(path)
         manifest = open_manifest(root)
-        _check_fields(root, manifest)
+        check_fields(root, manifest)
         return cls(root, manifest)
 
     @property

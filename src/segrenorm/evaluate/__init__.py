@@ -1,7 +1,7 @@
 """Evaluation: held-out data, classical baselines, the four lenses and their metrics.
 
 See ``docs/evaluation.md`` for what every number means. The usual entry point is
-:func:`segrenorm.evaluate.pipeline.evaluate_cache` (``segrenorm evaluate``); the pieces
+:func:`segrenorm.workflows.evaluate.evaluate_cache` (``segrenorm evaluate``); the pieces
 are importable on their own.
 """
 

@@ -7,7 +7,8 @@ produces one array aligned row for row with :attr:`EvalData.source`, so all metr
 
 Harmonized volumes written by ``segrenorm harmonize`` are brought back into that layout by
 :func:`slices_from_volumes`: each file is reoriented, resampled and cut exactly as
-``segrenorm prepare`` cut its source volume, and scaled to ``[-1, 1]`` with its own
+``segrenorm prepare`` cut its source volume (the cache's
+:class:`~segrenorm.data.slicing.SliceRecipe`), and scaled to ``[-1, 1]`` with its own
 foreground percentiles inside the source volume's foreground mask (the scaling every
 cached slice had), so harmonized and target slices share one intensity convention.
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
+from segrenorm.vocabulary import check_direction
 
 __all__ = ["EvalData", "SiteSlices", "slices_from_volumes"]
 
@@ -117,8 +119,7 @@ class EvalData:
             ConfigError: an unknown direction.
             CacheError: a site without held-out slices, or a cache without labels.
         """
-        if direction not in ("AB", "BA"):
-            raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
+        check_direction(direction)
         opened = cache if isinstance(cache, SliceCache) else SliceCache.open(cache)
         if not opened.manifest.get("has_labels", True):
             raise CacheError(
@@ -202,24 +203,16 @@ def slices_from_volumes(
         InputError: the folder is missing, a subject's harmonized volume is missing, or it
             is not on its source volume's grid.
     """
+    from segrenorm.data.slicing import SliceRecipe
     from segrenorm.volumes.readwrite import load_image
-    from segrenorm.volumes.spatial import (
-        fit_scaling,
-        foreground_mask,
-        pad_to_shape,
-        resample_to_spacing,
-        slice_volume,
-        to_canonical,
-    )
+    from segrenorm.volumes.spatial import pad_to_shape
 
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"harmonized folder {root} does not exist: run segrenorm harmonize first")
     manifest = data.cache.manifest
     entries = {str(s["subject"]): s for s in manifest["subjects"] if s["site"] == data.source.site}
-    axis, spacing = manifest["slice_axis"], manifest.get("spacing")
-    low_pct, high_pct = (float(p) for p in manifest.get("percentiles", (0.5, 99.5)))
-    use_mask = bool(manifest.get("use_mask", True))
+    recipe = SliceRecipe.from_manifest(manifest)
     out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
     groups = data.source.subject_rows()
     for count, (subject, positions) in enumerate(groups.items()):
@@ -240,13 +233,8 @@ def slices_from_volumes(
                 f"{path}: its grid {harmonized.geometry.shape} differs from its source "
                 f"{original} {source.geometry.shape}; harmonized volumes must keep the input grid"
             )
-        volume, reference = to_canonical(harmonized), to_canonical(source)
-        if spacing is not None:
-            target = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
-            volume = resample_to_spacing(volume, target)
-            reference = resample_to_spacing(reference, target)
-        mask = foreground_mask(reference.data) if use_mask else None
-        scaled = fit_scaling(volume.data, mask, low_pct, high_pct).apply(volume.data, mask)
-        cut = slice_volume(scaled, axis)[data.source.index[positions]]
+        volume, reference = recipe.to_grid(harmonized), recipe.to_grid(source)
+        scaled = recipe.scale(volume.data, mask_of=reference.data).scaled
+        cut = recipe.cut(scaled)[data.source.index[positions]]
         out[positions] = pad_to_shape(cut, data.cache.slice_shape, -1.0)[0]
     return out

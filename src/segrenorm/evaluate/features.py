@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.models.nn.blocks import conv3x3, down_conv
 from segrenorm.models.nn.segnet import check_image_batch
+from segrenorm.training.optim import linear_decay
 
 __all__ = ["AutoencoderConfig", "MultitaskAutoencoder", "extract_features", "train_autoencoder"]
 
@@ -256,10 +257,9 @@ def _check_slices(slices: np.ndarray, name: str, stride: int, *, check_range: bo
 
 def _learning_rate(config: AutoencoderConfig, step: int) -> float:
     """Constant, then linear decay that reaches lr / (decay + 1) on the last step."""
-    if step < config.iterations:
-        return config.lr
-    done = step - config.iterations + 1
-    return config.lr * (1.0 - done / (config.decay_iterations + 1))
+    return config.lr * linear_decay(
+        step, constant=config.iterations - 1, decay=config.decay_iterations + 1
+    )
 
 
 def _draw(

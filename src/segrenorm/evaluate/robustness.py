@@ -27,6 +27,7 @@ import torch
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.metrics import ssim_map
 from segrenorm.models.translator import Translator
+from segrenorm.vocabulary import check_direction
 
 __all__ = ["DEFAULT_SIGMAS", "curve_auc", "noise_sensitivity"]
 
@@ -84,8 +85,7 @@ def noise_sensitivity(
         ConfigError: an unknown direction, a negative sigma or a batch size below 1.
         InputError: images and masks of different shapes, or an empty mask.
     """
-    if direction not in ("AB", "BA"):
-        raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
+    check_direction(direction)
     levels = [float(s) for s in sigmas]
     if any(s < 0 for s in levels) or batch_size < 1:
         raise ConfigError(

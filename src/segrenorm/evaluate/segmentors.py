@@ -37,6 +37,7 @@ from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.overlap import check_label_maps, subject_scores
 from segrenorm.models.nn.segnet import SegUNet
 from segrenorm.training.losses import weighted_ce
+from segrenorm.training.optim import linear_decay
 
 __all__ = [
     "SegmentorConfig",
@@ -270,9 +271,7 @@ def train_segmentor(
     decay_from = int(config.decay_start * config.iterations)
 
     def lr_factor(step: int) -> float:
-        if step < decay_from:
-            return 1.0
-        return 1.0 - (step - decay_from) / (config.iterations - decay_from + 1)
+        return linear_decay(step, constant=decay_from, decay=config.iterations - decay_from + 1)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     net.train()

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segrenorm.atomic import new_file_mode, write_text_atomic
+from segrenorm.atomic import atomic_path, write_text_atomic
 from segrenorm.errors import ConfigError, InputError, SegrenormError
-from segrenorm.models.inference import ConditionedGenerator, portable_layers, register_atanh
-from segrenorm.models.translator import DIRECTIONS
+from segrenorm.export.portable import portable_layers, register_atanh
+from segrenorm.models.inference import ConditionedGenerator
+from segrenorm.vocabulary import check_direction
 
 __all__ = [
     "EXPORT_FORMATS",
     "TOLERANCE",
-    "ConditionedGenerator",
     "ExportCheck",
     "check_onnx",
     "check_torchscript",
@@ -101,21 +99,6 @@ def _check_shape(module: ConditionedGenerator, shape: Sequence[int]) -> tuple[in
     return height, width
 
 
-def _write_via_temp(target: Path, write: Callable[[str], None]) -> Path:
-    """Let ``write`` fill a temporary sibling of ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def export_torchscript(
     module: ConditionedGenerator, path: str | Path, shape: Sequence[int]
 ) -> Path:
@@ -135,7 +118,9 @@ def export_torchscript(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, _example((height, width), 2), check_trace=False)
-        return _write_via_temp(Path(path), lambda tmp: torch.jit.save(traced, tmp))
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp))
+    return Path(path)
 
 
 def export_onnx(
@@ -159,27 +144,30 @@ def export_onnx(
 
     register_atanh(opset)
 
-    def write(tmp: str) -> None:
-        with torch.no_grad(), portable_layers(), warnings.catch_warnings():
+    try:
+        with (
+            atomic_path(path) as tmp,
+            torch.no_grad(),
+            portable_layers(),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")  # tracer and symbolic notes on the shape checks
             torch.onnx.export(
                 static,
                 (example,),
-                tmp,
+                str(tmp),
                 dynamo=False,
                 input_names=["image"],
                 output_names=["translated"],
                 dynamic_axes={"image": {0: "batch"}, "translated": {0: "batch"}},
                 opset_version=opset,
             )
-
-    try:
-        return _write_via_temp(Path(path), write)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
         raise SegrenormError(
             f"ONNX export to {path} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "the TorchScript export (--format torchscript) may still work"
         ) from None
+    return Path(path)
 
 
 def _reference(module: ConditionedGenerator, x: Tensor) -> np.ndarray:
@@ -283,8 +271,7 @@ def export_model(
         raise ConfigError(
             f"export format(s) {unknown or list(formats)} unknown: use {', '.join(EXPORT_FORMATS)}"
         )
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
+    check_direction(direction)
     file = resolve_checkpoint(model, prefer=("final.pt", "last.pt"))
     payload = load_checkpoint(file)
     facts = TrainingFacts.from_checkpoint(payload, file)

@@ -5,31 +5,39 @@ an input folder, and no output may resolve to an input file, so an input is neve
 overwritten. A file that fails (unreadable, not 3D, ...) is reported and the others are
 still processed; the caller turns failures into a non-zero exit code. Under ``torchrun``,
 rank ``r`` of ``N`` harmonizes files ``r, r + N, ...`` and rank 0 prints the table.
+:func:`harmonize_paths` is the whole ``segrenorm harmonize`` command: it loads the models,
+joins the ``torchrun`` process group, shows progress and gathers every rank's results.
 
 Example:
-    >>> results = harmonize_files(harmonizer, ["scans/"], "harmonized/")  # doctest: +SKIP
-    >>> print(summary_table(results))  # doctest: +SKIP
+    >>> summary = harmonize_paths(["scans/"], "harmonized/", "runs/00000-ixi")  # doctest: +SKIP
+    >>> print(summary.table())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from segrenorm.errors import InputError, SegrenormError
+from tqdm import tqdm
+
+from segrenorm.errors import ConfigError, InputError, SegrenormError
 from segrenorm.harmonize.fusion import BatchCallback
-from segrenorm.harmonize.harmonizer import Harmonizer
-from segrenorm.training.distributed import DistContext
+from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer
+from segrenorm.training.distributed import DistContext, init_distributed, shutdown_distributed
 from segrenorm.volumes.formats import one_line
-from segrenorm.volumes.readwrite import find_images, image_suffix, save_image
+from segrenorm.volumes.paths import find_images, image_suffix
+from segrenorm.volumes.readwrite import save_image
 
 __all__ = [
     "FileResult",
+    "HarmonizeSummary",
     "gather_results",
     "harmonize_files",
+    "harmonize_paths",
     "plan_outputs",
     "summary_table",
 ]
@@ -218,3 +226,113 @@ def summary_table(results: Sequence[FileResult], *, width: int = 100) -> str:
         f"{counts['failed']} failed"
     )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class HarmonizeSummary:
+    """What :func:`harmonize_paths` did, over every rank.
+
+    Args:
+        results: all files' results, in input order.
+        is_main: whether this process is the one that reports (rank 0 under ``torchrun``).
+    """
+
+    results: tuple[FileResult, ...]
+    is_main: bool = True
+
+    @property
+    def failed(self) -> bool:
+        """Whether any file failed (the command then exits with 1)."""
+        return any(r.status == "failed" for r in self.results)
+
+    def table(self) -> str:
+        """The plain-text summary table (see :func:`summary_table`)."""
+        return summary_table(self.results)
+
+
+def harmonize_paths(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    model: str | Path | Mapping[str, str | Path],
+    *,
+    options: HarmonizeOptions | None = None,
+    views: str | Sequence[str] | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> HarmonizeSummary:
+    """Load a model and harmonize volumes, folders or globs into ``out_dir``.
+
+    Under ``torchrun`` every process takes its share of the files (see
+    :func:`harmonize_files`) and every process gets all results back.
+
+    Args:
+        inputs: files, folders or glob patterns.
+        out_dir: the output folder (created if needed).
+        model: a run directory or checkpoint, or plane -> run for one model per view.
+        options: harmonization options (direction, batch size, dtype, ...).
+        views: planes to translate along and fuse (one model only; default its plane).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        compile: use ``torch.compile``.
+        skip_existing: keep outputs that already exist, reported as skipped.
+        overwrite: replace existing outputs (never inputs).
+        progress: print each file to stderr and show a slice bar on a terminal (files are
+            always printed, with their rank, under ``torchrun``).
+
+    Raises:
+        ConfigError: ``views`` given with one model per view, or bad options.
+        InputError: the output plan is unsafe (see :func:`plan_outputs`), checked before
+            any model is loaded.
+        CheckpointError: a model cannot be loaded.
+    """
+    options = options or HarmonizeOptions()
+    if isinstance(model, Mapping) and views:
+        raise ConfigError("--views and PLANE=RUN models both pick the views: give only one")
+    plan_outputs(inputs, out_dir)  # refuse an unsafe output folder before loading models
+    ctx = init_distributed(device)
+    try:
+        if isinstance(model, Mapping):
+            harmonizer = Harmonizer.load_per_view(
+                model, device=ctx.device, compile=compile, **asdict(options)
+            )
+        else:
+            harmonizer = Harmonizer.load(
+                model, views=views, device=ctx.device, compile=compile, **asdict(options)
+            )
+        prefix = f"[rank {ctx.rank}] " if ctx.world_size > 1 else ""
+
+        def on_file(index: int, total: int, path: Path) -> None:
+            print(f"{prefix}[{index + 1}/{total}] {path}", file=sys.stderr, flush=True)
+
+        bar = tqdm(unit="slice", leave=False, disable=not progress or not sys.stderr.isatty())
+
+        def on_batch(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        log.info(
+            "harmonizing to %s (%s, views %s, batch %d) on %s",
+            harmonizer.target_name,
+            options.direction,
+            ",".join(harmonizer.views),
+            options.batch_size,
+            ctx.device,
+        )
+        mine = harmonize_files(
+            harmonizer,
+            inputs,
+            out_dir,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            ctx=ctx,
+            on_file=on_file if progress or ctx.world_size > 1 else None,
+            on_batch=None if bar.disable else on_batch,
+        )
+        bar.close()
+        results = gather_results(mine, ctx)
+    finally:
+        shutdown_distributed(ctx)
+    return HarmonizeSummary(tuple(results), ctx.is_main)

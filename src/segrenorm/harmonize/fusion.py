@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.spatial import (
-    SLICE_AXES,
     pad_to_shape,
     resolve_slice_axis,
     round_up,

@@ -45,6 +45,7 @@ import torch
 
 from segrenorm.config.schema import Config
 from segrenorm.data.facts import TrainingFacts
+from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import ConfigError
 from segrenorm.harmonize.fusion import BatchCallback, TranslateFn, parse_views, translate_view
 from segrenorm.harmonize.policy import (
@@ -53,15 +54,11 @@ from segrenorm.harmonize.policy import (
     resample_onto,
     to_training_grid,
 )
-from segrenorm.models.translator import DIRECTIONS, Translator
-from segrenorm.volumes.readwrite import ScalarImage, load_image
-from segrenorm.volumes.spatial import (
-    SLICE_AXES,
-    fit_scaling,
-    foreground_mask,
-    from_canonical,
-    to_canonical,
-)
+from segrenorm.models.translator import Translator
+from segrenorm.vocabulary import SLICE_AXES, check_direction
+from segrenorm.volumes.images import ScalarImage
+from segrenorm.volumes.readwrite import load_image
+from segrenorm.volumes.spatial import from_canonical, to_canonical
 
 __all__ = [
     "BACKGROUNDS",
@@ -107,8 +104,7 @@ class HarmonizeOptions:
     oblique_warn_deg: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(f"direction {self.direction!r} is unknown: use AB or BA")
+        check_direction(self.direction)
         if self.batch_size < 1 or self.seg_batch < 1:
             raise ConfigError(
                 f"batch size {self.batch_size} and seg_batch {self.seg_batch} must be at least 1"
@@ -333,6 +329,7 @@ class Harmonizer:
         notes: list[str] = []
         canonical = to_canonical(image)
         facts, opts = self.primary.facts, self.options
+        recipe = SliceRecipe.from_facts(facts)
         notes += obliquity_notes(
             image.geometry, where, max_deg=opts.oblique_warn_deg, plane=facts.slice_axis
         )
@@ -345,9 +342,7 @@ class Harmonizer:
             max_ratio=opts.max_spacing_ratio,
         )
         notes += spacing_note
-        mask = foreground_mask(work.data) if facts.use_mask else None
-        scaling = fit_scaling(work.data, mask, *facts.percentiles)
-        scaled = scaling.apply(work.data, mask)
+        scaled, mask, _scaling = recipe.scale(work.data)
         fused = np.zeros(work.data.shape, dtype=np.float32)
         n_slices = 0
         for view, model in self.models.items():
@@ -367,7 +362,7 @@ class Harmonizer:
         fused /= len(self.models)
         if work is not canonical:
             fused = resample_onto(fused, work.geometry, canonical.geometry)
-            mask = foreground_mask(canonical.data) if facts.use_mask else None
+            mask = recipe.mask(canonical.data)
         target = facts.target_scaling(opts.direction)
         if mask is not None:
             fused[~mask] = 0.0 if opts.background == "zero" else target.low

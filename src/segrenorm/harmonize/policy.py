@@ -16,8 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from segrenorm.errors import ConfigError, InputError, SegrenormError
-from segrenorm.volumes.readwrite import Geometry, ScalarImage
-from segrenorm.volumes.spatial import SLICE_AXES, resample_to_spacing
+from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.images import Geometry, ScalarImage
+from segrenorm.volumes.spatial import resample_to_spacing
 
 __all__ = ["apply_dtype", "obliquity_notes", "resample_onto", "to_training_grid"]
 

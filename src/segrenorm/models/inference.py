@@ -1,26 +1,22 @@
-"""The graph that is exported: one direction's seg net, extractor and generator as one module.
+"""The inference graph: one direction's seg net, extractor and generator as one module.
 
-Some pieces of the training networks do not trace or export as written, so export uses
-equivalent forms, checked against the originals by :mod:`segrenorm.export.exporter`: the extractor's
-shape-derived adaptive pooling becomes fixed averaging matrices for one slice size, the
-renorm layers' fused batch-folded kernel becomes instance norm followed by the affine map,
-and the decoders' low-resolution phase convolutions become upsample-then-convolve.
+:class:`ConditionedGenerator` computes ``x -> G(x | S(x))``; harmonization runs it and export
+traces it. For the ONNX export the extractor's shape-derived adaptive pooling can be fixed
+as averaging matrices for one slice size (:meth:`ConditionedGenerator.for_shape`); the
+other export-only forms of the layers are in :mod:`segrenorm.export.portable`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from segrenorm.errors import ConfigError
-from segrenorm.models.nn import renorm, upsample
 from segrenorm.models.nn.extractor import SemanticExtractor
-from segrenorm.models.translator import DIRECTIONS, Translator
+from segrenorm.models.translator import Translator
+from segrenorm.vocabulary import check_direction
 
-__all__ = ["ConditionedGenerator", "portable_layers", "register_atanh"]
+__all__ = ["ConditionedGenerator"]
 
 
 def _pool_matrix(n_in: int, n_out: int) -> Tensor:
@@ -88,9 +84,7 @@ class ConditionedGenerator(nn.Module):
         seg_chunk: int | None = None,
     ) -> None:
         super().__init__()
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"direction {direction!r} is unknown: use AB or BA")
-        self.direction = direction
+        self.direction = check_direction(direction)
         ab = direction == "AB"
         self.generator = translator.gen_ab if ab else translator.gen_ba
         seg = translator.seg_a if ab else translator.seg_b
@@ -132,49 +126,3 @@ class ConditionedGenerator(nn.Module):
             shape: slice size (H, W).
         """
         return ConditionedGenerator(self.translator[0], self.direction, static_shape=shape)
-
-
-def register_atanh(opset: int) -> None:
-    """Map ``aten::atanh`` (the identity-start generator's output) to ONNX ``Atanh``.
-
-    ONNX has had ``Atanh`` since opset 9, but the TorchScript-based exporter has no rule
-    for it.
-    """
-    from torch.onnx import register_custom_op_symbolic
-
-    register_custom_op_symbolic("aten::atanh", lambda g, x: g.op("Atanh", x), opset)
-
-
-def _portable_modulated_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float = 1e-5) -> Tensor:
-    """Instance norm, then the per-sample affine map: the unfused form of the renorm layer."""
-    normed = torch.nn.functional.instance_norm(x, eps=eps)  # (B, C, H, W)
-    return normed * scale[:, :, None, None] + shift[:, :, None, None]
-
-
-@contextmanager
-def portable_layers() -> Iterator[None]:
-    """Swap the networks' hand-written kernels for traceable equivalents while exporting.
-
-    * The renorm layers fold the batch into the channels of one ``batch_norm`` call; the
-      TorchScript-based ONNX exporter needs that channel count to be static, which a
-      dynamic batch axis rules out: instance norm and the affine map are used instead.
-    * The decoders convolve nearest-upsampled features by phases at the low resolution,
-      scattering them with a Python ``autograd.Function`` that tracing cannot record and
-      with kernels computed from the weights that the ONNX exporter cannot shape: the
-      direct upsample-then-convolve path (same function) is used instead.
-
-    The exported graphs are checked against the original PyTorch model.
-    """
-    original_norm = renorm.modulated_instance_norm
-    renorm.modulated_instance_norm = _portable_modulated_norm
-    original_fits = upsample.fits_phase_conv
-    upsample.fits_phase_conv = _never  # upsample_conv / upsample_cat_conv then run directly
-    try:
-        yield
-    finally:
-        renorm.modulated_instance_norm = original_norm
-        upsample.fits_phase_conv = original_fits
-
-
-def _never(conv: nn.Conv2d) -> bool:
-    return False

@@ -1,1 +1,1 @@
-"""Training: the loop, optimisers and schedules, losses, steps, checkpoints, EMA, run logs."""
+"""Training: the loop, its session, optimisers, objective and losses, state, run logs."""

@@ -1,4 +1,4 @@
-"""Run directories that explain themselves: resolved config, JSON log, TensorBoard, images.
+"""Run directories that explain themselves: resolved config, JSON log, TensorBoard.
 
 Layout written by :func:`segrenorm.training.trainer.train` (only on rank 0)::
 
@@ -6,7 +6,7 @@ Layout written by :func:`segrenorm.training.trainer.train` (only on rank 0)::
       config.json              resolved config, cache path, versions
       log.jsonl                one JSON object per log step: step, losses, lr, it/s
       tensorboard/             the same scalars for TensorBoard
-      images/step-000500.png   translation grids
+      images/step-000500.png   translation grids (see :mod:`segrenorm.training.images`)
       checkpoints/             step-XXXXXXX.pt, last.pt
       final.pt                 the model at the end of training
 """
@@ -19,7 +19,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,19 +27,18 @@ import numpy as np
 import torch
 
 from segrenorm._version import __version__
-from segrenorm.atomic import atomic_file, write_bytes_atomic, write_json_atomic
+from segrenorm.atomic import write_bytes_atomic, write_json_atomic
 from segrenorm.errors import InputError
 
 if TYPE_CHECKING:
-    from segrenorm.data.datasets import SliceCache
+    from segrenorm.data.slice_cache import SliceCache
 
 __all__ = [
     "RunLog",
     "create_run_dir",
     "describe_cache",
-    "grid_array",
-    "save_image_grid",
-    "translation_rows",
+    "find_finished_run",
+    "list_runs",
     "versions",
     "write_run_record",
 ]
@@ -90,6 +89,39 @@ def create_run_dir(out: str | Path, name: str, translator: str) -> Path:
             continue
         return run_dir
     raise InputError(f"could not create a new run directory in {root}: too many races.")
+
+
+def list_runs(runs: str | Path, name: str, translator: str) -> list[Path]:
+    """The run directories that :func:`create_run_dir` made for ``name`` and ``translator``.
+
+    Args:
+        runs: the parent folder of the runs (it need not exist).
+        name: the config name.
+        translator: the translator kind.
+
+    Returns:
+        ``RUNS/NNNNN-<name>-<translator>`` folders, oldest (lowest number) first.
+    """
+    root = Path(runs)
+    if not root.is_dir():
+        return []
+    pattern = re.compile(rf"\d{{5}}-{re.escape(_slug(name))}-{re.escape(_slug(translator))}")
+    return sorted(p for p in root.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+
+
+def find_finished_run(runs: str | Path, name: str, translator: str) -> Path | None:
+    """The newest run of ``name`` and ``translator`` that finished (it holds ``final.pt``).
+
+    Args:
+        runs: the parent folder of the runs (it need not exist).
+        name: the config name.
+        translator: the translator kind.
+
+    Returns:
+        The run directory, or None when no run of that config finished.
+    """
+    done = [run for run in list_runs(runs, name, translator) if (run / "final.pt").is_file()]
+    return done[-1] if done else None
 
 
 class RunLog:
@@ -177,87 +209,6 @@ def _json_float(value: float) -> float | str:
     return float(value) if math.isfinite(value) else str(value)
 
 
-def grid_array(
-    rows: Sequence[tuple[str, torch.Tensor]], *, n_classes: int, max_columns: int = 4, gap: int = 2
-) -> np.ndarray:
-    """Tile images and class maps into one RGB array (rows x samples), white gaps between.
-
-    Args:
-        rows: ``(label, tensor)`` pairs: images ``(B, 1, H, W)`` in [-1, 1] (grey) or class
-            maps ``(B, H, W)`` (integer, one fixed colour per class). All share H and W.
-        n_classes: number of classes, so a colour means the same class in every grid.
-        max_columns: samples shown per row.
-        gap: pixels between tiles.
-
-    Returns:
-        float array (rows*(H+gap)-gap, columns*(W+gap)-gap, 3) in [0, 1].
-    """
-    from matplotlib import colormaps
-
-    if not rows:
-        raise InputError("no rows to draw in the image grid.")
-    columns = max(1, min(max_columns, min(int(t.shape[0]) for _, t in rows)))
-    h, w = (int(v) for v in rows[0][1].shape[-2:])
-    palette = colormaps["viridis"](np.linspace(0.0, 1.0, max(n_classes, 2)))[:, :3]
-    canvas = np.ones((len(rows) * (h + gap) - gap, columns * (w + gap) - gap, 3))
-    for r, (label, tensor) in enumerate(rows):
-        data = tensor.detach().float().cpu().numpy()
-        if tuple(data.shape[-2:]) != (h, w):
-            raise InputError(f"row {label!r} is {data.shape[-2:]}, expected {(h, w)}.")
-        for c in range(columns):
-            if data.ndim == 4:  # (B, 1, H, W) image in [-1, 1]
-                tile = np.repeat(((np.clip(data[c, 0], -1, 1) + 1) / 2)[..., None], 3, axis=2)
-            else:  # (B, H, W) class indices
-                tile = palette[np.clip(data[c].astype(np.int64), 0, len(palette) - 1)]
-            top, left = r * (h + gap), c * (w + gap)
-            canvas[top : top + h, left : left + w] = tile
-    return canvas
-
-
-def save_image_grid(
-    path: str | Path,
-    rows: Sequence[tuple[str, torch.Tensor]],
-    *,
-    n_classes: int,
-    max_columns: int = 4,
-    title: str | None = None,
-) -> Path:
-    """Save :func:`grid_array` as a PNG with the row labels on the left.
-
-    One matplotlib axes shows the whole tiled array: a subplot per tile would cost ~0.5 s
-    per grid on a small CPU.
-
-    Args:
-        path: destination ``.png``; written through a temporary file.
-        rows: ``(label, tensor)`` pairs (see :func:`grid_array`).
-        n_classes: number of classes.
-        max_columns: samples shown per row.
-        title: figure title.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    canvas = grid_array(rows, n_classes=n_classes, max_columns=max_columns)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scale = 1.2 / max(int(rows[0][1].shape[-2]), 1)  # inches per pixel: tiles ~1.2 in tall
-    fig = Figure(figsize=(canvas.shape[1] * scale + 1.0, canvas.shape[0] * scale + 0.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.8 / fig.get_figwidth(), 0.0, 1 - 0.9 / fig.get_figwidth(), 0.95))
-    ax.imshow(canvas, interpolation="nearest")
-    h = canvas.shape[0] + 2  # rows * (H + gap)
-    ax.set_yticks([(r + 0.5) * h / len(rows) - 1 for r in range(len(rows))])
-    ax.set_yticklabels([label for label, _ in rows], fontsize=8)
-    ax.set_xticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    with atomic_file(target) as handle:
-        fig.savefig(handle, format="png")
-    return target
-
-
 def describe_cache(cache: SliceCache) -> dict[str, Any]:
     """Plain facts about a slice cache, kept in ``config.json`` and checkpoints.
 
@@ -318,23 +269,3 @@ def write_run_record(
         resumes.append({"from": str(resumed_from), "step": step, "at": time.ctime()})
         record["resumes"] = resumes
     return write_json_atomic(path, record)
-
-
-def translation_rows(
-    batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
-) -> list[tuple[str, torch.Tensor]]:
-    """Rows of the training image grid from a batch and ``generator_step`` outputs.
-
-    Real A, G(A), F(G(A)), S(A) and Q(G(A)) (when the translator segments), real B, F(B),
-    G(F(B)).
-
-    Args:
-        batch: the training batch (``a``, ``b``).
-        outputs: ``fake_b``, ``rec_a``, ``fake_a``, ``rec_b`` and optional ``seg_a``,
-            ``seg_fake_b``.
-    """
-    rows = [("real A", batch["a"]), ("G(A)", outputs["fake_b"]), ("F(G(A))", outputs["rec_a"])]
-    if "seg_a" in outputs and "seg_fake_b" in outputs:
-        rows += [("S(A)", outputs["seg_a"]), ("Q(G(A))", outputs["seg_fake_b"])]
-    rows += [("real B", batch["b"]), ("F(B)", outputs["fake_a"]), ("G(F(B))", outputs["rec_b"])]
-    return rows

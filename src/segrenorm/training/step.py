@@ -31,6 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import Tensor
 
+from segrenorm.training.objective import (
+    discriminator_half,
+    frozen_discriminators,
+    generator_half,
+    join_halves,
+)
+from segrenorm.vocabulary import DIRECTIONS, SITES
+
 if TYPE_CHECKING:
     from segrenorm.models.translator import Translator
 
@@ -149,42 +157,38 @@ class StepRunner:
         return [f.result() for f in futures]
 
     def generator(self, batch: dict[str, Tensor]) -> StepLosses:
-        """Forward pass of the generator step (see :meth:`Translator.generator_step`).
+        """Forward pass of the generator step (see :func:`~.objective.generator_step`).
 
         Args:
             batch: the batch, on the training device.
         """
-        from segrenorm.models.translator import DIRECTIONS, join_halves
-
         model = self.model
 
         def half(direction: str) -> Callable[[], tuple[Tensor, dict[str, Tensor], Any]]:
             def run() -> tuple[Tensor, dict[str, Tensor], Any]:
                 with self._autocast():  # autocast state is per thread
-                    return model.generator_half(batch, direction)
+                    return generator_half(model, batch, direction)
 
             return run
 
-        with model.frozen_discriminators():
+        with frozen_discriminators(model):
             halves = self._map([half(d) for d in DIRECTIONS])
         total, terms, outputs = join_halves(halves)
         return StepLosses(total, terms, outputs, tuple(h[0] for h in halves))
 
     def discriminator(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> StepLosses:
-        """Forward pass of the discriminator step (see :meth:`Translator.discriminator_step`).
+        """Forward pass of the discriminator step (see :func:`~.objective.discriminator_step`).
 
         Args:
             batch: the batch given to :meth:`generator`.
             outputs: the generator step's outputs.
         """
-        from segrenorm.models.translator import SITES, join_halves
-
         model = self.model
 
         def half(site: str) -> Callable[[], tuple[Tensor, dict[str, Tensor], Any]]:
             def run() -> tuple[Tensor, dict[str, Tensor], Any]:
                 with self._autocast():
-                    loss, terms = model.discriminator_half(batch, outputs, site)
+                    loss, terms = discriminator_half(model, batch, outputs, site)
                 return loss, terms, {}
 
             return run

@@ -1,7 +1,7 @@
 """File formats behind :mod:`segrenorm.volumes.readwrite`: NIfTI through nibabel, MetaImage/NRRD
 through SimpleITK.
 
-Private to ``segrenorm.volumes.readwrite``, which validates what these functions read and decides
+Used by ``segrenorm.volumes.readwrite``, which validates what these functions read and decides
 what they write. Everything here speaks ``(array, affine, header)`` with the affine in RAS+
 millimetres (NIfTI convention) and the array indexed ``[x, y, z, ...]``; ITK's LPS world and ``[z,
 y, x]`` arrays are converted at this boundary.
@@ -9,9 +9,6 @@ y, x]`` arrays are converted at this boundary.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
+from segrenorm.atomic import atomic_named_path
 from segrenorm.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -56,7 +54,7 @@ def read_file(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, Any | No
 
     Args:
         path: An existing image file.
-        suffix: Its lower-case image suffix (``segrenorm.volumes.readwrite.image_suffix``).
+        suffix: Its lower-case image suffix (``segrenorm.volumes.paths.image_suffix``).
 
     Returns:
         ``(array, affine, header, dtype, fmt)``: voxels in ``[x, y, z, ...]`` order, the RAS+
@@ -169,7 +167,7 @@ def write_file(
     Args:
         array: (X, Y, Z) voxels, already of the on-disk type.
         path: The output file.
-        suffix: Its lower-case image suffix (``segrenorm.volumes.readwrite.image_suffix``).
+        suffix: Its lower-case image suffix (``segrenorm.volumes.paths.image_suffix``).
         affine: (4, 4) RAS+ voxel-to-world matrix.
         header: The NIfTI header the volume was read with, or None.
         is_label: Mark a NIfTI file as a label map.
@@ -183,10 +181,11 @@ def write_file(
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
-    """Write into a private folder beside ``path``, then move the result(s) into place.
+    """Write a volume file (and its companions) atomically, refusing to replace files by default.
 
-    A folder rather than a temp file because a ``.mhd`` header names its ``.raw`` companion:
-    both must be written under their final names.
+    Built on :func:`segrenorm.atomic.atomic_named_path`: ``write`` fills a file of the final
+    name in a private folder beside ``path`` (a ``.mhd`` header names its ``.raw`` companion,
+    so both must be written under their final names), then everything is moved into place.
 
     Args:
         path: The final file.
@@ -204,19 +203,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool) -> 
             f"{path}: the file already exists and segrenorm does not overwrite files. "
             "Choose another output path or pass overwrite=True."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(workdir / path.name)
-        written = sorted(workdir.iterdir(), key=lambda p: p.name == path.name)  # header last
-        for item in written:
-            target = path.parent / item.name
-            if target != path and target.exists() and not overwrite:
-                raise InputError(f"{target}: the file already exists; pass overwrite=True.")
-        for item in written:
-            os.replace(item, path.parent / item.name)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with atomic_named_path(path, overwrite=overwrite) as tmp:
+        write(tmp)
     return path
 
 

@@ -1,8 +1,7 @@
 """Intensity preprocessing: robust scaling to ``[-1, 1]`` and automatic foreground masks.
 
 Pure NumPy/SciPy on in-memory arrays. Images are scaled to ``[-1, 1]`` because the generators
-end in ``tanh``; label maps are never intensity-scaled. Re-exported by
-``segrenorm.volumes.spatial``.
+end in ``tanh``; label maps are never intensity-scaled.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Volumes in and out: NIfTI through nibabel, MetaImage and NRRD through SimpleITK.
 
-This module validates; the format code itself lives in ``segrenorm.volumes.formats``.
+This module validates; the format code itself lives in ``segrenorm.volumes.formats``, the
+in-memory types in ``segrenorm.volumes.images`` and file names in ``segrenorm.volumes.paths``.
 
-Every volume carries a :class:`Geometry` (a RAS+ voxel-to-world affine, NIfTI convention) so that
-whatever segrenorm writes lands on the grid it was read from. Loading validates eagerly: a file
-that is missing, truncated, not 3D, non-finite or empty fails here with a message naming it,
-not later inside training. Writing is atomic and never replaces an existing file by default.
+Loading validates eagerly: a file that is missing, truncated, not 3D, non-finite or empty fails
+here with a message naming it, not later inside training. Writing is atomic and never replaces
+an existing file by default.
 
 Example:
     >>> img = load_image("sub-01_T1w.nii.gz")  # doctest: +SKIP
@@ -14,214 +14,20 @@ Example:
 
 from __future__ import annotations
 
-import glob
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.volumes.formats import max_abs_diff, read_file, write_file
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
+from segrenorm.volumes.paths import image_suffix
 
-__all__ = [
-    "SUPPORTED_SUFFIXES",
-    "Geometry",
-    "LabelMap",
-    "ScalarImage",
-    "find_images",
-    "image_stem",
-    "image_suffix",
-    "load_image",
-    "load_label",
-    "save_image",
-    "save_label",
-]
+__all__ = ["load_image", "load_label", "save_image", "save_label"]
 
-SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 _INT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
 _SAVE_DTYPES = (*_INT_DTYPES, "float32", "float64")
-_AFFINE_ATOL = 1e-3  # mm; below any scanner's reporting precision, above float32 round-off
 _LABEL_TOL = 1e-3  # a stored label may carry float round-off from scl_slope
-
-
-@dataclass(frozen=True, eq=False)
-class Geometry:
-    """Where a volume's voxels lie in the world, and how it was stored.
-
-    Args:
-        affine: (4, 4) voxel-to-world matrix in RAS+ millimetres (NIfTI convention).
-        shape: Voxel grid size (X, Y, Z).
-        spacing: Voxel size along each voxel axis in mm (the affine's column norms).
-        dtype: On-disk voxel type name, e.g. ``"int16"``; the default type when saving
-            (``"float32"`` for NIfTI integers stored with a scl_slope/scl_inter scaling).
-        axcodes: Orientation of the voxel axes, e.g. ``("R", "A", "S")``.
-        header: A copy of the nibabel header for NIfTI input, else None.
-        fmt: ``"nifti"`` or ``"itk"``: the format family the volume came from.
-    """
-
-    affine: np.ndarray
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    dtype: str
-    axcodes: tuple[str, str, str]
-    header: Any | None = None
-    fmt: str = "nifti"
-
-    def __post_init__(self) -> None:
-        affine = np.array(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise InputError(f"affine {self.affine!r} is not a finite 4x4 matrix")
-        affine.setflags(write=False)  # a frozen geometry must not move under the volumes using it
-        object.__setattr__(self, "affine", affine)
-        if self.fmt not in ("nifti", "itk"):
-            raise ConfigError(f"geometry format {self.fmt!r} is unknown; use 'nifti' or 'itk'")
-
-    @classmethod
-    def from_affine(
-        cls,
-        affine: np.ndarray,
-        shape: Sequence[int],
-        *,
-        dtype: str = "float32",
-        header: Any | None = None,
-        fmt: str = "nifti",
-    ) -> Geometry:
-        """Build a geometry whose spacing and axis codes are derived from ``affine``.
-
-        Args:
-            affine: (4, 4) voxel-to-world matrix (RAS+ mm).
-            shape: Voxel grid size, three integers.
-            dtype: On-disk voxel type to use when saving.
-            header: Optional nibabel header to reuse when writing NIfTI.
-            fmt: ``"nifti"`` or ``"itk"``.
-        """
-        matrix = np.asarray(affine, dtype=np.float64)
-        if matrix.shape != (4, 4) or len(shape) != 3:
-            raise InputError(f"expected a 4x4 affine and a 3D shape, got {matrix.shape}, {shape}")
-        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-        codes = nib.aff2axcodes(matrix)
-        return cls(
-            affine=matrix,
-            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
-            spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-            dtype=np.dtype(dtype).name,
-            axcodes=(str(codes[0]), str(codes[1]), str(codes[2])),
-            header=header,
-            fmt=fmt,
-        )
-
-    def matches(self, other: Geometry, *, atol: float = _AFFINE_ATOL) -> bool:
-        """Whether ``other`` has the same voxel grid: same shape, affines within ``atol`` mm.
-
-        Args:
-            other: The geometry to compare with.
-            atol: Largest tolerated difference of any affine entry, in mm.
-        """
-        return self.shape == other.shape and max_abs_diff(self.affine, other.affine) <= atol
-
-
-@dataclass
-class ScalarImage:
-    """An intensity volume, float32 in memory.
-
-    Args:
-        data: (X, Y, Z) float32 intensities.
-        geometry: The grid the intensities live on.
-        path: The file it was read from, if any.
-    """
-
-    data: np.ndarray
-    geometry: Geometry
-    path: Path | None = None
-
-
-@dataclass
-class LabelMap:
-    """An integer segmentation: never intensity-scaled, only resampled nearest-neighbour.
-
-    Args:
-        data: (X, Y, Z) uint8 class indices (int16 when a value exceeds 255).
-        geometry: The grid the labels live on.
-        path: The file it was read from, if any.
-    """
-
-    data: np.ndarray
-    geometry: Geometry
-    path: Path | None = None
-
-
-def image_suffix(path: str | Path) -> str:
-    """Return the lower-case image suffix of ``path``, e.g. ``".nii.gz"`` or ``".mha"``.
-
-    Args:
-        path: A file name or path.
-
-    Raises:
-        InputError: If the suffix is not one of :data:`SUPPORTED_SUFFIXES`.
-    """
-    name = Path(path).name.lower()
-    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return suffix
-    raise InputError(
-        f"{path}: not a supported image file; the name must end in one of "
-        f"{', '.join(SUPPORTED_SUFFIXES)}. Convert it to NIfTI first."
-    )
-
-
-def image_stem(path: str | Path) -> str:
-    """Return the file name of ``path`` without its image suffix (``sub-01.nii.gz`` → ``sub-01``).
-
-    Args:
-        path: A file name or path with a supported suffix.
-    """
-    name = Path(path).name
-    return name[: len(name) - len(image_suffix(path))]
-
-
-def find_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files, folders (non-recursive) and glob patterns into a sorted list of images.
-
-    Args:
-        inputs: Image files, folders holding images, or glob patterns such as ``"data/*.nii.gz"``.
-
-    Raises:
-        InputError: If ``inputs`` is empty, a path is missing, a file has an unsupported suffix,
-            or a folder or pattern holds no supported image.
-    """
-    if isinstance(inputs, str | Path):
-        inputs = [inputs]
-    if not inputs:
-        raise InputError("no input images given; pass image files, folders or glob patterns")
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_file():
-            image_suffix(path)
-            matches = [path]
-        elif path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
-            if not matches:
-                raise InputError(
-                    f"{path}: the folder holds no image ({', '.join(SUPPORTED_SUFFIXES)}); "
-                    "point to the folder that holds the volumes."
-                )
-        elif any(char in str(item) for char in "*?["):
-            hits = glob.glob(os.path.expanduser(str(item)))
-            matches = sorted(Path(p) for p in hits if Path(p).is_file() and _is_image(Path(p)))
-            if not matches:
-                raise InputError(
-                    f"{item}: the pattern matches no image ({', '.join(SUPPORTED_SUFFIXES)}); "
-                    "check the pattern and quote it so the shell does not expand it."
-                )
-        else:
-            raise InputError(f"{path}: no such file or folder; check the path.")
-        found.extend(m for m in matches if m not in found)
-    return found
 
 
 def load_image(path: str | Path) -> ScalarImage:
@@ -359,13 +165,6 @@ def save_label(
 
 
 # --------------------------------------------------------------------------- reading helpers
-
-
-def _is_image(path: Path) -> bool:
-    name = path.name.lower()
-    return not name.startswith(".") and any(
-        name.endswith(s) and len(name) > len(s) for s in SUPPORTED_SUFFIXES
-    )
 
 
 def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:

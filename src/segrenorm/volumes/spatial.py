@@ -1,9 +1,9 @@
-"""Volume preprocessing before slicing: orientation, resampling, masks, intensity scaling, padding.
+"""Spatial steps on volumes in memory: orientation, resampling, slicing and padding.
 
 Every function here is pure NumPy/SciPy on in-memory volumes; reading and writing files is
-``segrenorm.volumes.readwrite``'s job and the on-disk slice cache is ``segrenorm.data.prepare``'s.
-This module holds the spatial steps; intensity scaling and foreground masks live in
-``segrenorm.volumes.intensity`` and are re-exported here.
+``segrenorm.volumes.readwrite``'s job, intensity scaling and foreground masks are
+``segrenorm.volumes.intensity``'s, and ``segrenorm.data.slicing`` combines them into the recipe
+that cuts a volume like the training slices.
 
 Conventions:
     * Volumes are ``(X, Y, Z)`` arrays whose axes, after :func:`to_canonical`, point to
@@ -24,14 +24,10 @@ from nibabel.orientations import ornt_transform as _ornt_transform
 from scipy import ndimage
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
-from segrenorm.volumes.readwrite import Geometry, LabelMap, ScalarImage
+from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 
 __all__ = [
-    "SLICE_AXES",
-    "IntensityScaling",
-    "fit_scaling",
-    "foreground_mask",
     "from_canonical",
     "pad_to_shape",
     "resample_to_spacing",
@@ -42,9 +38,6 @@ __all__ = [
     "to_canonical",
     "unpad",
 ]
-
-#: Slice planes by name -> the axis they cut across in a canonical (RAS+) volume.
-SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 _RAS = ("R", "A", "S")
 VolumeT = TypeVar("VolumeT", ScalarImage, LabelMap)
@@ -73,7 +66,7 @@ def to_canonical(image: VolumeT) -> VolumeT:
         A new object of the same type in RAS+ orientation (``image`` is not modified).
 
     Example:
-        >>> canonical = to_canonical(io.load_image("t1.nii.gz"))
+        >>> canonical = to_canonical(load_image("t1.nii.gz"))  # doctest: +SKIP
         >>> canonical.geometry.axcodes
         ('R', 'A', 'S')
     """

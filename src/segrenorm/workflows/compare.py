@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segrenorm.config.schema import Config, TranslatorKind, config_from_dict
+from segrenorm.config.build import config_from_dict
+from segrenorm.config.schema import Config, TranslatorKind
 from segrenorm.errors import ConfigError
 from segrenorm.evaluate.methods import BASELINES
 from segrenorm.evaluate.suite import EvaluationConfig
@@ -68,14 +69,6 @@ def translator_config(config: Config, kind: TranslatorKind) -> Config:
     return config_from_dict(raw).validate()
 
 
-def _finished_run(runs: Path, config: Config) -> Path | None:
-    if not runs.is_dir():
-        return None
-    suffix = f"-{config.name}-{config.model.translator.value}"
-    done = sorted(p.parent for p in runs.glob(f"*{suffix}/final.pt"))
-    return done[-1] if done else None
-
-
 def compare(
     cache: str | Path,
     out: str | Path,
@@ -104,8 +97,9 @@ def compare(
     Raises:
         ConfigError: an unknown translator name.
     """
-    from segrenorm.evaluate.pipeline import evaluate_cache
+    from segrenorm.training.runlog import find_finished_run
     from segrenorm.training.trainer import train
+    from segrenorm.workflows.evaluate import evaluate_cache
 
     known = {k.value: k for k in TranslatorKind}
     names = list(translators or known)
@@ -121,7 +115,7 @@ def compare(
     seconds: dict[str, float] = {}
     for name in names:
         cfg = translator_config(config, known[name])
-        done = _finished_run(runs_dir, cfg)
+        done = find_finished_run(runs_dir, cfg.name, cfg.model.translator.value)
         if done is not None:
             say(f"{name}: reusing finished run {done}")
             runs[name], seconds[name] = done, 0.0

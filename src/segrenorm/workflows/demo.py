@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from segrenorm.config.schema import Config, load_config
+from segrenorm.config.load import load_config
+from segrenorm.config.schema import Config
 from segrenorm.data.listing import read_listing
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.data.slice_cache import SliceCache
@@ -33,7 +34,7 @@ from segrenorm.evaluate.features import AutoencoderConfig
 from segrenorm.evaluate.methods import BASELINES
 from segrenorm.evaluate.segmentors import SegmentorConfig
 from segrenorm.evaluate.suite import EvaluationConfig
-from segrenorm.report.tables import check_lines
+from segrenorm.report.checks import check_lines
 from segrenorm.report.write import ReportPaths
 from segrenorm.simulate.anatomy import LABEL_NAMES
 from segrenorm.simulate.benchmark import simulate_t1
@@ -94,13 +95,15 @@ def _prepared(csv: Path, cache_dir: Path, seed: int) -> SliceCache:
 
 def _trained(config: Config, cache: SliceCache, runs: Path, say: Callable[[str], None]) -> Path:
     """The finished run of ``config`` in ``runs``, training it (or resuming it) if needed."""
+    from segrenorm.training.runlog import find_finished_run, list_runs
     from segrenorm.training.trainer import StepInfo, train
 
-    suffix = f"-{config.name}-{config.model.translator.value}"
-    found = sorted(runs.glob(f"*{suffix}")) if runs.is_dir() else []
-    if found and (found[-1] / "final.pt").is_file():
-        say(f"reusing finished run {found[-1]}")
-        return found[-1]
+    kind = config.model.translator.value
+    finished = find_finished_run(runs, config.name, kind)
+    if finished is not None:
+        say(f"reusing finished run {finished}")
+        return finished
+    found = list_runs(runs, config.name, kind)
     resume = found[-1] if found and (found[-1] / "checkpoints" / "last.pt").is_file() else None
     total = config.optim.total_iterations
     every = max(1, total // 10)
@@ -182,7 +185,7 @@ def run_demo(
         subjects: virtual subjects simulated (30% held out on both scanners).
         on_stage: progress callback (one line per stage and per tenth of training).
     """
-    from segrenorm.evaluate.pipeline import evaluate_cache
+    from segrenorm.workflows.evaluate import evaluate_cache
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

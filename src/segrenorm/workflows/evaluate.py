@@ -1,4 +1,4 @@
-"""From a cache, trained runs and harmonized folders to a written report.
+"""The evaluate workflow: from a cache, trained runs and harmonized folders to a report.
 
 :func:`evaluate_cache` is what ``segrenorm evaluate`` runs: it reads the cache's held-out
 slices, applies the classical baselines, takes each named method from a trained run
@@ -27,82 +27,13 @@ from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_sl
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
 from segrenorm.report.write import ReportPaths, write_report
 
-__all__ = ["evaluate_cache", "evaluation_config"]
+__all__ = ["evaluate_cache"]
 
 log = logging.getLogger(__name__)
 
 
-def _coerce(where: str, default: Any, text: str, *, optional: bool) -> Any:
-    """Parse ``text`` as the type of ``default`` (``none`` for optional fields)."""
-    if optional and text.lower() in ("none", "null"):
-        return None
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, tuple) or default is None:  # a list of numbers
-            inner = text.strip().strip("[]()")
-            return tuple(float(v) for v in inner.split(",") if v.strip())
-        return type(default)(text)
-    except ValueError:
-        raise ConfigError(
-            f"evaluation setting {where}={text!r} is not a valid {_kind(default)}"
-        ) from None
-
-
-def _kind(default: Any) -> str:
-    if default is None or isinstance(default, tuple):
-        return "comma-separated list of numbers"
-    return type(default).__name__
-
-
-def evaluation_config(
-    overrides: Sequence[str] = (), base: EvaluationConfig | None = None
-) -> EvaluationConfig:
-    """An :class:`EvaluationConfig` with ``field=value`` overrides applied.
-
-    Nested fields use dots: ``autoencoder.iterations=200``, ``segmentor.ngf=16``,
-    ``sigmas=0,0.1,0.2``.
-
-    Args:
-        overrides: ``"field=value"`` strings.
-        base: the configuration to start from (the defaults when None).
-
-    Raises:
-        ConfigError: an unknown field, a malformed override or an invalid value.
-    """
-    config = base or EvaluationConfig()
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"evaluation setting {item!r} must look like field=value")
-        parts = key.strip().split(".")
-        config = _replace(config, parts, text.strip(), key)
-    return config
-
-
-def _replace(node: Any, parts: list[str], text: str, key: str) -> Any:
-    names = {f.name for f in dataclasses.fields(node)}
-    if parts[0] not in names:
-        raise ConfigError(
-            f"evaluation setting {key!r} is unknown: {type(node).__name__} has "
-            f"{', '.join(sorted(names))}"
-        )
-    current = getattr(node, parts[0])
-    if len(parts) > 1:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"evaluation setting {key!r}: {parts[0]} has no sub-fields")
-        value = _replace(current, parts[1:], text, key)
-    elif dataclasses.is_dataclass(current):
-        raise ConfigError(f"evaluation setting {key!r} names a section: add .FIELD")
-    else:
-        kind = {f.name: f.type for f in dataclasses.fields(node)}[parts[0]]
-        value = _coerce(key, current, text, optional="None" in str(kind))
-    return dataclasses.replace(node, **{parts[0]: value})
-
-
 def _direction(models: Mapping[str, Any]) -> str:
+    """The direction every loaded run was trained in (``AB`` when there are none)."""
     directions = {name: cfg.data.direction for name, (_, cfg) in models.items()}
     found = set(directions.values())
     if len(found) > 1:
@@ -194,4 +125,5 @@ def evaluate_cache(
 
 
 def _plain(config: EvaluationConfig) -> dict[str, Any]:
+    """The settings as a JSON-ready dict for ``results.json``."""
     return dataclasses.asdict(config)

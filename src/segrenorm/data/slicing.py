@@ -1,0 +1,193 @@
+"""The one recipe that cuts a volume the way the training slices were cut.
+
+A translator only knows ``[-1, 1]`` slices made in a fixed way, so every stage that turns a
+volume into such slices follows one :class:`SliceRecipe`:
+
+1. reorient to RAS+ (:func:`~segrenorm.volumes.spatial.to_canonical`), so plane names mean the
+   same anatomy for every input;
+2. resample to the recipe's spacing, when it has one (labels nearest-neighbour);
+3. find the foreground (:func:`~segrenorm.volumes.intensity.foreground_mask`), unless the
+   recipe scales whole volumes;
+4. scale to ``[-1, 1]`` from the volume's own foreground percentiles, background -1;
+5. cut along the slice axis and pad every slice to one shape, a multiple of ``pad_multiple``.
+
+``segrenorm.data.prepare`` builds a cache with it; ``segrenorm.evaluate.data`` cuts harmonized
+volumes into the cache's rows with the recipe read back from the manifest
+(:meth:`SliceRecipe.from_manifest`); ``segrenorm.harmonize.harmonizer`` scales volumes before
+translation with the recipe of a checkpoint's training facts (:meth:`SliceRecipe.from_facts`),
+applying its own tolerance policy to the spacing.
+
+Example:
+    >>> recipe = SliceRecipe(axis="coronal", pad_multiple=8)
+    >>> recipe.slice_shape([(30, 17), (28, 20)])
+    (32, 24)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+
+from segrenorm.data.facts import TrainingFacts
+from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.images import LabelMap, ScalarImage
+from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
+from segrenorm.volumes.spatial import resample_to_spacing, round_up, slice_volume, to_canonical
+
+__all__ = ["ScaledVolume", "SliceRecipe"]
+
+VolumeT = TypeVar("VolumeT", ScalarImage, LabelMap)
+
+
+class ScaledVolume(NamedTuple):
+    """A volume scaled by a recipe.
+
+    Args:
+        scaled: (X, Y, Z) float32 in [-1, 1], background -1.
+        mask: (X, Y, Z) bool foreground, or None when the recipe uses no mask.
+        scaling: the fitted map from the volume's intensities to [-1, 1].
+    """
+
+    scaled: np.ndarray
+    mask: np.ndarray | None
+    scaling: IntensityScaling
+
+
+@dataclass(frozen=True)
+class SliceRecipe:
+    """How volumes become training-like slices (see the module docstring for the steps).
+
+    Args:
+        axis: slice plane, ``"axial"``, ``"coronal"`` or ``"sagittal"`` (see ``SLICE_AXES``).
+        spacing: voxel size (mm, RAS axes) to resample to, or None to keep each volume's own.
+        percentiles: foreground intensity percentiles mapped to -1 and 1.
+        use_mask: fit the scaling inside an automatic foreground mask and set the rest to -1;
+            without it the whole volume is foreground.
+        pad_multiple: slice height and width are padded to a multiple of this.
+
+    Raises:
+        ConfigError: an unknown axis, a spacing that is not three positive numbers,
+            percentiles outside ``0 <= lower < upper <= 100``, or a ``pad_multiple`` below 1.
+    """
+
+    axis: str = "axial"
+    spacing: tuple[float, float, float] | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    use_mask: bool = True
+    pad_multiple: int = 16
+
+    def __post_init__(self) -> None:
+        if self.axis not in SLICE_AXES:
+            raise ConfigError(f"unknown slice axis {self.axis!r}: choose {', '.join(SLICE_AXES)}")
+        spacing = self.spacing
+        if spacing is not None:
+            if len(spacing) != 3 or any(not s > 0 for s in spacing):
+                raise ConfigError(f"spacing {spacing!r} must be three positive numbers (mm)")
+            object.__setattr__(
+                self, "spacing", (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+            )
+        lower_pct, upper_pct = self.percentiles
+        if not 0.0 <= lower_pct < upper_pct <= 100.0:
+            raise ConfigError(
+                f"percentiles {lower_pct}, {upper_pct} must be 0 <= lower < upper <= 100"
+            )
+        if self.pad_multiple < 1:
+            raise ConfigError(f"pad_multiple {self.pad_multiple} must be >= 1")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> SliceRecipe:
+        """The recipe a slice cache was prepared with.
+
+        Args:
+            manifest: a validated ``manifest.json`` (see ``docs/cache-format.md``); caches
+                written before a field existed get that field's default.
+
+        Raises:
+            ConfigError: the manifest holds an invalid recipe.
+        """
+        spacing: Sequence[float] | None = manifest.get("spacing")
+        low, high = manifest.get("percentiles", (0.5, 99.5))
+        return cls(
+            axis=str(manifest["slice_axis"]),
+            spacing=None if spacing is None else (spacing[0], spacing[1], spacing[2]),
+            percentiles=(float(low), float(high)),
+            use_mask=bool(manifest.get("use_mask", True)),
+            pad_multiple=int(manifest.get("pad_multiple", 16)),
+        )
+
+    @classmethod
+    def from_facts(cls, facts: TrainingFacts) -> SliceRecipe:
+        """The recipe of a model's training slices, from the facts its checkpoint stores.
+
+        Args:
+            facts: the checkpoint's :class:`~segrenorm.data.facts.TrainingFacts`; its spacing
+                is the training spacing (the cache's, or its subjects' median).
+        """
+        return cls(
+            axis=facts.slice_axis,
+            spacing=facts.spacing,
+            percentiles=facts.percentiles,
+            use_mask=facts.use_mask,
+            pad_multiple=facts.pad_multiple,
+        )
+
+    def to_grid(self, volume: VolumeT) -> VolumeT:
+        """Steps 1 and 2: the volume in RAS+ orientation, on the recipe's spacing if it has one.
+
+        Args:
+            volume: a ``ScalarImage`` (linear interpolation) or ``LabelMap`` (nearest).
+        """
+        canonical = to_canonical(volume)
+        if self.spacing is None:
+            return canonical
+        return resample_to_spacing(canonical, self.spacing)
+
+    def mask(self, data: np.ndarray) -> np.ndarray | None:
+        """Step 3: the automatic foreground of ``data``, or None when the recipe uses no mask.
+
+        Args:
+            data: (X, Y, Z) intensities on the recipe's grid.
+
+        Raises:
+            InputError: no voxel is above the foreground threshold.
+        """
+        return foreground_mask(data) if self.use_mask else None
+
+    def scale(self, data: np.ndarray, *, mask_of: np.ndarray | None = None) -> ScaledVolume:
+        """Steps 3 and 4: fit the percentile scaling inside the foreground and apply it.
+
+        Args:
+            data: (X, Y, Z) intensities on the recipe's grid.
+            mask_of: take the foreground from this volume instead of ``data`` (a harmonized
+                volume is scaled inside its source volume's foreground).
+
+        Raises:
+            InputError: an empty foreground, or constant intensities inside it.
+        """
+        mask = self.mask(data if mask_of is None else mask_of)
+        scaling = fit_scaling(data, mask, *self.percentiles)
+        return ScaledVolume(scaling.apply(data, mask), mask, scaling)
+
+    def cut(self, volume: np.ndarray) -> np.ndarray:
+        """Step 5: the slices of a (X, Y, Z) array along the recipe's axis, ``(n, H, W)``.
+
+        Args:
+            volume: an array on the recipe's grid (image, labels or mask).
+        """
+        return slice_volume(volume, self.axis)
+
+    def slice_shape(self, planes: Iterable[Sequence[int]]) -> tuple[int, int]:
+        """Step 5: the shared ``(H, W)`` that slices of these sizes are padded to.
+
+        Args:
+            planes: the ``(H, W)`` of each volume's slices.
+        """
+        sizes = [(int(p[0]), int(p[1])) for p in planes]
+        return (
+            round_up(max(h for h, _ in sizes), self.pad_multiple),
+            round_up(max(w for _, w in sizes), self.pad_multiple),
+        )

@@ -1,0 +1,112 @@
+"""The evaluation's quality targets: each stated with its measured numbers and a verdict.
+
+:func:`quality_checks` lists the targets the paper's translator should meet (KID ratio to no
+harmonization, Dice-gap recovery, paired SSIM above the classical methods, robustness above
+CycleGAN), each with the numbers measured and whether it passed. The report, the
+``evaluate`` and ``compare`` commands and the demo show them.
+
+Example:
+    >>> check = {"target": "t", "measured": "m", "passed": False}
+    >>> verdict(check)
+    'MISSED'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from segrenorm.report.tables import format_number
+
+__all__ = [
+    "GAP_RECOVERY_TARGET",
+    "KID_RATIO_TARGET",
+    "QUALITY_METHOD",
+    "check_lines",
+    "quality_checks",
+    "verdict",
+]
+
+#: The method the quality targets are about (the paper's translator).
+QUALITY_METHOD = "segrenorm"
+#: KID ratio and Dice-gap recovery the targets ask for.
+KID_RATIO_TARGET = 0.25
+GAP_RECOVERY_TARGET = 0.8
+
+
+def _check(target: str, measured: str, passed: bool) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "passed": passed}
+
+
+def verdict(check: Mapping[str, Any]) -> str:
+    """``PASS`` or ``MISSED`` for one entry of :func:`quality_checks`."""
+    return "PASS" if check["passed"] else "MISSED"
+
+
+def check_lines(results: Mapping[str, Any]) -> list[str]:
+    """The quality checks as terminal lines, ``PASS|MISSED: target: measured``.
+
+    Args:
+        results: the evaluation results.
+    """
+    return [f"{verdict(c)}: {c['target']}: {c['measured']}" for c in quality_checks(results)]
+
+
+def quality_checks(
+    results: Mapping[str, Any],
+    *,
+    method: str = QUALITY_METHOD,
+    classical: Sequence[str] = ("none", "histogram"),
+    reference: str = "cyclegan",
+) -> list[dict[str, Any]]:
+    """The quality targets for ``method``, each with its measured numbers.
+
+    Targets whose inputs are absent (no paired data, no CycleGAN run) are left out.
+
+    Args:
+        results: the evaluation results.
+        method: the method the targets are about.
+        classical: methods whose paired SSIM must be beaten.
+        reference: the method whose robustness curve must be beaten.
+    """
+    if method not in results.get("methods", {}):
+        return []
+    checks = []
+    dist = results.get("distribution")
+    if dist and method in dist["methods"]:
+        s = dist["methods"][method]
+        checks.append(_check(
+            f"{method}: KID to target ≤ {KID_RATIO_TARGET}× source-vs-target KID",
+            f"{1e3 * s['kid_mean']:.2f}e-3 vs {1e3 * dist['source_vs_target']['kid_mean']:.2f}e-3"
+            f" (ratio {s['kid_ratio']:.3f})",
+            bool(s["kid_ratio"] <= KID_RATIO_TARGET),
+        ))  # fmt: skip
+    seg = results.get("segmentation")
+    if seg and method in seg["gap_recovery"]:
+        values = seg["gap_recovery"][method][1:]
+        names = seg["class_names"][1:]
+        shown = ", ".join(f"{n} {format_number(v, 2)}" for n, v in zip(names, values, strict=True))
+        defined = [v for v in values if v is not None and not math.isnan(v)]
+        checks.append(_check(
+            f"{method}: target segmentor recovers ≥ {GAP_RECOVERY_TARGET:.0%} of the Dice gap, "
+            "every class",
+            shown,
+            bool(defined) and all(v >= GAP_RECOVERY_TARGET for v in defined),
+        ))  # fmt: skip
+    paired = results.get("paired")
+    if paired and method in paired["methods"]:
+        scores = paired["methods"]
+        others = [c for c in classical if c in scores]
+        shown = ", ".join(f"{n} {scores[n]['ssim']:.4f}" for n in [method, *others])
+        passed = all(scores[method]["ssim"] > scores[c]["ssim"] for c in others)
+        checks.append(_check(f"{method}: paired SSIM above {' and '.join(others)}", shown, passed))
+    robust = results.get("robustness") or {}
+    if method in robust and reference in robust:
+        a, b = robust[method]["ssim_auc"], robust[reference]["ssim_auc"]
+        checks.append(_check(
+            f"{method}: robustness curve above {reference}'s (SSIM AUC)",
+            f"{a:.4f} vs {b:.4f}",
+            bool(a > b),
+        ))  # fmt: skip
+    return checks

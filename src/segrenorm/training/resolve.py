@@ -1,0 +1,90 @@
+"""What a training invocation means: the config, the cache and the output folder.
+
+A new run needs a config (a preset or YAML file), a cache and an output folder. A resumed
+run (``--resume RUN_DIR_OR_CKPT``) takes each of them from its checkpoint unless given:
+its own config (with ``--set`` overrides applied), the cache it was trained on and the
+folder it already lives in.
+
+Example:
+    >>> plan = resolve_training(config="cpu", data="cache/", out="runs/")  # doctest: +SKIP
+    >>> plan.config.name, plan.cache, plan.out  # doctest: +SKIP
+    ('cpu', PosixPath('cache'), PosixPath('runs'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segrenorm.config.load import load_config
+from segrenorm.config.overrides import apply_overrides
+from segrenorm.config.schema import Config
+from segrenorm.errors import ConfigError
+from segrenorm.models.checkpoint import config_of, load_checkpoint, resolve_checkpoint
+
+__all__ = ["TrainingPlan", "resolve_training"]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The resolved inputs of one training invocation.
+
+    Args:
+        config: the validated run config.
+        cache: the slice cache folder.
+        out: the folder holding run directories (for a resumed run, ignored by
+            :func:`~segrenorm.training.trainer.train`: the run stays in its own folder).
+        resume: the run directory or checkpoint to continue, or None for a new run.
+    """
+
+    config: Config
+    cache: Path
+    out: Path
+    resume: str | Path | None = None
+
+
+def resolve_training(
+    *,
+    config: str | Path | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> TrainingPlan:
+    """Resolve a training invocation's config, cache and output folder.
+
+    Args:
+        config: a preset name or YAML file; with ``resume``, defaults to the checkpoint's
+            own config.
+        data: the slice cache folder; with ``resume``, defaults to the cache the run used.
+        out: the folder holding run directories; with ``resume``, defaults to the folder
+            above the resumed path.
+        resume: a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
+        overrides: ``section.field=value`` strings applied to the config.
+
+    Raises:
+        ConfigError: a required option is missing or a value is invalid.
+        CheckpointError: ``resume`` names no readable checkpoint.
+    """
+    payload: dict[str, Any] | None = None
+    ckpt: Path | None = None
+    if resume:
+        ckpt = resolve_checkpoint(resume)
+        payload = load_checkpoint(ckpt)
+    if config:
+        resolved = load_config(config, overrides=overrides)
+    elif payload is not None and ckpt is not None:
+        resolved = apply_overrides(config_of(payload, source=ckpt), overrides).validate()
+    else:
+        raise ConfigError(
+            "--config is required (a preset or a YAML file) unless --resume is given."
+        )
+    cache = data or (payload["cache_info"].get("path") if payload is not None else None)
+    if not cache:
+        raise ConfigError("--data is required (the slice cache folder) unless --resume is given.")
+    if not out and payload is None:
+        raise ConfigError("--out is required: the folder that will hold the run directory.")
+    folder = Path(out) if out else Path(str(resume)).parent
+    return TrainingPlan(resolved, Path(cache), folder, resume or None)

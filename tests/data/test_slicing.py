@@ -1,0 +1,127 @@
+"""Tests of segrenorm.data.slicing: the one recipe that cuts volumes like the training slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from segrenorm.data.facts import TrainingFacts
+from segrenorm.data.listing import SubjectRecord
+from segrenorm.data.manifest import open_manifest
+from segrenorm.data.prepare import prepare_cache
+from segrenorm.data.slicing import SliceRecipe
+from segrenorm.errors import ConfigError
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
+from segrenorm.volumes.intensity import fit_scaling, foreground_mask
+from segrenorm.volumes.readwrite import load_image, save_image
+from segrenorm.volumes.spatial import pad_to_shape
+
+SHAPE = (20, 24, 16)
+# Voxel axes point Left, Posterior, Superior at 1.5 x 1.5 x 2 mm: the recipe flips x and y.
+AFFINE = np.diag([-1.5, -1.5, 2.0, 1.0])
+
+
+def _image(tiny_kit: SimpleNamespace, seed: int = 0) -> ScalarImage:
+    data = tiny_kit.phantom(SHAPE, seed).astype(np.float32)
+    return ScalarImage(data=data, geometry=Geometry.from_affine(AFFINE, SHAPE))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"axis": "oblique"}, "unknown slice axis 'oblique': choose sagittal, coronal, axial"),
+        ({"spacing": (1.0, 0.0, 1.0)}, r"spacing \(1.0, 0.0, 1.0\) must be three positive"),
+        ({"spacing": (1.0, 1.0)}, "must be three positive numbers"),
+        ({"percentiles": (50.0, 50.0)}, "percentiles 50.0, 50.0 must be 0 <= lower < upper"),
+        ({"percentiles": (-1.0, 99.0)}, "percentiles -1.0, 99.0 must be"),
+        ({"pad_multiple": 0}, "pad_multiple 0 must be >= 1"),
+    ],
+)
+def test_recipe_refuses_bad_settings(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SliceRecipe(**changes)
+
+
+def test_recipe_from_manifest_and_old_manifest_defaults() -> None:
+    manifest = {
+        "slice_axis": "coronal", "spacing": [1, 2, 3], "percentiles": [1, 99],
+        "use_mask": False, "pad_multiple": 8,
+    }  # fmt: skip
+    recipe = SliceRecipe.from_manifest(manifest)
+    assert recipe == SliceRecipe("coronal", (1.0, 2.0, 3.0), (1.0, 99.0), False, 8)
+    assert recipe.spacing is not None and all(type(s) is float for s in recipe.spacing)
+    old = SliceRecipe.from_manifest({"slice_axis": "axial", "spacing": None})
+    assert old == SliceRecipe("axial", None, (0.5, 99.5), True, 16)
+
+
+def test_recipe_from_training_facts(tiny_kit: SimpleNamespace) -> None:
+    facts = TrainingFacts.from_dict(tiny_kit.facts(slice_axis="sagittal", use_mask=False))
+    recipe = SliceRecipe.from_facts(facts)
+    assert recipe == SliceRecipe("sagittal", (2.0, 2.0, 2.0), (0.5, 99.5), False, 8)
+
+
+def test_to_grid_orients_to_ras_and_resamples_images_and_labels(
+    tiny_kit: SimpleNamespace,
+) -> None:
+    image = _image(tiny_kit)
+    labels = LabelMap(data=(image.data > 400).astype(np.uint8), geometry=image.geometry)
+    kept = SliceRecipe().to_grid(image)
+    assert kept.geometry.axcodes == ("R", "A", "S") and kept.geometry.spacing == (1.5, 1.5, 2.0)
+    np.testing.assert_array_equal(kept.data, image.data[::-1, ::-1, :])
+    recipe = SliceRecipe(spacing=(3.0, 3.0, 2.0))
+    resampled, resampled_labels = recipe.to_grid(image), recipe.to_grid(labels)
+    assert resampled.geometry.shape == (10, 12, 16) == resampled_labels.geometry.shape
+    assert resampled.geometry.spacing == (3.0, 3.0, 2.0)
+    assert resampled_labels.data.dtype == np.uint8
+    assert set(np.unique(resampled_labels.data)) == {0, 1}  # nearest neighbour: no new values
+
+
+def test_scale_fits_inside_the_mask_of_the_chosen_volume(tiny_kit: SimpleNamespace) -> None:
+    data = _image(tiny_kit).data
+    scaled, mask, scaling = SliceRecipe(percentiles=(1.0, 99.0)).scale(data)
+    assert mask is not None
+    np.testing.assert_array_equal(mask, foreground_mask(data))
+    assert scaling == fit_scaling(data, mask, 1.0, 99.0)
+    np.testing.assert_array_equal(scaled, scaling.apply(data, mask))
+    assert scaled.dtype == np.float32 and scaled[~mask].max() == -1.0
+    # A harmonized volume is scaled by its own percentiles inside its source's foreground.
+    brighter = data * 2.0 + 50.0
+    other = SliceRecipe().scale(brighter, mask_of=data)
+    np.testing.assert_array_equal(other.mask, mask)
+    np.testing.assert_allclose(other.scaled, SliceRecipe().scale(data).scaled, atol=1e-5)
+    whole = SliceRecipe(use_mask=False).scale(data)
+    assert whole.mask is None and whole.scaling == fit_scaling(data, None, 0.5, 99.5)
+
+
+def test_cut_and_slice_shape(tiny_kit: SimpleNamespace) -> None:
+    data = _image(tiny_kit).data
+    assert SliceRecipe(axis="axial").cut(data).shape == (16, 20, 24)
+    assert SliceRecipe(axis="coronal").cut(data).shape == (24, 20, 16)
+    np.testing.assert_array_equal(SliceRecipe(axis="sagittal").cut(data)[3], data[3])
+    recipe = SliceRecipe(pad_multiple=16)
+    assert recipe.slice_shape([(20, 24), (17, 33)]) == (32, 48)
+    assert SliceRecipe(pad_multiple=1).slice_shape([(20, 24)]) == (20, 24)
+
+
+def test_recipe_reproduces_the_prepared_cache(tmp_path: Path, tiny_kit: SimpleNamespace) -> None:
+    records = []
+    for site in ("a", "b"):
+        path = tmp_path / site / "sub-0.nii.gz"
+        path.parent.mkdir()
+        save_image(_image(tiny_kit, seed=len(site)).data, path, geometry=_image(tiny_kit).geometry)
+        records.append(SubjectRecord("sub-0", site, path, None))
+    out = prepare_cache(
+        records, tmp_path / "cache", spacing=(3.0, 3.0, 2.0), min_foreground=0.0, progress=False
+    )
+    manifest = open_manifest(out)
+    recipe = SliceRecipe.from_manifest(manifest)
+    volume = recipe.to_grid(load_image(records[0].image))
+    cut = recipe.cut(recipe.scale(volume.data).scaled)
+    shape = recipe.slice_shape([cut.shape[1:]])
+    assert list(shape) == manifest["slice_shape"]
+    cached = np.load(out / "A" / "images.npy")
+    np.testing.assert_array_equal(cached, pad_to_shape(cut, shape, -1.0)[0])
