@@ -49,6 +49,15 @@ def test_run_config_overrides_are_typed() -> None:
     assert apply_overrides(config, ["data.fold=2"]).data.fold == 2
 
 
+def test_a_bare_off_is_the_amp_mode_not_a_boolean() -> None:
+    # YAML 1.1 reads `off` as False; the enum field takes it back as the word.
+    config = apply_overrides(Config(), ["run.amp=off"])
+    assert config.run.amp is AmpMode.OFF
+    assert apply_overrides(config, ["run.amp=auto"]).run.amp is AmpMode.AUTO
+    with pytest.raises(ConfigError, match=r"run\.amp=True is unknown: choose one of auto, off"):
+        apply_overrides(Config(), ["run.amp=on"])  # no `on` mode to map it to
+
+
 def test_evaluation_settings() -> None:
     config = apply_overrides(
         EvaluationConfig(),

@@ -23,7 +23,6 @@ from segrenorm.evaluate.suite import MethodInput, run_evaluation
 from segrenorm.harmonize.files import harmonize_files
 from segrenorm.harmonize.harmonizer import Harmonizer
 from segrenorm.models.checkpoint import load_translator
-from segrenorm.report.checks import quality_checks
 from segrenorm.workflows.evaluate import evaluate_cache
 
 
@@ -264,39 +263,6 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
     assert sections == {"distribution", "segmentation", "robustness", "paired"}
     dice = [r for r in rows if r["method"] == "source→source" and r["metric"] == "dice_mean"]
     assert [r["class"] for r in dice] == ["background", "csf", "gm", "wm"]
-
-
-def _results(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "methods": {"none": "baseline", "histogram": "baseline", "segrenorm": "translator",
-                    "cyclegan": "translator"},
-        "distribution": {
-            "source_vs_target": {"kid_mean": 0.04},
-            "methods": {"segrenorm": {"kid_mean": 0.008, "kid_ratio": 0.2}},
-        },
-        "segmentation": {"class_names": ["bg", "csf", "gm"],
-                         "gap_recovery": {"segrenorm": [0.0, 0.9, 0.85]}},
-        "paired": {"methods": {"none": {"ssim": 0.3}, "histogram": {"ssim": 0.4},
-                               "segrenorm": {"ssim": 0.45}}},
-        "robustness": {"segrenorm": {"ssim_auc": 0.8}, "cyclegan": {"ssim_auc": 0.7}},
-    }  # fmt: skip
-    base.update(changes)
-    return base
-
-
-def test_quality_checks_pass_and_fail() -> None:
-    checks = quality_checks(_results())
-    assert [c["passed"] for c in checks] == [True, True, True, True]
-    assert "ratio 0.200" in checks[0]["measured"] and "csf 0.90" in checks[1]["measured"]
-    worse = _results(
-        segmentation={"class_names": ["bg", "csf", "gm"],
-                      "gap_recovery": {"segrenorm": [0.0, 0.9, 0.5]}},
-        robustness={"segrenorm": {"ssim_auc": 0.6}, "cyclegan": {"ssim_auc": 0.7}},
-    )  # fmt: skip
-    assert [c["passed"] for c in quality_checks(worse)] == [True, False, True, False]
-    # Without paired data or a CycleGAN run those targets are left out.
-    assert len(quality_checks(_results(paired=None, robustness={}))) == 2
-    assert quality_checks(_results(), method="semgan") == []
 
 
 def test_method_checks(evaluated: SimpleNamespace, eval_kit: SimpleNamespace) -> None:

@@ -34,7 +34,8 @@ _NONE = ("none", "null")
 def coerce_value(name: str, annotation: Any, value: Any, *, optional: bool = False) -> Any:
     """Convert a YAML/JSON value to a field's declared type.
 
-    Enums take their value strings; booleans also take ``true/false/yes/no/1/0`` text and
+    Enums take their value strings (a YAML boolean read from a bare ``off``/``on`` counts as
+    that word); booleans also take ``true/false/yes/no/1/0`` text and
     the integers 0 and 1; tuples of numbers take a list or comma-separated text
     (``0,0.1,0.2``); optional fields take None, ``none`` or ``null``.
 
@@ -53,6 +54,10 @@ def coerce_value(name: str, annotation: Any, value: Any, *, optional: bool = Fal
         if isinstance(value, annotation):
             return value
         allowed = ", ".join(m.value for m in annotation)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare off/on (and no/yes) as a boolean: take it back as text.
+            spellings = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((s for s in spellings if s in {m.value for m in annotation}), value)
         for member in annotation:
             if member.value == value:
                 return member
