@@ -54,15 +54,12 @@ def _prepare(sim: Path, work: Path) -> dict[str, Path]:
 
 def _train(caches: dict[str, Path], work: Path, iterations: int) -> dict[str, Path]:
     from segrenorm.config.load import load_config
+    from segrenorm.training.runlog import find_finished_run
     from segrenorm.training.trainer import train
 
     runs = {}
     for plane, cache in caches.items():
         root = work / f"runs-{plane}"
-        done = sorted(root.glob("*/final.pt")) if root.is_dir() else []
-        if done:
-            runs[plane] = done[-1].parent
-            continue
         config = load_config(
             "cpu",
             overrides=[
@@ -76,6 +73,10 @@ def _train(caches: dict[str, Path], work: Path, iterations: int) -> dict[str, Pa
                 f"name=cpu-{plane}",
             ],
         )
+        done = find_finished_run(root, config.name, config.model.translator.value)
+        if done is not None:
+            runs[plane] = done
+            continue
         start = time.perf_counter()
         runs[plane] = train(config, cache, root, progress=False)
         print(f"trained {plane}: {time.perf_counter() - start:.0f} s", flush=True)

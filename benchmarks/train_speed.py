@@ -23,32 +23,29 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import json
 import math
 import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from segrenorm.atomic import write_json_atomic
 from segrenorm.config.load import load_config
 from segrenorm.config.schema import Config
 from segrenorm.errors import SegrenormError
 from segrenorm.models.translator import Translator
 from segrenorm.training.optim import build_optimizers
+from segrenorm.training.step import StepRunner, keep_freed_memory
 
 REFERENCE_FRACTION = 0.53  # of the fp32 matmul peak, straightforward eager implementation
 REFERENCE_SECONDS = 6.2  # per batch-4 ixi iteration
@@ -172,8 +169,7 @@ def make_iteration(
     The closure follows ``segrenorm.training.trainer``: zero the gradients, generator step through
     :class:`segrenorm.training.step.StepRunner` (one read of the losses, as the trainer's NaN
     check does), backward, seg and gen optimiser steps, then the same for the
-    discriminator. Checkouts older than the step runner time the translator's
-    ``generator_step``/``discriminator_step`` as their trainer did.
+    discriminator.
 
     Args:
         model: the translator, in training mode.
@@ -182,12 +178,7 @@ def make_iteration(
         amp: autocast dtype, or None for fp32.
         parallel: let the step runner use its two threads (CPU).
     """
-    device = batch["a"].device
-    if importlib.util.find_spec("segrenorm.training.step") is None:
-        return _legacy_iteration(model, optimizers, batch, amp), lambda: None
-    from segrenorm.training.step import StepRunner
-
-    runner = StepRunner(model, device=device, amp=amp, parallel=parallel)
+    runner = StepRunner(model, device=batch["a"].device, amp=amp, parallel=parallel)
 
     def step() -> None:
         for opt in optimizers.values():
@@ -205,41 +196,6 @@ def make_iteration(
         optimizers["disc"].step()
 
     return step, runner.close
-
-
-def _legacy_iteration(
-    model: Translator,
-    optimizers: dict[str, torch.optim.Adam],
-    batch: dict[str, Tensor],
-    amp: torch.dtype | None,
-) -> Callable[[], None]:
-    """The trainer iteration of checkouts without ``segrenorm.training.step`` (baselines)."""
-    device_type = batch["a"].device.type
-    legacy: Any = model  # its Translator still had the step methods
-
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device_type, dtype=amp)
-
-    def step() -> None:
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        with autocast():
-            g_total, g_terms, outputs = legacy.generator_step(batch)
-        torch.stack([g_total.detach(), *g_terms.values()]).tolist()
-        g_total.backward()
-        for name in ("seg", "gen"):
-            if name in optimizers:
-                optimizers[name].step()
-        optimizers["disc"].zero_grad(set_to_none=True)
-        with autocast():
-            d_total, d_terms = legacy.discriminator_step(batch, outputs)
-        torch.stack([d_total.detach(), *d_terms.values()]).tolist()
-        d_total.backward()
-        optimizers["disc"].step()
-
-    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -312,10 +268,7 @@ def measure(job: Job) -> Result:
     device = torch.device(job.device)
     if device.type == "cpu":
         torch.set_num_threads(job.threads)
-        if importlib.util.find_spec("segrenorm.training.step") is not None:
-            from segrenorm.training.step import keep_freed_memory
-
-            keep_freed_memory()  # as the trainer does on CPU
+        keep_freed_memory()  # as the trainer does on CPU
     config = load_config(job.preset, overrides=[f"model.translator={job.translator}"])
     torch.manual_seed(config.run.seed)
     model = Translator.from_config(config).to(device)
@@ -372,8 +325,6 @@ def measure(job: Job) -> Result:
 
 
 def _mode(job: Job) -> str:
-    if importlib.util.find_spec("segrenorm.training.step") is None:
-        return "legacy"
     if job.compile:
         return "compiled"
     # The step runner only goes parallel on CPU with at least 2 threads.
@@ -470,7 +421,7 @@ def describe(result: Result) -> list[str]:
 
 
 def write_json(path: Path, results: list[Result], args: argparse.Namespace) -> None:
-    """Write the results atomically (temporary file in the same folder, then rename).
+    """Write the results atomically (:func:`segrenorm.atomic.write_json_atomic`).
 
     Args:
         path: output file.
@@ -490,15 +441,7 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace) -> N
         },
         "results": [asdict(r) for r in results],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload)
 
 
 def main(argv: list[str] | None = None) -> int:

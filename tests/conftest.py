@@ -161,7 +161,7 @@ TINY_SCALING = {
 
 
 def tiny_inference_facts(**changes: Any) -> dict[str, Any]:
-    """What ``runlog.describe_cache`` stores for a 2 mm axial cache (see harmonize_info)."""
+    """What ``runlog.describe_cache`` stores for a 2 mm axial cache (see data/facts.py)."""
     facts: dict[str, Any] = {
         "slice_axis": "axial", "orientation": "RAS", "spacing": [2.0, 2.0, 2.0],
         "resampled": False, "percentiles": [0.5, 99.5], "use_mask": True, "pad_multiple": 8,

@@ -1,11 +1,19 @@
 """Exceptions that the command line turns into one-line messages and a non-zero exit.
 
 Every error says what went wrong, with which file or value, and what to do about it.
+:func:`one_line` collapses any exception's text to the one line those messages take.
 """
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "CheckpointError", "ConfigError", "InputError", "SegrenormError"]
+__all__ = [
+    "CacheError",
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "SegrenormError",
+    "one_line",
+]
 
 
 class SegrenormError(Exception):
@@ -26,3 +34,12 @@ class ConfigError(SegrenormError, ValueError):
 
 class CheckpointError(SegrenormError):
     """A checkpoint file that is corrupt, from another format version or incomplete."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """Collapse an exception text to one line: the command line prints errors on one line.
+
+    Args:
+        exc: An exception or its text.
+    """
+    return " ".join(str(exc).split())

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from segrenorm.evaluate import HistogramMatcher, mae, psnr, ssim, ssim_map, zscore
+from segrenorm.evaluate.baselines import HistogramMatcher, zscore
+from segrenorm.evaluate.metrics import mae, psnr, ssim, ssim_map
 
 
 def _pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

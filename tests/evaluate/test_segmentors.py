@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.evaluate.overlap import dice_per_class
+from segrenorm.evaluate.overlap import dice_per_class, subject_scores
 from segrenorm.evaluate.segmentors import (
     SegmentorConfig,
     predict_labels,
     soft_dice_loss,
-    subject_scores,
     train_segmentor,
 )
 

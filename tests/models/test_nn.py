@@ -11,19 +11,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from segrenorm.errors import InputError
-from segrenorm.models.nn import (
-    Generator,
-    PatchDiscriminator,
-    RenormResBlock,
-    ResBlock,
-    SegRenorm,
-    SegUNet,
-    SemanticExtractor,
-    modulated_instance_norm,
-    patch_receptive_field,
-    set_film_enabled,
-)
-from segrenorm.models.nn.generator import CLAMP
+from segrenorm.models.nn.blocks import RenormResBlock, ResBlock
+from segrenorm.models.nn.discriminator import PatchDiscriminator, patch_receptive_field
+from segrenorm.models.nn.extractor import SemanticExtractor
+from segrenorm.models.nn.generator import CLAMP, Generator
+from segrenorm.models.nn.renorm import SegRenorm, modulated_instance_norm, set_film_enabled
+from segrenorm.models.nn.segnet import SegUNet
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segrenorm.models.nn import Generator, SegUNet, SemanticExtractor
 from segrenorm.models.nn.blocks import RenormResBlock, ResBlock, upsample2x
-from segrenorm.models.nn.extractor import _conv_halve, _halve
+from segrenorm.models.nn.extractor import SemanticExtractor, _conv_halve, _halve
+from segrenorm.models.nn.generator import Generator
+from segrenorm.models.nn.segnet import SegUNet
 from segrenorm.models.nn.upsample import (
     fits_phase_conv,
     phase_kernels,

@@ -14,7 +14,7 @@ import torch
 from segrenorm.config.load import load_config
 from segrenorm.config.schema import LossConfig, ModelConfig, TranslatorKind
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.models.nn import SegRenorm
+from segrenorm.models.nn.renorm import SegRenorm
 from segrenorm.models.translator import Translator
 
 KINDS = list(TranslatorKind)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from segrenorm.data.manifest import RUN_PREPARE
 from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError
-from segrenorm.vocabulary import check_direction
+from segrenorm.vocabulary import check_direction, source_site, target_site
 
 __all__ = ["UnpairedSliceDataset"]
 
@@ -102,7 +102,7 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
             float(foreground_bias),
             float(semantic_dropout),
         )
-        self.source, self.target = direction[0], direction[1]
+        self.source, self.target = source_site(direction), target_site(direction)
         self.source_rows = self.cache.rows(self.source, split, fold)
         self.target_rows = self.cache.rows(self.target, split, fold)
         for site, rows in ((self.source, self.source_rows), (self.target, self.target_rows)):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import CacheError, SegrenormError
-from segrenorm.vocabulary import SITES, SLICE_AXES
+from segrenorm.vocabulary import SITES, SLICE_AXES, source_site, target_site
 from segrenorm.volumes.intensity import IntensityScaling
 
 __all__ = ["INFERENCE_KEY", "TrainingFacts", "inference_facts"]
@@ -118,7 +118,8 @@ class TrainingFacts:
         Args:
             direction: ``"AB"`` (the model's G) or ``"BA"`` (its F).
         """
-        source_key, target_key = self.train_direction[0], self.train_direction[1]
+        source_key = source_site(self.train_direction)
+        target_key = target_site(self.train_direction)
         return target_key if direction == "AB" else source_key
 
     def target_scaling(self, direction: str) -> IntensityScaling:

@@ -2,7 +2,8 @@
 
 The layout is fixed in ``docs/cache-format.md``. A cache is built in a hidden sibling folder and
 renamed into place only once its ``manifest.json`` (written last, ``"complete": true``) exists,
-so an interrupted ``prepare`` never leaves anything that :func:`open_manifest` accepts.
+so an interrupted ``prepare`` never leaves anything that
+:func:`~segrenorm.data.manifest.open_manifest` accepts.
 
 Listings are read by ``segrenorm.data.listing``; the manifest format is
 ``segrenorm.data.manifest``'s and caches are read by ``segrenorm.data.slice_cache``.

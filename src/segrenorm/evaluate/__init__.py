@@ -1,13 +1,10 @@
 """Evaluation: held-out data, classical baselines, the four lenses and their metrics.
 
-See ``docs/evaluation.md`` for what every number means. The usual entry point is
-:func:`segrenorm.workflows.evaluate.evaluate_cache` (``segrenorm evaluate``); the pieces
-are importable on their own.
+Modules: ``data`` (harmonized and target slices to score), ``baselines`` (z-score,
+histogram matching, Nyul), ``methods`` (the methods compared), ``metrics`` (MAE, PSNR,
+SSIM), ``paired`` (paired-image lens), ``overlap`` and ``segmentors`` (segmentation lens),
+``features`` and ``distances`` (feature-distribution lens), ``robustness`` (noise
+sensitivity) and ``suite`` (all lenses together). See ``docs/evaluation.md`` for what every
+number means. The usual entry point is :func:`segrenorm.workflows.evaluate.evaluate_cache`
+(``segrenorm evaluate``).
 """
-
-from __future__ import annotations
-
-from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer, zscore
-from segrenorm.evaluate.metrics import mae, psnr, ssim, ssim_map
-
-__all__ = ["HistogramMatcher", "NyulStandardizer", "mae", "psnr", "ssim", "ssim_map", "zscore"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.vocabulary import check_direction
+from segrenorm.vocabulary import check_direction, source_site, target_site
 
 __all__ = ["EvalData", "SiteSlices", "slices_from_volumes"]
 
@@ -126,8 +126,8 @@ class EvalData:
                 f"{opened.path}: the cache has no label maps, but evaluation needs them "
                 "(segmentation scores, per-tissue histograms); prepare it with --labels-a/-b."
             )
-        source = _site_slices(opened, direction[0], split)
-        target = _site_slices(opened, direction[1], split)
+        source = _site_slices(opened, source_site(direction), split)
+        target = _site_slices(opened, target_site(direction), split)
         for part in (source, target):
             if len(part) == 0:
                 raise CacheError(
@@ -152,7 +152,9 @@ class EvalData:
         Args:
             site: ``"source"`` or ``"target"``.
         """
-        key = {"source": self.direction[0], "target": self.direction[1]}.get(site)
+        key = {"source": source_site(self.direction), "target": target_site(self.direction)}.get(
+            site
+        )
         if key is None:
             raise ConfigError(f"site {site!r} is unknown: use source or target")
         rows = self.cache.rows(key, "train")

@@ -251,7 +251,7 @@ def _check_slices(slices: np.ndarray, name: str, stride: int, *, check_range: bo
         if low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
             raise InputError(
                 f"{name}: intensities span [{low:.4g}, {high:.4g}] in {slices.shape}; the "
-                "autoencoder expects slices scaled to [-1, 1] (see segrenorm.volumes.spatial)."
+                "autoencoder expects slices scaled to [-1, 1] (see segrenorm.data.slicing)."
             )
 
 

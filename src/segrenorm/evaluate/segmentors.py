@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.evaluate.overlap import check_label_maps, subject_scores
+from segrenorm.evaluate.overlap import check_label_maps
 from segrenorm.models.nn.segnet import SegUNet
 from segrenorm.training.losses import weighted_ce
 from segrenorm.training.optim import linear_decay
@@ -43,7 +43,6 @@ __all__ = [
     "SegmentorConfig",
     "predict_labels",
     "soft_dice_loss",
-    "subject_scores",
     "train_segmentor",
 ]
 

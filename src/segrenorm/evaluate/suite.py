@@ -41,14 +41,10 @@ from segrenorm.evaluate.features import (
     extract_features,
     train_autoencoder,
 )
+from segrenorm.evaluate.overlap import subject_scores
 from segrenorm.evaluate.paired import paired_scores
 from segrenorm.evaluate.robustness import DEFAULT_SIGMAS, noise_sensitivity
-from segrenorm.evaluate.segmentors import (
-    SegmentorConfig,
-    predict_labels,
-    subject_scores,
-    train_segmentor,
-)
+from segrenorm.evaluate.segmentors import SegmentorConfig, predict_labels, train_segmentor
 from segrenorm.models.translator import Translator
 
 __all__ = [

@@ -24,11 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segrenorm.errors import ConfigError, InputError, SegrenormError
+from segrenorm.errors import ConfigError, InputError, SegrenormError, one_line
 from segrenorm.harmonize.fusion import BatchCallback
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer
 from segrenorm.training.distributed import DistContext, init_distributed, shutdown_distributed
-from segrenorm.volumes.formats import one_line
 from segrenorm.volumes.paths import find_images, image_suffix
 from segrenorm.volumes.readwrite import save_image
 

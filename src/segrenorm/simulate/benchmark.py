@@ -272,9 +272,8 @@ def simulate_t1(
         n_subjects: Number of virtual subjects.
         test_fraction: Fraction of subjects held out and rendered on both scanners.
         resolution: Grid spacing in mm, 1 or 2.
-        source: Source scanner: a name in :data:`~segrenorm.simulate.scanners.SCANNERS`, a profile
-        file
-            or a :class:`~segrenorm.simulate.scanners.ScannerProfile`.
+        source: Source scanner: a name in :data:`~segrenorm.simulate.scanners.SCANNERS`, a
+            profile file or a :class:`~segrenorm.simulate.scanners.ScannerProfile`.
         target: Target scanner, as ``source``.
         seed: Seed of subject assignment, anatomy and scanner noise; same seed, same bytes.
         overwrite: Replace an existing non-empty ``out_dir``.

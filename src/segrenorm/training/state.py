@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from segrenorm._version import __version__
-from segrenorm.atomic import atomic_file, write_bytes_atomic
+from segrenorm.atomic import atomic_file
 from segrenorm.config.schema import Config
 from segrenorm.errors import CheckpointError, ConfigError
 from segrenorm.models.checkpoint import FORMAT_VERSION
@@ -158,7 +159,7 @@ def restore_training_state(
     so the next draw is the one the interrupted run would have made.
 
     Args:
-        payload: a dict from :func:`load_checkpoint`.
+        payload: a dict from :func:`~segrenorm.models.checkpoint.load_checkpoint`.
         source: the file it came from, for error messages.
         model: the translator, built from the same config.
         optimizers: optimisers by group name.
@@ -225,7 +226,8 @@ def save_rotating(payload: Mapping[str, Any], folder: str | Path, step: int, *, 
     if keep <= 0:
         return save_checkpoint(payload, last)
     periodic = save_checkpoint(payload, root / f"step-{step:07d}.pt")
-    write_bytes_atomic(last, periodic.read_bytes())
+    with periodic.open("rb") as source, atomic_file(last) as handle:
+        shutil.copyfileobj(source, handle)  # streamed: a checkpoint can be large
     steps = sorted(root.glob("step-*.pt"), key=lambda p: p.stem)  # zero-padded: sorts by step
     for old in steps[:-keep]:
         old.unlink(missing_ok=True)

@@ -3,8 +3,8 @@ through SimpleITK.
 
 Used by ``segrenorm.volumes.readwrite``, which validates what these functions read and decides
 what they write. Everything here speaks ``(array, affine, header)`` with the affine in RAS+
-millimetres (NIfTI convention) and the array indexed ``[x, y, z, ...]``; ITK's LPS world and ``[z,
-y, x]`` arrays are converted at this boundary.
+millimetres (NIfTI convention) and the array indexed ``[x, y, z, ...]``; ITK's LPS world and
+``[z, y, x]`` arrays are converted at this boundary.
 """
 
 from __future__ import annotations
@@ -20,30 +20,12 @@ import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
 from segrenorm.atomic import atomic_named_path
-from segrenorm.errors import InputError
+from segrenorm.errors import InputError, one_line
+from segrenorm.volumes.images import max_abs_diff
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # ITK stores world points in LPS; NIfTI (and segrenorm) in RAS. Flipping x and y converts.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-def one_line(exc: BaseException | str) -> str:
-    """Collapse an exception text to one line: the command line prints errors on one line.
-
-    Args:
-        exc: An exception or its text.
-    """
-    return " ".join(str(exc).split())
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest absolute difference between two arrays of one shape, as a float.
-
-    Args:
-        a: First array.
-        b: Second array.
-    """
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b)))
 
 
 # --------------------------------------------------------------------------- reading

@@ -21,11 +21,20 @@ import nibabel as nib
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes.formats import max_abs_diff
 
-__all__ = ["Geometry", "LabelMap", "ScalarImage"]
+__all__ = ["Geometry", "LabelMap", "ScalarImage", "max_abs_diff"]
 
 _AFFINE_ATOL = 1e-3  # mm; below any scanner's reporting precision, above float32 round-off
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute difference between two arrays of one shape, as a float.
+
+    Args:
+        a: First array.
+        b: Second array.
+    """
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b)))
 
 
 @dataclass(frozen=True, eq=False)

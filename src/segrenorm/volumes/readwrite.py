@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes.formats import max_abs_diff, read_file, write_file
-from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
+from segrenorm.volumes.formats import read_file, write_file
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage, max_abs_diff
 from segrenorm.volumes.paths import image_suffix
 
 __all__ = ["load_image", "load_label", "save_image", "save_label"]

@@ -38,6 +38,7 @@ from segrenorm.report.checks import check_lines
 from segrenorm.report.write import ReportPaths
 from segrenorm.simulate.anatomy import LABEL_NAMES
 from segrenorm.simulate.benchmark import simulate_t1
+from segrenorm.vocabulary import source_site
 
 __all__ = ["DEMO_EVALUATION", "DemoResult", "headline", "run_demo"]
 
@@ -95,15 +96,14 @@ def _prepared(csv: Path, cache_dir: Path, seed: int) -> SliceCache:
 
 def _trained(config: Config, cache: SliceCache, runs: Path, say: Callable[[str], None]) -> Path:
     """The finished run of ``config`` in ``runs``, training it (or resuming it) if needed."""
-    from segrenorm.training.runlog import find_finished_run, list_runs
+    from segrenorm.training.runlog import list_runs
     from segrenorm.training.trainer import StepInfo, train
 
-    kind = config.model.translator.value
-    finished = find_finished_run(runs, config.name, kind)
-    if finished is not None:
-        say(f"reusing finished run {finished}")
-        return finished
-    found = list_runs(runs, config.name, kind)
+    # Only the newest run counts: an older finished one may have other settings.
+    found = list_runs(runs, config.name, config.model.translator.value)
+    if found and (found[-1] / "final.pt").is_file():
+        say(f"reusing finished run {found[-1]}")
+        return found[-1]
     resume = found[-1] if found and (found[-1] / "checkpoints" / "last.pt").is_file() else None
     total = config.optim.total_iterations
     every = max(1, total // 10)
@@ -209,7 +209,7 @@ def run_demo(
     )
     run_dir = timed("train", f"training {config.model.translator.value} ({config.name} preset)",
                     lambda: _trained(config, cache, root / "runs", say))  # fmt: skip
-    name, source = config.model.translator.value, config.data.direction[0]
+    name, source = config.model.translator.value, source_site(config.data.direction)
     folder = root / "harmonized" / name
     timed("harmonize", "harmonizing the held-out source scans",
           lambda: _harmonized(run_dir, cache, source, folder, say))  # fmt: skip
