@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 
 
 import json  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
@@ -189,7 +189,7 @@ def save_tiny_checkpoint(
         {
             "name": "tiny",
             "model": {"translator": translator, **TINY_MODEL, "residual_output": identity,
-                      "zero_init_film": identity},
+                      "film_init_std": 0.0 if identity else 0.03},
             "data": {"crop_size": 32, "batch_size": 2, "n_classes": 4},
             "run": {"device": "cpu", "amp": "off"},
         }
@@ -260,6 +260,30 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     }
 
 
+def anatomy_phantom(shape: tuple[int, int, int] = (40, 40, 24)) -> Any:
+    """A simulate ``Anatomy``: WM core, GM shell and CSF rim in an empty background, 2 mm."""
+    from segrenorm.simulate.anatomy import Anatomy
+
+    grid = np.indices(shape).astype(np.float32)
+    centre = (np.array(shape, dtype=np.float32) - 1) / 2
+    radius = np.sqrt(sum((grid[i] - centre[i]) ** 2 for i in range(3)))
+    mask = (radius < 10).astype(np.float32)
+    wm = (radius < 6).astype(np.float32)
+    gm = ((radius >= 6) & (radius < 8.5)).astype(np.float32)
+    t1 = 0.3 * mask + 0.3 * gm + 0.7 * wm
+    return Anatomy.from_template(t1, gm, wm, mask, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+@pytest.fixture
+def seeded_torch() -> Iterator[None]:
+    """One intra-op thread and seed 0 for a test; the thread count is restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_kit() -> SimpleNamespace:
     """The helpers above for test modules (conftest is not importable under every mode)."""
@@ -268,6 +292,7 @@ def tiny_kit() -> SimpleNamespace:
         facts=tiny_inference_facts,
         save_checkpoint=save_tiny_checkpoint,
         phantom=phantom_data,
+        anatomy=anatomy_phantom,
         model=TINY_MODEL,
         config=tiny_config,
         write_cache=write_cache,
@@ -351,15 +376,20 @@ def tiny_evaluation(**changes: Any) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def paired_by_hand(data: Any, slices: np.ndarray) -> dict[str, float]:
+def paired_by_hand(
+    data: Any, slices: np.ndarray, truth: np.ndarray | None = None
+) -> dict[str, float]:
     """Paired scores as docs/evaluation.md defines them, computed here with scikit-image.
 
     Each row of ``slices`` (aligned with ``data.source``) is compared with the target slice
     of the same subject and slice index: SSIM (Gaussian window sigma 1.5, K1 0.01, K2 0.03,
-    data range 2), PSNR and MAE inside the target's foreground, pooled over a subject's
-    slices, then averaged over subjects.
+    data range 2), PSNR and MAE inside the brain (target labels > 0), pooled over a subject's
+    slices, then averaged over subjects. ``truth`` (row-aligned with ``data.target``, e.g.
+    the clean target renders) replaces the target scans as the reference.
     """
     from skimage.metrics import structural_similarity
+
+    reference = data.target.images if truth is None else truth
 
     pairs = zip(data.target.subjects, data.target.index, strict=True)
     target_row = {(str(s), int(i)): k for k, (s, i) in enumerate(pairs)}
@@ -368,8 +398,8 @@ def paired_by_hand(data: Any, slices: np.ndarray) -> dict[str, float]:
         t = target_row.get((str(subject), int(index)))
         if t is None:
             continue
-        truth, pred = data.target.images[t].astype(np.float64), slices[k].astype(np.float64)
-        inside = data.target.masks[t].astype(bool)
+        truth, pred = reference[t].astype(np.float64), slices[k].astype(np.float64)
+        inside = data.target.labels[t] > 0  # the label-defined brain both sites share
         _, ssim_map = structural_similarity(
             truth, pred, data_range=2.0, gaussian_weights=True, sigma=1.5,
             use_sample_covariance=False, full=True,

@@ -9,6 +9,7 @@ import pytest
 
 from segrenorm.cli import main
 from segrenorm.data.manifest import open_manifest
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.readwrite import save_image, save_label
 
@@ -51,23 +52,28 @@ def test_prepare_from_folders(sites: Path, capsys: pytest.CaptureFixture[str]) -
     ]  # fmt: skip
     assert main(argv) == 0
     stdout = capsys.readouterr().out
-    assert "axial slices 32x32, 3 classes" in stdout
+    assert "axial slices 32x32, 3 classes, bias-corrected (n4, shrink 4)" in stdout
     assert "A (1.5T): train" in stdout and "B (3T): train" in stdout
     manifest = open_manifest(out)
     assert manifest["sites"] == {"A": "1.5T", "B": "3T"}
     assert {s["subject"] for s in manifest["subjects"]} == {f"sub-a{k}" for k in range(3)} | {
         f"sub-b{k}" for k in range(3)
     }
+    assert manifest["bias_correction"] == DEFAULT_BIAS_CORRECTION.to_dict()  # N4, shrink 4
 
     # A second run onto the same folder is refused without --overwrite, with a one-line error.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("segrenorm prepare: error: ") and "already exists" in err
     options = ["--overwrite", "--axis", "coronal", "--spacing", "3", "3", "4", "--no-mask"]
-    assert main([*argv, *options]) == 0
+    assert main([*argv, *options, "--bias-correction", "none", "--bias-shrink", "2"]) == 0
     manifest = open_manifest(out)
     assert manifest["slice_axis"] == "coronal" and manifest["spacing"] == [3.0, 3.0, 4.0]
     assert manifest["use_mask"] is False
+    assert BiasCorrection.from_dict(manifest["bias_correction"]) == BiasCorrection("none", 2)
+    assert main([*argv, "--overwrite", "--bias-shrink", "2"]) == 0
+    stored = open_manifest(out)["bias_correction"]
+    assert BiasCorrection.from_dict(stored) == BiasCorrection("n4", shrink=2)
     assert manifest["subjects"][0]["n_slices"] == 12  # 24 * 1.5 / 3 coronal slices, none skipped
 
 
@@ -106,7 +112,16 @@ def test_prepare_from_csv(sites: Path, capsys: pytest.CaptureFixture[str]) -> No
         (["--site-a", "a/*T1w*", "--site-b", "nowhere"], "nowhere: no such file or folder"),
         (["--site-a", "a", "--site-b", "b"], "a/sub-a0_dseg.nii.gz both have subject id 'sub-a0'"),
         ([*LABELLED, "--test-fraction", "1.5"], "test_fraction 1.5 must be in [0, 1)"),
+        ([*LABELLED, "--val-fraction", "1"], "val_fraction 1.0 must be in [0, 1)"),
+        ([*LABELLED, "--val-fraction", "0.7"], "val_fraction 0.7 + test_fraction 0.3 must stay"),
+        (
+            [*LABELLED, "--val-fraction", "0.5"],
+            "site 'A' has 3 subject(s) without a listed split: drawing 1 test (test_fraction 0.3) "
+            "and 2 val (val_fraction 0.5) would leave the train split empty; lower the val "
+            "fraction (--val-fraction",
+        ),
         ([*LABELLED, "--n-classes", "2"], "label values 2 fall outside the classes 0..1"),
+        ([*LABELLED, "--bias-shrink", "9"], "bias-correction shrink=9 must be 1 to 8"),
     ],
 )
 def test_prepare_usage_errors(
@@ -122,6 +137,16 @@ def test_prepare_usage_errors(
     assert err.startswith("segrenorm prepare: error: ")
     assert message in err
     assert not (sites / "cache").exists()
+
+
+def test_unknown_bias_correction_is_a_usage_error(
+    sites: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["prepare", "--out", str(sites / "cache"), "--bias-correction", "n3"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --bias-correction: invalid choice: 'n3'" in err and "n4" in err
 
 
 def test_bad_volume_fails_cleanly(sites: Path, capsys: pytest.CaptureFixture[str]) -> None:

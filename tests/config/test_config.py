@@ -100,3 +100,18 @@ def test_fold_is_optional_int() -> None:
     assert load_config("cpu", overrides=["data.fold=null"]).data.fold is None
     with pytest.raises(ConfigError, match=r"data.fold=-1 is out of range"):
         load_config("cpu", overrides=["data.fold=-1"])
+
+
+@pytest.mark.parametrize(("zero", "std"), [(True, 0.0), (False, 0.16)])
+def test_configs_from_before_the_conditioning_fix_rebuild_the_old_architecture(
+    zero: bool, std: float
+) -> None:
+    # segrenorm 0.1.0 wrote model.zero_init_film; its extractor had N(0, 0.02) weights and no
+    # embedding normalisation, which loading its weights needs again.
+    old = config_from_dict({"name": "old", "model": {"zero_init_film": zero, "embed_dim": 64}})
+    assert old.model.extractor_init.value == "normal" and old.model.embed_norm is False
+    assert old.model.film_init_std == pytest.approx(std)  # 0.02 * sqrt(64) for N(0, 0.02) heads
+    new = config_from_dict({"name": "new", "model": {"embed_dim": 64}})
+    assert new.model.extractor_init.value == "kaiming" and new.model.embed_norm is True
+    with pytest.raises(ConfigError, match="zero_init_films"):
+        config_from_dict({"model": {"zero_init_films": True}})

@@ -129,7 +129,8 @@ def test_cache_pickles_without_memmaps(cache_dir: Path) -> None:
     ("call", "match"),
     [
         (lambda c: c.rows("C"), "unknown site 'C'"),
-        (lambda c: c.rows("A", "val"), "unknown split 'val'"),
+        (lambda c: c.rows("A", "dev"), "unknown split 'dev'; expected one of train, val, test"),
+        (lambda c: c.rows("A", "val", fold=0), "split 'val' cannot be combined with fold 0"),
         (lambda c: c.rows("A", fold=7), r"fold 7 is out of range: .* has folds 0\.\.2"),
         (lambda c: c.subject_of("A", 12), "row 12 is out of range for site A"),
     ],
@@ -164,7 +165,7 @@ def test_cache_bad_manifest(cache_dir: Path, changes: dict[str, Any], match: str
         SliceCache.open(cache_dir)
 
 
-@pytest.mark.parametrize(("key", "value"), [("fold", "0"), ("split", "val"), ("subject", 3)])
+@pytest.mark.parametrize(("key", "value"), [("fold", "0"), ("split", "dev"), ("subject", 3)])
 def test_cache_bad_subject_fields(cache_dir: Path, key: str, value: Any) -> None:
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     manifest["subjects"][2][key] = value

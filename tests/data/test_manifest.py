@@ -31,6 +31,11 @@ def test_open_manifest_refuses_broken_caches(tmp_path: Path, tiny_kit: SimpleNam
     subjects = [{**good["subjects"][0], "first_row": 3}, good["subjects"][1]]
     expect({**good, "subjects": subjects}, "first_row values are not contiguous")
     expect([1, 2], "does not hold a JSON object")
+    expect(
+        {**good, "bias_correction": {"method": "n3"}},
+        r"invalid bias_correction \(bias correction 'n3' is unknown: use one of n4, none\); re-run",
+    )
+    expect({**good, "bias_correction": "n4"}, "invalid bias_correction .*must be a mapping")
     manifest_path.write_text("{not json")
     with pytest.raises(CacheError, match="is not valid JSON"):
         open_manifest(out)
@@ -55,7 +60,7 @@ def test_check_fields_refuses_what_the_reader_needs(tiny_cache: Path) -> None:
     expect({"n_classes": 0}, "'n_classes' must be a positive integer, got 0")
     expect({"n_classes": True}, "'n_classes' must be a positive integer, got True")
     expect({"class_names": ["only"]}, r"'class_names' must list 4 names, got \['only'\]")
-    subjects = [{**good["subjects"][0], "split": "val"}, *good["subjects"][1:]]
+    subjects = [{**good["subjects"][0], "split": "dev"}, *good["subjects"][1:]]
     expect({"subjects": subjects}, r"subjects\[0\] needs a 'subject' name, a 'split' of train")
     subjects = [good["subjects"][0], {**good["subjects"][1], "fold": False}]
     expect({"subjects": subjects}, r"subjects\[1\] needs .* an integer 'fold'")
@@ -74,3 +79,6 @@ def test_summarize_counts_slices_and_subjects_per_site_and_split(tiny_cache: Pat
     assert (
         text.splitlines()[2] == "  B (3T): train 0 slices / 0 subjects, test 6 slices / 1 subjects"
     )
+    corrected = {**manifest, "bias_correction": {"method": "n4", "shrink": 2}}
+    first = summarize(corrected, "c").splitlines()[0]
+    assert first == "cache c: axial slices 40x40, 4 classes, bias-corrected (n4, shrink 2)"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from segrenorm.data import prepare as cache
+from segrenorm.data.facts import inference_facts
 from segrenorm.data.listing import SubjectRecord, read_listing
 from segrenorm.data.manifest import open_manifest
 from segrenorm.data.prepare import prepare_cache
+from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
+from segrenorm.training.runlog import describe_cache
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.intensity import IntensityScaling, foreground_mask
 from segrenorm.volumes.readwrite import load_image, load_label, save_image, save_label
@@ -57,8 +62,11 @@ def _records(tmp_path: Path, n_per_site: int = 3, labels: bool = True) -> list[S
 
 def test_prepare_writes_a_valid_cache(tmp_path: Path) -> None:
     records = _records(tmp_path)
-    out = prepare_cache(records, tmp_path / "cache", seed=3, progress=False)
+    out = prepare_cache(
+        records, tmp_path / "cache", seed=3, bias_correction=NO_BIAS_CORRECTION, progress=False
+    )
     manifest = open_manifest(out)
+    assert manifest["bias_correction"]["method"] == "none"
     assert manifest["sites"] == {"A": "siteA", "B": "siteB"}
     assert manifest["n_classes"] == 3 and manifest["has_labels"] is True
     assert manifest["class_names"] == ["background", "class_1", "class_2"]
@@ -91,6 +99,62 @@ def test_prepare_writes_a_valid_cache(tmp_path: Path) -> None:
     expected = slice_volume(original, 2)[kept]
     inside = (unpad(masks[rows], pads) == 1) & (expected > scaling.low) & (expected < scaling.high)
     np.testing.assert_allclose(restored[inside], expected[inside], rtol=1e-4, atol=1e-3)
+
+
+def _biased_records(tmp_path: Path) -> list[SubjectRecord]:
+    """One subject per site, each under a smooth field along x (0.7 to 1.4)."""
+    field = np.exp(np.linspace(-0.35, 0.35, SHAPE[0]))[:, None, None]
+    records = []
+    for record in _records(tmp_path, n_per_site=1):
+        image = load_image(record.image)
+        path = save_image(image.data * field, tmp_path / f"biased-{record.site}.nii.gz",
+                          geometry=image.geometry)  # fmt: skip
+        records.append(SubjectRecord(record.subject, record.site, path, record.label))
+    return records
+
+
+def test_prepare_corrects_the_bias_field_and_records_how(tmp_path: Path) -> None:
+    records = _biased_records(tmp_path)
+    out = prepare_cache(records, tmp_path / "n4", min_foreground=0.0, progress=False)
+    manifest = open_manifest(out)
+    assert manifest["bias_correction"] == DEFAULT_BIAS_CORRECTION.to_dict()  # on by default
+    plain = prepare_cache(
+        records, tmp_path / "none", min_foreground=0.0, bias_correction=NO_BIAS_CORRECTION,
+        progress=False,
+    )  # fmt: skip
+    images = np.load(out / "A" / "images.npy")
+    masks = np.load(out / "A" / "masks.npy") == 1
+    differs = np.abs(images - np.load(plain / "A" / "images.npy"))[masks]
+    assert differs.mean() > 0.02
+    # The cached rows are the N4-corrected canonical volume (LPS -> RAS by flips), scaled.
+    canonical = load_image(records[0].image).data[::-1, ::-1, :]
+    mask = foreground_mask(canonical)
+    corrected = DEFAULT_BIAS_CORRECTION.apply(canonical, (1.5, 1.5, 2.0), mask)
+    scaling = IntensityScaling.from_dict(manifest["subjects"][0]["scaling"])
+    pads = ((6, 6), (4, 4))
+    restored = scaling.invert(unpad(images, pads))
+    expected = slice_volume(corrected, 2)
+    inside = unpad(masks, pads) & (expected > scaling.low) & (expected < scaling.high)
+    np.testing.assert_allclose(restored[inside], expected[inside], rtol=1e-4, atol=1e-2)
+    # The shell (label 1) is flat again: its spread drops with the field.
+    shell = slice_volume(load_label(str(records[0].label)).data[::-1, ::-1, :], 2) == 1
+    flat, biased = np.load(plain / "A" / "images.npy"), images
+    assert unpad(biased, pads)[shell].std() < 0.5 * unpad(flat, pads)[shell].std()
+    # Checkpoints trained on the cache carry the setting (describe_cache -> inference facts).
+    facts = describe_cache(SliceCache.open(out))["inference"]
+    assert facts["bias_correction"] == DEFAULT_BIAS_CORRECTION.to_dict()
+    custom = BiasCorrection(shrink=2, iterations=(10,))
+    again = prepare_cache(records, tmp_path / "s2", bias_correction=custom, progress=False)
+    assert BiasCorrection.from_dict(open_manifest(again)["bias_correction"]) == custom
+
+
+def test_an_old_manifest_without_bias_correction_means_none(tmp_path: Path) -> None:
+    out = prepare_cache(_records(tmp_path, n_per_site=1), tmp_path / "cache", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["bias_correction"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    old = open_manifest(out)
+    assert inference_facts(old)["bias_correction"] == NO_BIAS_CORRECTION.to_dict()
 
 
 def test_slices_with_little_foreground_are_skipped(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from segrenorm.data.manifest import open_manifest
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import ConfigError
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 from segrenorm.volumes.intensity import fit_scaling, foreground_mask
 from segrenorm.volumes.readwrite import load_image, save_image
@@ -39,6 +40,7 @@ def _image(tiny_kit: SimpleNamespace, seed: int = 0) -> ScalarImage:
         ({"percentiles": (50.0, 50.0)}, "percentiles 50.0, 50.0 must be 0 <= lower < upper"),
         ({"percentiles": (-1.0, 99.0)}, "percentiles -1.0, 99.0 must be"),
         ({"pad_multiple": 0}, "pad_multiple 0 must be >= 1"),
+        ({"bias": "n4"}, "bias 'n4' must be a BiasCorrection"),
     ],
 )
 def test_recipe_refuses_bad_settings(changes: dict[str, Any], message: str) -> None:
@@ -47,21 +49,29 @@ def test_recipe_refuses_bad_settings(changes: dict[str, Any], message: str) -> N
 
 
 def test_recipe_from_manifest_and_old_manifest_defaults() -> None:
+    bias = BiasCorrection(shrink=2)
     manifest = {
         "slice_axis": "coronal", "spacing": [1, 2, 3], "percentiles": [1, 99],
-        "use_mask": False, "pad_multiple": 8,
+        "use_mask": False, "pad_multiple": 8, "bias_correction": bias.to_dict(),
     }  # fmt: skip
     recipe = SliceRecipe.from_manifest(manifest)
-    assert recipe == SliceRecipe("coronal", (1.0, 2.0, 3.0), (1.0, 99.0), False, 8)
+    assert recipe == SliceRecipe("coronal", (1.0, 2.0, 3.0), (1.0, 99.0), False, 8, bias)
     assert recipe.spacing is not None and all(type(s) is float for s in recipe.spacing)
+    # A cache from before a field existed: its default (no bias correction).
     old = SliceRecipe.from_manifest({"slice_axis": "axial", "spacing": None})
-    assert old == SliceRecipe("axial", None, (0.5, 99.5), True, 16)
+    assert old == SliceRecipe("axial", None, (0.5, 99.5), True, 16, NO_BIAS_CORRECTION)
+    assert SliceRecipe().bias == NO_BIAS_CORRECTION
+    with pytest.raises(ConfigError, match="bias-correction shrink=0 must be 1 to 8"):
+        SliceRecipe.from_manifest({**manifest, "bias_correction": {"shrink": 0}})
 
 
 def test_recipe_from_training_facts(tiny_kit: SimpleNamespace) -> None:
     facts = TrainingFacts.from_dict(tiny_kit.facts(slice_axis="sagittal", use_mask=False))
     recipe = SliceRecipe.from_facts(facts)
     assert recipe == SliceRecipe("sagittal", (2.0, 2.0, 2.0), (0.5, 99.5), False, 8)
+    assert recipe.bias == NO_BIAS_CORRECTION  # a checkpoint from before bias correction
+    stored = tiny_kit.facts(bias_correction=DEFAULT_BIAS_CORRECTION.to_dict())
+    assert SliceRecipe.from_facts(TrainingFacts.from_dict(stored)).bias == DEFAULT_BIAS_CORRECTION
 
 
 def test_to_grid_orients_to_ras_and_resamples_images_and_labels(
@@ -97,6 +107,27 @@ def test_scale_fits_inside_the_mask_of_the_chosen_volume(tiny_kit: SimpleNamespa
     assert whole.mask is None and whole.scaling == fit_scaling(data, None, 0.5, 99.5)
 
 
+def test_scale_corrects_the_bias_field_inside_the_mask_before_scaling(
+    tiny_kit: SimpleNamespace,
+) -> None:
+    data = _image(tiny_kit).data
+    # A smooth multiplicative field along x: 0.74 to 1.35.
+    field = np.exp(np.linspace(-0.3, 0.3, SHAPE[0]))[:, None, None]
+    biased = (data * field).astype(np.float32)
+    bias = BiasCorrection(shrink=2)
+    recipe = SliceRecipe(percentiles=(1.0, 99.0), bias=bias)
+    scaled, mask, scaling = recipe.scale(biased, spacing=(1.5, 1.5, 2.0))
+    assert mask is not None
+    np.testing.assert_array_equal(mask, foreground_mask(biased))  # found before correcting
+    corrected = bias.apply(biased, (1.5, 1.5, 2.0), mask)
+    assert scaling == fit_scaling(corrected, mask, 1.0, 99.0)
+    np.testing.assert_array_equal(scaled, scaling.apply(corrected, mask))
+    plain = SliceRecipe(percentiles=(1.0, 99.0)).scale(biased)
+    assert np.abs(scaled - plain.scaled)[mask].mean() > 0.02  # the correction changed things
+    with pytest.raises(ConfigError, match=r"corrects the bias field \(n4\) and needs the grid"):
+        recipe.scale(biased)
+
+
 def test_cut_and_slice_shape(tiny_kit: SimpleNamespace) -> None:
     data = _image(tiny_kit).data
     assert SliceRecipe(axis="axial").cut(data).shape == (16, 20, 24)
@@ -119,8 +150,9 @@ def test_recipe_reproduces_the_prepared_cache(tmp_path: Path, tiny_kit: SimpleNa
     )
     manifest = open_manifest(out)
     recipe = SliceRecipe.from_manifest(manifest)
+    assert recipe.bias == DEFAULT_BIAS_CORRECTION  # prepare corrects with N4 by default
     volume = recipe.to_grid(load_image(records[0].image))
-    cut = recipe.cut(recipe.scale(volume.data).scaled)
+    cut = recipe.cut(recipe.scale(volume.data, spacing=volume.geometry.spacing).scaled)
     shape = recipe.slice_shape([cut.shape[1:]])
     assert list(shape) == manifest["slice_shape"]
     cached = np.load(out / "A" / "images.npy")

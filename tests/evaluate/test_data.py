@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from segrenorm.data.slice_cache import SliceCache
+from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.evaluate.baselines import NyulStandardizer
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.readwrite import load_image, save_image
+from segrenorm.volumes.spatial import from_canonical
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +69,20 @@ def test_cache_without_held_out_target_is_refused(eval_study: SimpleNamespace) -
 
 
 def test_volumes_read_back_like_the_cache(data: EvalData, tmp_path: Path) -> None:
-    # The source volumes themselves, "harmonized" by copying: their slices are the cache's.
+    # The source volumes, "harmonized" by the cache's bias correction alone (what an identity
+    # translator gives): their slices are the cache's, so outputs are not corrected again.
+    recipe = SliceRecipe.from_manifest(data.cache.manifest)
+    assert recipe.bias.enabled
     folder = tmp_path / "copies"
     folder.mkdir()
     for entry in data.cache.manifest["subjects"]:
         if entry["site"] == "A" and entry["split"] == "test":
-            shutil.copy(entry["image"], folder / Path(entry["image"]).name)
+            image = load_image(entry["image"])
+            grid = recipe.to_grid(image)
+            mask = recipe.mask(grid.data)
+            corrected = recipe.bias.apply(grid.data, grid.geometry.spacing, mask)
+            out = folder / Path(entry["image"]).name
+            save_image(from_canonical(corrected, image.geometry), out, geometry=image.geometry)
     seen: list[str] = []
     slices = slices_from_volumes(data, folder, on_subject=lambda i, n, s: seen.append(s))
     assert seen == ["t0", "t1"]

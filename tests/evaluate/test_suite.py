@@ -19,6 +19,7 @@ from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.distances import fid, kid
 from segrenorm.evaluate.features import extract_features, train_autoencoder
+from segrenorm.evaluate.methods import BASELINES
 from segrenorm.evaluate.suite import MethodInput, run_evaluation
 from segrenorm.harmonize.files import harmonize_files
 from segrenorm.harmonize.harmonizer import Harmonizer
@@ -208,8 +209,10 @@ def test_robustness_at_sigma_zero_is_the_cycle_error(
 
 def test_every_lens_reports_every_method(evaluated: SimpleNamespace) -> None:
     r = evaluated.results
-    names = ["none", "zscore", "histogram", "nyul", "denoise-histogram", "segrenorm", "cyclegan"]
+    names = [*BASELINES, "segrenorm", "cyclegan"]  # every classical pipeline by default
     assert list(r["methods"]) == names
+    # The cache was prepared with N4 (the default): every classical row saw corrected inputs.
+    assert r["n4_corrected_baselines"] == list(BASELINES)
     assert r["methods"]["segrenorm"] == "translator"
     assert list(r["distribution"]["methods"]) == names
     none = r["distribution"]["methods"]["none"]
@@ -221,6 +224,10 @@ def test_every_lens_reports_every_method(evaluated: SimpleNamespace) -> None:
     assert all(v == 0.0 or np.isnan(v) for v in recovery["none"])
     assert set(r["robustness"]) == {"segrenorm", "cyclegan"}
     assert r["robustness"]["cyclegan"]["sigma"] == [0.0, 0.25, 0.5]
+    # Conditioning: translator methods only; both tiny checkpoints are segrenorm models.
+    assert set(r["conditioning"]) == {"segrenorm", "cyclegan"}
+    assert r["conditioning"]["segrenorm"]["direction"] == "AB"
+    assert r["conditioning"]["segrenorm"]["slices"] == len(evaluated.data.source)
     paired = r["paired"]
     assert paired["n_subjects"] == 2 and set(paired["methods"]) == set(names)
     assert set(paired["methods"]["none"]["subjects"]) == {"t0", "t1"}
@@ -247,7 +254,8 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
     assert not re.search(r"(src|href)=['\"](http|//|[^'\"d])", page)
     markdown = paths.markdown.read_text()
     for heading in ("Paired ground truth", "Distribution distance", "Dice (Table V)",
-                    "Dice gap recovery", "Robustness to noise", "Quality targets"):  # fmt: skip
+                    "Dice gap recovery", "Robustness to noise", "Conditioning sensitivity",
+                    "Quality targets"):  # fmt: skip
         assert heading in markdown and heading in page
     assert "![panel](panel.png)" in markdown
     dice_part, iou_part = markdown.split("## Downstream segmentation: IoU")
@@ -256,7 +264,8 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
     record = json.loads(paths.json.read_text())
     assert record["runs"]["segrenorm"].endswith("random.pt")
     assert record["evaluation_config"]["robustness_slices"] == 6
-    assert [c["target"].split(":")[0] for c in record["quality_checks"]] == ["segrenorm"] * 4
+    # KID ratio, KID / SSIM / PSNR against the strongest classical row, gap, robustness.
+    assert [c["target"].split(":")[0] for c in record["quality_checks"]] == ["segrenorm"] * 6
     with paths.csv.open() as handle:
         rows = list(csv.DictReader(handle))
     sections = {row["section"] for row in rows}
@@ -295,7 +304,8 @@ def test_evaluate_command(
     assert code == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
-    assert "MISSED: segrenorm: paired SSIM above none and histogram" in printed
+    assert "segrenorm: paired SSIM above the strongest classical pipeline: " in printed
+    assert "highest of 2 classical)" in printed  # none and histogram
     assert json.loads((out / "results.json").read_text())["methods"] == {
         "none": "baseline",
         "histogram": "baseline",

@@ -103,7 +103,7 @@ def test_phase_kernels_sum_the_taps() -> None:
 @pytest.mark.parametrize("renorm", [False, True])
 def test_block_forward_up_matches_forward_on_the_concatenation(renorm: bool) -> None:
     plain = ResBlock(6 + 4, 4)
-    block = RenormResBlock(6 + 4, 4, embed_dim=5, zero_init=False) if renorm else plain
+    block = RenormResBlock(6 + 4, 4, embed_dim=5, film_init_std=0.5) if renorm else plain
     block = block.double()
     emb = torch.randn(2, 5, dtype=torch.float64)
     low = torch.randn(2, 6, 4, 4, dtype=torch.float64, requires_grad=True)
@@ -166,8 +166,10 @@ def test_extractor_conv_then_pool_is_one_strided_conv(side: tuple[int, int]) -> 
 def test_extractor_matches_the_direct_stages() -> None:
     ext = SemanticExtractor(n_classes=3, ngf=2, embed_dim=5, grid=2).double()
     probs = torch.rand(2, 3, 32, 24, dtype=torch.float64).softmax(dim=1)
-    h = probs
+    h = probs - 1 / 3  # centred at the uniform distribution
     for conv in ext.convs:
         h = F.relu(_halve(conv(h)))
-    expected = ext.mlp(F.adaptive_avg_pool2d(h, 2).flatten(1))
+    z = ext.mlp(F.adaptive_avg_pool2d(h, 2).flatten(1))
+    z = z - z.mean(dim=1, keepdim=True)
+    expected = z / (z.pow(2).mean(dim=1, keepdim=True) + 1e-6).sqrt()
     torch.testing.assert_close(ext(probs), expected, rtol=0, atol=1e-12)

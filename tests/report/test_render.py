@@ -39,7 +39,17 @@ def test_markdown_has_the_checks_and_the_tables() -> None:
     assert lines[0] == "# A title"
     assert lines[2].startswith("Harmonizing ScannerA (source) to ScannerB (target). Held-out")
     assert "12 source (3 subjects), 10 target (2 subjects). Cache: cache/." in lines[2]
-    assert "| segrenorm: paired SSIM above none | segrenorm 0.4500, none 0.3000 | PASS |" in lines
+    assert (
+        "| segrenorm: paired SSIM above the strongest classical pipeline | 0.4500 vs 0.3000 "
+        "(none, highest of 1 classical) | PASS |"
+    ) in lines
+    assert (
+        "| segrenorm: paired PSNR above the strongest classical pipeline | 24.50 vs 20.00 "
+        "(none, highest of 1 classical) | PASS |"
+    ) in lines
+    # The paired table names its strongest classical row; no N4 note without N4 rows.
+    assert any(line.endswith("Strongest classical row: SSIM none, PSNR none.") for line in lines)
+    assert "N4-corrected" not in text
     assert "| method | SSIM | PSNR (dB) | MAE |" in lines
     assert "| segrenorm | 0.4500 ± 0.0200 | 24.50 ± 0.50 | 0.1000 ± 0.0100 |" in lines
     assert "| segrenorm | 0.900 | 0.700 | 0.800 | 0.0200 |" in lines
@@ -72,3 +82,64 @@ def test_csv_rows_hold_every_number() -> None:
         "csf",
         0.5,
     )
+
+
+def test_the_intro_says_which_classical_rows_saw_n4_corrected_inputs() -> None:
+    results = {**_results(), "n4_corrected_baselines": ["n4-histogram", "n4-denoise-histogram"]}
+    intro = render_markdown(results, {}, "t").splitlines()[2]
+    assert intro.endswith(
+        "Classical rows on N4-corrected source volumes: n4-histogram, n4-denoise-histogram."
+    )
+    page = render_html(results, {}, "t")
+    assert "Classical rows on N4-corrected source volumes: n4-histogram" in page
+
+
+def test_the_distribution_table_names_the_lowest_classical_kid() -> None:
+    from segrenorm.report.tables import tables
+
+    results = {**_results(), "methods": {"none": "baseline", "histogram": "baseline",
+                                         "segrenorm": "translator"}}  # fmt: skip
+    scores = {"kid_std": 0.001, "fid": 1.0, "fid_ratio": 1.0, "kid_ratio": 1.0}
+    results["distribution"] = {
+        "kid_subsets": 10, "kid_subset_size": 4, "feature_dim": 8,
+        "methods": {"none": {**scores, "kid_mean": 0.04}, "histogram": {**scores, "kid_mean": 0.01},
+                    "segrenorm": {**scores, "kid_mean": 0.001}},
+    }  # fmt: skip
+    (note,) = [n for heading, n, _, _ in tables(results) if heading.startswith("Distribution")]
+    assert note.endswith("Strongest classical row (lowest KID): histogram.")
+
+
+def test_the_clean_truth_has_its_own_table_and_csv_rows() -> None:
+    from segrenorm.report.tables import tables
+
+    results = _results()
+    stats = {"ssim_std": 0.0, "psnr_std": 0.0, "mae_std": 0.0}
+    results["paired"]["methods"]["none"]["clean"] = {
+        **stats,
+        "ssim": 0.5,
+        "psnr": 22.0,
+        "mae": 0.15,
+    }
+    results["paired"]["methods"]["segrenorm"]["clean"] = {
+        **stats,
+        "ssim": 0.6,
+        "psnr": 25.0,
+        "mae": 0.08,
+    }
+    results["paired"]["clean"] = {
+        "n_subjects": 2,
+        "n_slices": 8,
+        "target": {**stats, "ssim": 0.7, "psnr": 26.0, "mae": 0.05},
+    }
+    (clean,) = [t for t in tables(results) if t[0] == "Paired ground truth: clean target render"]
+    _, note, header, rows = clean
+    assert header == ["method", "SSIM", "PSNR (dB)", "MAE"]
+    assert [r[0] for r in rows] == ["none", "segrenorm", "target scan itself"]
+    assert rows[1] == ["segrenorm", "0.6000 ± 0.0000", "25.00 ± 0.00", "0.0800 ± 0.0000"]
+    assert "(2 subjects, 8 slice pairs)" in note
+    assert note.endswith("Strongest classical row: SSIM none, PSNR none.")
+    csv = csv_rows(results)
+    assert ("paired-clean", "segrenorm", "psnr", "", 25.0) in csv
+    assert ("paired", "segrenorm", "psnr", "", 24.5) in csv
+    # Without clean scores there is no such table.
+    assert all(not t[0].endswith("clean target render") for t in tables(_results()))

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -21,9 +22,10 @@ from segrenorm.simulate.anatomy import (
     tissue_labels,
     warp_anatomy,
 )
-from segrenorm.simulate.benchmark import _plan, read_subjects, render_subject, simulate_t1
+from segrenorm.simulate.benchmark import _plan, render_subject, simulate_t1
 from segrenorm.simulate.preview import preview_subject, save_subject_preview
 from segrenorm.simulate.scanners import SCANNERS, ScannerProfile, apply_scanner, load_scanner
+from segrenorm.simulate.subjects import read_subjects
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLEAN = ScannerProfile(
@@ -37,18 +39,6 @@ def _nifti(path: Path) -> nib.Nifti1Image:
     return image
 
 
-def _phantom(shape: tuple[int, int, int] = (40, 40, 24)) -> Anatomy:
-    """Concentric WM core, GM shell, CSF rim in a large empty background, 2 mm voxels."""
-    grid = np.indices(shape).astype(np.float32)
-    centre = (np.array(shape, dtype=np.float32) - 1) / 2
-    radius = np.sqrt(sum((grid[i] - centre[i]) ** 2 for i in range(3)))
-    mask = (radius < 10).astype(np.float32)
-    wm = (radius < 6).astype(np.float32)
-    gm = ((radius >= 6) & (radius < 8.5)).astype(np.float32)
-    t1 = 0.3 * mask + 0.3 * gm + 0.7 * wm
-    return Anatomy.from_template(t1, gm, wm, mask, np.diag([2.0, 2.0, 2.0, 1.0]))
-
-
 @pytest.fixture(scope="module")
 def template_crop() -> Anatomy:
     return load_mni152_anatomy(2).crop((slice(25, 75), slice(30, 90), slice(30, 60)))
@@ -57,7 +47,7 @@ def template_crop() -> Anatomy:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sim") / "t1"
-    simulate_t1(out, n_subjects=4, test_fraction=0.5, seed=7)
+    simulate_t1(out, n_subjects=4, test_fraction=0.5, val_fraction=0.0, seed=7)
     return out
 
 
@@ -104,8 +94,8 @@ def test_load_scanner_from_files_and_errors(tmp_path: Path) -> None:
     (tmp_path / "ge.json").write_text(json.dumps({**CLEAN.to_dict(), "name": "GE"}))
     assert load_scanner(str(tmp_path / "ge.json")).name == "GE"
     assert load_scanner("3T") is SCANNERS["3T"]
-    with pytest.raises(ConfigError, match=r"unknown scanner '7T': use one of 1.5T, 3T"):
-        load_scanner("7T")
+    with pytest.raises(ConfigError, match=r"unknown scanner '9T': use one of 1.5T, 1T, 3T, 7T or"):
+        load_scanner("9T")
     (tmp_path / "bad.yaml").write_text("csf: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: cannot read scanner profile"):
         load_scanner(tmp_path / "bad.yaml")
@@ -118,8 +108,8 @@ def test_load_scanner_from_files_and_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("noise", [0.02, 0.05])
-def test_rician_noise_level_matches_profile(noise: float) -> None:
-    phantom = _phantom()
+def test_rician_noise_level_matches_profile(noise: float, tiny_kit: SimpleNamespace) -> None:
+    phantom = tiny_kit.anatomy()
     scanner = dataclasses.replace(CLEAN, noise=noise, scale=1000.0)
     image = apply_scanner(
         phantom.csf, phantom.gm, phantom.wm, phantom.texture, scanner, phantom.zooms,
@@ -135,8 +125,8 @@ def test_rician_noise_level_matches_profile(noise: float) -> None:
     assert core.mean() == pytest.approx(1000.0, rel=0.01)
 
 
-def test_bias_blur_and_texture_each_change_the_image() -> None:
-    phantom = _phantom()
+def test_bias_blur_and_texture_each_change_the_image(tiny_kit: SimpleNamespace) -> None:
+    phantom = tiny_kit.anatomy()
     args = (phantom.csf, phantom.gm, phantom.wm, phantom.texture)
     clean = apply_scanner(*args, CLEAN, phantom.zooms, np.random.default_rng(0))
     wm = tissue_labels(phantom) == 3
@@ -210,16 +200,42 @@ def test_render_subject_anatomy_is_shared_between_scanners(template_crop: Anatom
 
 
 def test_plan_splits_twenty_subjects_as_specified() -> None:
-    ids, test, src, tgt = _plan(20, 0.3, seed=0)
-    assert len(ids) == 20 and (len(test), len(src), len(tgt)) == (6, 7, 7)
+    ids, test, val, src, tgt = _plan(20, 0.3, 0.0, seed=0)
+    assert len(ids) == 20 and (len(test), len(val), len(src), len(tgt)) == (6, 0, 7, 7)
     assert set(test) | set(src) | set(tgt) == set(ids)
     assert not (set(test) & set(src)) and not (set(src) & set(tgt)) and not (set(test) & set(tgt))
+
+
+def test_plan_draws_validation_after_test_so_test_subjects_stay() -> None:
+    ids, test, val, src, tgt = _plan(20, 0.3, 0.15, seed=0)
+    # 20 * 0.15 = 3 validation subjects; the 11 left train, 6 on the source site.
+    assert (len(test), len(val), len(src), len(tgt)) == (6, 3, 6, 5)
+    assert test == _plan(20, 0.3, 0.0, seed=0)[1]
+    assert sorted(test + val + src + tgt) == ids
+    with pytest.raises(ConfigError, match=r"leaves 0 training subject\(s\)"):
+        _plan(4, 0.5, 0.75, seed=0)
+
+
+def test_validation_subjects_are_paired_and_get_clean_truth(tmp_path: Path) -> None:
+    out = tmp_path / "t1"
+    simulate_t1(out, n_subjects=4, test_fraction=0.25, val_fraction=0.25, seed=7)
+    with (out / "subjects.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    val = [r for r in rows if r["split"] == "val"]
+    assert (
+        sorted(r["site"] for r in val) == ["1.5T", "3T"] and len({r["subject"] for r in val}) == 1
+    )
+    (target,) = [r for r in val if r["site"] == "3T"]
+    assert target["clean"] and (out / target["clean"]).is_file()
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["counts"]["val"] == 1 and meta["splits"]["val"] == [val[0]["subject"]]
+    assert meta["counts"]["volumes"] == 2 * 2 + 2
 
 
 def test_dataset_layout_and_splits(dataset: Path) -> None:
     with (dataset / "subjects.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["subject", "site", "image", "label", "split"]
+    assert list(rows[0]) == ["subject", "site", "image", "label", "split", "clean"]
     sites = [r["site"] for r in rows]
     assert sites == sorted(sites, key=["1.5T", "3T"].index)  # source rows first
     train = {s: {r["subject"] for r in rows if r["site"] == s and r["split"] == "train"}
@@ -232,7 +248,8 @@ def test_dataset_layout_and_splits(dataset: Path) -> None:
     meta = json.loads((dataset / "simulation.json").read_text())
     assert meta["seed"] == 7 and meta["source"]["name"] == "1.5T"
     assert meta["counts"] == {
-        "subjects": 4, "test": 2, "train_source": 1, "train_target": 1, "volumes": 6,
+        "subjects": 4, "test": 2, "val": 0, "train_source": 1, "train_target": 1, "volumes": 6,
+        "clean": 2,
     }  # fmt: skip
 
 
@@ -267,7 +284,9 @@ def test_same_seed_same_bytes_even_with_workers_and_overwrite(
     out = tmp_path / "again"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    simulate_t1(out, n_subjects=4, test_fraction=0.5, seed=7, workers=2, overwrite=True)
+    simulate_t1(
+        out, n_subjects=4, test_fraction=0.5, val_fraction=0.0, seed=7, workers=2, overwrite=True
+    )
     first = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
     second = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert first == second and Path("stale.txt") not in second
@@ -295,7 +314,11 @@ def test_refuses_non_empty_or_file_output(tmp_path: Path) -> None:
         ({"workers": 0}, r"workers=0 must be a positive integer"),
         ({"source": "3T"}, r"both named '3T'"),
         ({"target": "9T"}, r"unknown scanner '9T'"),
-        ({"n_subjects": 3, "test_fraction": 0.6}, r"leaves one training subject"),
+        (
+            {"source": dataclasses.replace(SCANNERS["1.5T"], name="3T-clean")},
+            r"source scanner '3T-clean' has the name of the target's clean-render folder",
+        ),
+        ({"n_subjects": 3, "test_fraction": 0.6}, r"leaves 1 training subject"),
     ],
 )
 def test_simulate_rejects_bad_options(
@@ -310,10 +333,11 @@ def test_read_subjects_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"subjects.csv: subject listing not found"):
         read_subjects(tmp_path / "subjects.csv")
     (tmp_path / "a.csv").write_text("subject,site,image\nsub-001,3T,x.nii.gz\n")
-    with pytest.raises(InputError, match=r"a.csv: missing column\(s\) label, split"):
+    with pytest.raises(InputError, match=r"a.csv: missing column\(s\) label, split; expected "
+                       r"subject,site,image,label,split\[,clean\]"):  # fmt: skip
         read_subjects(tmp_path / "a.csv")
-    (tmp_path / "b.csv").write_text("subject,site,image,label,split\ns,3T,x,y,val\n")
-    with pytest.raises(InputError, match=r"b.csv, line 2: split 'val' is not train or test"):
+    (tmp_path / "b.csv").write_text("subject,site,image,label,split\ns,3T,x,y,dev\n")
+    with pytest.raises(InputError, match=r"b.csv, line 2: split 'dev' is not train, val, test"):
         read_subjects(tmp_path / "b.csv")
 
 

@@ -34,7 +34,7 @@ def make(tiny_kit: SimpleNamespace) -> Make:
         kind: TranslatorKind, loss: LossConfig | None = None, **changes: object
     ) -> Translator:
         sizes = {**tiny_kit.model, "extractor_grid": 2, **changes}
-        cfg = ModelConfig(translator=kind, **sizes)  # type: ignore[arg-type]
+        cfg = ModelConfig(translator=kind, **sizes)
         return Translator(cfg, n_classes=N_CLASSES, loss=loss or LossConfig())
 
     return build
@@ -98,7 +98,7 @@ def test_total_is_the_weighted_sum(make: Make) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_reach_every_group(make: Make, kind: TranslatorKind) -> None:
-    model = make(kind, zero_init_film=False, residual_output=False)
+    model = make(kind, residual_output=False)
     batch = make_batch()
     total, _, outputs = generator_step(model, batch)
     total.backward()
@@ -118,7 +118,7 @@ def test_gradients_reach_every_group(make: Make, kind: TranslatorKind) -> None:
 def test_zero_init_film_opens_after_one_step(make: Make) -> None:
     # With zero FiLM heads the extractors get no gradient at first; after one update of
     # the heads they do, so zero-init delays conditioning instead of disabling it.
-    model = make(TranslatorKind.SEGRENORM, residual_output=False)
+    model = make(TranslatorKind.SEGRENORM, residual_output=False, film_init_std=0.0)
     assert model.extractor_ab is not None
     batch = make_batch()
     opt = torch.optim.Adam([*model.parameter_groups()["gen"]], lr=1e-2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,16 +27,7 @@ N_CLASSES = 3
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: a second intra-op thread only spins against other test workers. The
-    # runner goes parallel only with >= 2 threads, so parallel runs ask for 2 (each of its
-    # workers then uses 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_torch")
 
 
 def make_model(
@@ -52,7 +42,6 @@ def make_model(
         seg_ngf=4,
         seg_depth=2,
         embed_dim=8,
-        zero_init_film=False,
         residual_output=False,
     )
     model = Translator(cfg, n_classes=N_CLASSES, loss=LossConfig(identity=identity))

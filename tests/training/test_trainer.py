@@ -78,6 +78,11 @@ def test_run_directory_layout_and_log(
     # Rates used by each step: constant for 4 steps, then 0.5x (step 6 uses factor(5)).
     assert [e["lr"]["gen"] for e in entries] == [2e-4] * 5 + [1e-4]
     assert [e["film"] for e in entries] == [False, False, True, True, True, True]
+    # The conditioning sensitivity of the logged batch: 0 while FiLM is held off.
+    cond = [e["conditioning"] for e in entries]
+    assert all(set(c) == {"AB", "BA"} for c in cond)
+    assert [c["AB"] for c in cond[:2]] == [0.0, 0.0] and [c["BA"] for c in cond[:2]] == [0.0, 0.0]
+    assert all(c["AB"] > 0 and c["BA"] > 0 for c in cond[2:]), cond
     assert all(e["it_per_s"] > 0 for e in entries)
     assert sorted(p.name for p in (run_dir / "images").iterdir()) == [
         "step-000003.png",

@@ -38,7 +38,7 @@ def test_demo_runs_every_stage_and_reuses_them(
     assert len(progress.splitlines()) < 40  # bounded progress output
     harmonized = sorted((out / "harmonized" / "segrenorm").iterdir())
     rows = (out / "data" / "subjects.csv").read_text().splitlines()
-    tests = [r for r in rows if r.endswith(",test")]
+    tests = [r for r in rows if r.split(",")[4] == "test"]
     assert len(harmonized) == len(tests) // 2 >= 1
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["harmonized_folders"]["segrenorm"].endswith("harmonized/segrenorm")
@@ -95,3 +95,6 @@ def test_compare_trains_each_translator_once(
     assert again.train_seconds == {"cyclegan": 0.0}
     with pytest.raises(ConfigError, match="unknown translator\\(s\\) 'pix2pix'"):
         compare(eval_study.cache, tmp_path / "x", config, translators=["pix2pix"])
+    with pytest.raises(ConfigError, match="unknown baseline\\(s\\) 'n5-histogram'"):
+        compare(eval_study.cache, tmp_path / "x", config, baselines=["n5-histogram"])
+    assert not (tmp_path / "x").exists()  # refused before any training

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segrenorm.cli.evaluate_cmd import add_settings_option
+from segrenorm.cli.evaluate_cmd import _BASELINES, add_settings_option
 from segrenorm.config.presets import PRESETS
 
 __all__ = ["add_parser", "run"]
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train cyclegan, s-cyclegan, semgan and segrenorm on one cache, then evaluate",
         description=(
             "Train each translator with the same config, cache, seed and iteration budget "
-            "(OUT/runs/), then evaluate them next to the classical baselines (OUT/report/: "
+            "(OUT/runs/), then evaluate them next to every classical pipeline (OUT/report/: "
             "KID/FID, Dice/IoU, robustness curves, paired SSIM/PSNR where the data are "
             "paired, qualitative panel, per-tissue histograms). Finished runs in OUT/runs/ "
             "are reused, so an interrupted comparison continues where it stopped."
@@ -51,6 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=_TRANSLATORS,
         metavar="LIST",
         help=f"comma-separated translators (default: {_TRANSLATORS})",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=_BASELINES,
+        metavar="LIST",
+        help=f"comma-separated classical baselines (default, every classical pipeline: "
+        f"{_BASELINES}); none is always in",
     )
     add_settings_option(parser, "--eval-set")
     parser.add_argument("--device", default="cpu", help="evaluation device (default cpu)")
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(
         args.cache, args.out, config,
         translators=[t.strip() for t in args.translators.split(",") if t.strip()],
+        baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         evaluation=evaluation, device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(), on_stage=on_stage,
     )  # fmt: skip

@@ -9,7 +9,11 @@ from segrenorm.errors import ConfigError
 
 __all__ = ["add_parser", "add_settings_option", "named_paths", "run"]
 
-_BASELINES = "none,zscore,histogram,nyul,denoise-histogram"
+#: Every classical pipeline (segrenorm.evaluate.methods.BASELINES, spelled out here so the
+#: parser needs no numerical imports; tests/evaluate/test_methods.py keeps the two equal).
+_BASELINES = (
+    "none,zscore,histogram,nyul,whitestripe,denoise-histogram,n4-histogram,n4-denoise-histogram"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,12 +62,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--baselines",
         default=_BASELINES,
         metavar="LIST",
-        help=f"comma-separated classical baselines (default: {_BASELINES}); none is always in",
+        help=f"comma-separated classical baselines (default, every classical pipeline: "
+        f"{_BASELINES}); none is always in. The n4- ones bias-correct the source volumes "
+        "again when the cache was prepared with --bias-correction none",
     )
     add_settings_option(parser, "--set")
     parser.add_argument("--seed", type=int, default=0, help="seed of every lens (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--title", default="segrenorm evaluation", help="the report's title")
+    parser.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="held-out subjects to score: val to tune presets and choose checkpoints, test "
+        "(default) once, for the final table",
+    )
     parser.set_defaults(func=run)
 
 
@@ -130,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     paths, results = evaluate_cache(
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
+        split=args.split,
     )  # fmt: skip
     for line in check_lines(results):
         print(line)

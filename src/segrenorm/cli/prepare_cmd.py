@@ -9,6 +9,7 @@ from segrenorm.data.manifest import open_manifest, summarize
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.bias import BIAS_METHODS, BiasCorrection
 
 __all__ = ["add_parser", "run"]
 
@@ -23,16 +24,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="slice two sites' volumes into a training cache",
         description=(
-            "Reorient volumes to RAS, scale each to [-1, 1] from its foreground percentiles, "
-            "cut them into 2D slices and store both sites in one cache folder "
-            "(docs/cache-format.md). Give subjects with --csv or with --site-a/--site-b."
+            "Reorient volumes to RAS, correct their bias field (N4), scale each to [-1, 1] "
+            "from its foreground percentiles, cut them into 2D slices and store both sites in "
+            "one cache folder (docs/cache-format.md). Give subjects with --csv or with "
+            "--site-a/--site-b."
         ),
     )
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument(
         "--csv",
         metavar="LISTING",
-        help="CSV with columns subject,site,image[,label][,split]; paths relative to the CSV",
+        help="CSV: subject,site,image[,label][,split][,clean]; paths relative to the CSV",
     )
     inputs.add_argument(
         "--site-a", nargs="+", metavar="PATH", help="source-site images/folders/globs"
@@ -90,6 +92,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.3,
         help="fraction of each site's subjects held out for testing (default: 0.3)",
     )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="fraction of each site's subjects held out for validation: tuning and checkpoint "
+        "selection (default: 0.15; 0 for none)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds per site")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and fold draws")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
@@ -97,6 +106,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-mask",
         action="store_true",
         help="no automatic foreground mask: scale over the whole volume and keep every slice",
+    )
+    parser.add_argument(
+        "--bias-correction",
+        choices=list(BIAS_METHODS),
+        default="n4",
+        help="bias-field correction of every volume, inside its foreground, before scaling: "
+        "n4 (default, for MRI) or none (OCT, or data already corrected). Stored in the cache "
+        "and in every model trained on it; harmonize applies the same",
+    )
+    parser.add_argument(
+        "--bias-shrink",
+        type=int,
+        default=4,
+        metavar="N",
+        help="fit the N4 field on the volume shrunk N times along each axis, for speed "
+        "(1 to 8; default: 4)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -138,11 +163,13 @@ def run(args: argparse.Namespace) -> int:
         upper_pct=args.percentiles[1],
         min_foreground=args.min_foreground,
         pad_multiple=args.pad_multiple,
+        val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         n_folds=args.folds,
         seed=args.seed,
         overwrite=args.overwrite,
         use_mask=not args.no_mask,
+        bias_correction=BiasCorrection(method=args.bias_correction, shrink=args.bias_shrink),
         progress=not args.quiet,
     )
     print(summarize(open_manifest(out), str(out)))

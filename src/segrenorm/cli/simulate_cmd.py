@@ -7,6 +7,10 @@ import sys
 
 __all__ = ["add_parser"]
 
+# segrenorm.simulate.scanners.scanner_names(), written out so building the parser imports
+# nothing heavy; tests/simulate/test_profiles.py checks that the two agree.
+_NAMES = "1.5T, 3T, 1T, 7T"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``simulate t1`` and ``simulate preview``.
@@ -26,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="T1-weighted brains on two virtual scanners, with tissue labels",
         description=(
             "Render virtual subjects on a source and a target scanner. Training subjects are "
-            "disjoint between sites; test subjects appear on both (paired ground truth)."
+            "disjoint between sites; test subjects appear on both (paired ground truth), and "
+            "on the target scanner without noise and bias field (clean truth, "
+            "images/<target>-clean/). Scanner pairs: 1.5T -> 3T (default) and 1T -> 7T."
         ),
     )
     t1.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty)")
@@ -36,16 +42,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=0.3,
         metavar="F",
-        help="fraction of subjects held out and rendered on both scanners (default 0.3)",
+        help="fraction of subjects held out for the final scores and rendered on both scanners "
+        "(default 0.3)",
+    )
+    t1.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        metavar="F",
+        help="fraction held out for validation (choosing settings and checkpoints), also on "
+        "both scanners (default 0.15; 0 for none)",
     )
     t1.add_argument("--resolution", type=int, choices=(1, 2), default=2, help="grid spacing in mm")
     t1.add_argument(
         "--source",
         default="1.5T",
         metavar="NAME|FILE",
-        help="source scanner: a built-in name (1.5T, 3T) or a .yaml/.json profile",
+        help=f"source scanner: a named one ({_NAMES}) or a .yaml/.json profile (default 1.5T)",
     )
-    t1.add_argument("--target", default="3T", metavar="NAME|FILE", help="target scanner")
+    t1.add_argument(
+        "--target",
+        default="3T",
+        metavar="NAME|FILE",
+        help=f"target scanner: a named one ({_NAMES}) or a .yaml/.json profile (default 3T)",
+    )
     t1.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     t1.add_argument("--workers", type=int, default=1, help="worker processes")
     t1.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -69,6 +89,7 @@ def _run_t1(args: argparse.Namespace) -> int:
         args.out,
         n_subjects=args.subjects,
         test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
         resolution=args.resolution,
         source=args.source,
         target=args.target,

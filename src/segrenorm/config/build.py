@@ -162,4 +162,25 @@ def config_from_dict(data: dict[str, Any], *, base: Config | None = None) -> Con
     Raises:
         ConfigError: an unknown key or an invalid value, naming the key.
     """
-    return build_dataclass(Config, data, base=base or Config()).validate()
+    return build_dataclass(Config, _upgrade(data), base=base or Config()).validate()
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Read configs written before the conditioning fix (segrenorm 0.1.0 runs and checkpoints).
+
+    They carry ``model.zero_init_film`` and were built with the N(0, 0.02) extractor and no
+    embedding normalisation: rebuilding those weights needs that same architecture, so the old
+    key maps to ``extractor_init=normal, embed_norm=false`` and, for the initial FiLM heads, to
+    ``film_init_std`` 0 (zero heads) or the old N(0, 0.02) head weights' std.
+    """
+    model = data.get("model")
+    if not isinstance(model, dict) or "zero_init_film" not in model:
+        return data
+    model = dict(model)
+    zero = model.pop("zero_init_film")
+    embed_dim = model.get("embed_dim", Config().model.embed_dim)
+    old_std = min(1.0, 0.02 * float(embed_dim) ** 0.5)  # head weights N(0, 0.02): std_w*sqrt(d)
+    model.setdefault("film_init_std", 0.0 if zero else old_std)
+    model.setdefault("extractor_init", "normal")
+    model.setdefault("embed_norm", False)
+    return {**data, "model": model}

@@ -29,6 +29,7 @@ __all__ = [
     "AmpMode",
     "Config",
     "DataConfig",
+    "ExtractorInit",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -52,6 +53,13 @@ class TranslatorKind(enum.Enum):
     @property
     def renormalizes(self) -> bool:
         return self is TranslatorKind.SEGRENORM
+
+
+class ExtractorInit(enum.Enum):
+    """Weights of the semantic extractor: He/Kaiming normal, or the shared N(0, 0.02) draw."""
+
+    KAIMING = "kaiming"
+    NORMAL = "normal"
 
 
 class AmpMode(enum.Enum):
@@ -80,7 +88,15 @@ class ModelConfig:
         disc_layers: stride-2 convolutions in the PatchGAN (2 gives a 34x34 receptive field).
         residual_output: start the generator as the identity, ``tanh(atanh(x) + delta)``
             with the last convolution zero-initialised.
-        zero_init_film: zero-initialise the gamma/beta heads so renorm starts as instance norm.
+        film_init_std: standard deviation of renorm's initial gamma and beta for a unit-rms
+            embedding (head weights N(0, film_init_std**2 / embed_dim)). Small, so renorm
+            starts within a few percent of instance norm, but not 0, which zeroes the heads
+            and with them the gradient into the semantic extractor at the start.
+        extractor_init: weights of the semantic extractor; ``kaiming`` keeps the signal O(1)
+            through its six layers, ``normal`` (N(0, 0.02)) shrinks it to ~1e-5.
+        embed_norm: centre the extractor's input probabilities at 1/n_classes and
+            standardise the embedding over its dimension, so that f(m) has rms 1 and
+            differs between images from initialisation on.
     """
 
     translator: TranslatorKind = TranslatorKind.SEGRENORM
@@ -94,7 +110,9 @@ class ModelConfig:
     extractor_grid: int = 2
     disc_layers: int = 2
     residual_output: bool = True
-    zero_init_film: bool = True
+    film_init_std: float = 0.03
+    extractor_init: ExtractorInit = ExtractorInit.KAIMING
+    embed_norm: bool = True
 
     @property
     def stride(self) -> int:
@@ -261,6 +279,12 @@ class Config:
         _in_range("model.seg_depth", m.seg_depth, 1, 6)
         _in_range("model.n_middle_blocks", m.n_middle_blocks, 0, 16)
         _in_range("model.disc_layers", m.disc_layers, 1, 5)
+        if not 0.0 <= m.film_init_std <= 1.0:
+            raise ConfigError(
+                f"model.film_init_std={m.film_init_std} must lie in [0, 1]: about 0.03 starts "
+                "renorm near instance norm with gradient into the extractor; 0 zeroes the "
+                "FiLM heads."
+            )
         _positive("data.crop_size", d.crop_size)
         _positive("data.batch_size", d.batch_size)
         _in_range("data.n_classes", d.n_classes, 2, 255)

@@ -49,7 +49,8 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
 
     Args:
         cache: an open :class:`SliceCache` or the path of a cache folder.
-        split: ``"train"``, ``"test"`` or ``"all"`` (see :meth:`SliceCache.rows`).
+        split: ``"train"`` (the default, what training uses: never val or test subjects),
+            ``"val"``, ``"test"`` or ``"all"`` (see :meth:`SliceCache.rows`).
         fold: ``None`` for the manifest's split, or the held-out fold for leave-one-out.
         crop_size: side of the square crops; at most the cached slice size.
         foreground_bias: probability of centring a crop on foreground.

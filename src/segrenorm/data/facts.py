@@ -25,6 +25,7 @@ import numpy as np
 
 from segrenorm.errors import CacheError, SegrenormError
 from segrenorm.vocabulary import SITES, SLICE_AXES, source_site, target_site
+from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.intensity import IntensityScaling
 
 __all__ = ["INFERENCE_KEY", "TrainingFacts", "inference_facts"]
@@ -58,8 +59,13 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: ``slice_axis``, ``orientation``, ``spacing``,
-        ``resampled``, ``percentiles``, ``use_mask``, ``pad_multiple``, ``site_names`` and
-        ``scaling`` (per site key ``A``/``B``).
+        ``resampled``, ``percentiles``, ``use_mask``, ``pad_multiple``, ``bias_correction``
+        (a :class:`~segrenorm.volumes.bias.BiasCorrection` dict; ``method`` ``"none"`` for a
+        cache prepared before bias correction existed), ``site_names`` and ``scaling`` (per
+        site key ``A``/``B``).
+
+    Raises:
+        ConfigError: the manifest's ``bias_correction`` is invalid.
     """
     subjects = list(manifest["subjects"])
     percentiles = [float(p) for p in manifest.get("percentiles", [0.5, 99.5])]
@@ -82,6 +88,7 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "percentiles": percentiles,
         "use_mask": bool(manifest.get("use_mask", True)),
         "pad_multiple": int(manifest.get("pad_multiple", 16)),
+        "bias_correction": BiasCorrection.from_dict(manifest.get("bias_correction")).to_dict(),
         "site_names": {k: str(v) for k, v in dict(manifest["sites"]).items()},
         "scaling": scaling,
     }
@@ -101,6 +108,8 @@ class TrainingFacts:
         scaling: a typical :class:`IntensityScaling` per cache site key.
         train_direction: the run's ``data.direction``: which cache site was the model's
             source domain (``"AB"``: site A; ``"BA"``: site B).
+        bias_correction: how volumes were bias-corrected before scaling; harmonization
+            applies the same (``method="none"`` for checkpoints from before it existed).
     """
 
     slice_axis: str
@@ -111,6 +120,7 @@ class TrainingFacts:
     site_names: Mapping[str, str]
     scaling: Mapping[str, IntensityScaling]
     train_direction: str = "AB"
+    bias_correction: BiasCorrection = NO_BIAS_CORRECTION
 
     def target_site(self, direction: str) -> str:
         """Cache site key (``A``/``B``) that ``direction``'s generator translates into.
@@ -178,6 +188,7 @@ class TrainingFacts:
                 site_names={str(k): str(v) for k, v in dict(facts["site_names"]).items()},
                 scaling=scaling,
                 train_direction=train_direction,
+                bias_correction=BiasCorrection.from_dict(facts.get("bias_correction")),
             )
         except (KeyError, TypeError, ValueError, SegrenormError) as exc:
             raise CacheError(f"malformed inference facts ({type(exc).__name__}: {exc})") from None

@@ -2,7 +2,7 @@
 
 Listings come from a CSV (:func:`read_listing`) or from two sites' files, folders or globs
 (:func:`records_from_inputs`); :func:`segrenorm.data.prepare.prepare_cache` turns them into a slice
-cache, drawing the subjects' train/test splits and folds with :func:`assign_splits`.
+cache, drawing the subjects' train/val/test splits and folds with :func:`assign_splits`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from segrenorm.errors import ConfigError, InputError
 from segrenorm.volumes.paths import find_images, image_stem
 
 __all__ = [
+    "SUBJECT_SPLITS",
     "SubjectRecord",
     "assign_splits",
     "read_listing",
@@ -27,7 +28,8 @@ __all__ = [
     "subject_id",
 ]
 
-_SPLITS = ("train", "test")
+#: The subject-level splits a listing may give and ``prepare`` draws.
+SUBJECT_SPLITS: tuple[str, ...] = ("train", "val", "test")
 _ID_SUFFIX = re.compile(r"_(t1w|dseg|seg|labels?)$", re.IGNORECASE)
 
 
@@ -40,7 +42,10 @@ class SubjectRecord:
         site: site (scanner) name.
         image: path of the intensity volume.
         label: path of the label map, or None.
-        split: ``"train"`` or ``"test"`` to fix the subject's split, None to draw it.
+        split: ``"train"``, ``"val"`` or ``"test"`` to fix the subject's split, None to draw it.
+        clean: path of a noise-free, bias-free render of the same subject on this site's
+            scanner (``segrenorm simulate`` writes one per held-out target subject), or None;
+            evaluation scores paired methods against it too.
     """
 
     subject: str
@@ -48,11 +53,12 @@ class SubjectRecord:
     image: Path
     label: Path | None
     split: str | None = None
+    clean: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.split is not None and self.split not in _SPLITS:
+        if self.split is not None and self.split not in SUBJECT_SPLITS:
             raise InputError(
-                f"subject {self.subject!r}: split {self.split!r} is not 'train' or 'test'"
+                f"subject {self.subject!r}: split {self.split!r} is not 'train', 'val' or 'test'"
             )
 
 
@@ -69,10 +75,11 @@ def subject_id(path: str | Path) -> str:
 
 
 def read_listing(csv_path: str | Path) -> list[SubjectRecord]:
-    """Read a subject listing CSV with columns ``subject, site, image[, label][, split]``.
+    """Read a subject listing CSV with columns ``subject, site, image[, label][, split][, clean]``.
 
     Relative paths are relative to the CSV's folder; an empty ``label`` means no label map and an
-    empty ``split`` lets :func:`prepare_cache` draw it.
+    empty ``split`` lets :func:`prepare_cache` draw it. ``clean`` (optional, may be empty) is a
+    noise-free render of the subject on its site's scanner, the clean paired truth.
 
     Args:
         csv_path: the listing file.
@@ -91,7 +98,7 @@ def read_listing(csv_path: str | Path) -> list[SubjectRecord]:
         if missing:
             raise InputError(
                 f"{path}: missing column(s) {', '.join(missing)}; the header must list "
-                "subject,site,image[,label][,split]"
+                "subject,site,image[,label][,split][,clean]"
             )
         records: list[SubjectRecord] = []
         seen: set[tuple[str, str]] = set()
@@ -109,14 +116,21 @@ def read_listing(csv_path: str | Path) -> list[SubjectRecord]:
             label = (
                 _listed_path(values["label"], path.parent, where) if values.get("label") else None
             )
+            clean = (
+                _listed_path(values["clean"], path.parent, where) if values.get("clean") else None
+            )
             split = values.get("split", "").lower() or None
-            if split is not None and split not in _SPLITS:
-                raise InputError(f"{where}: split {split!r} must be 'train', 'test' or empty")
+            if split is not None and split not in SUBJECT_SPLITS:
+                raise InputError(
+                    f"{where}: split {split!r} must be 'train', 'val', 'test' or empty"
+                )
             key = (values["site"], values["subject"])
             if key in seen:
                 raise InputError(f"{where}: subject {key[1]!r} is listed twice for site {key[0]!r}")
             seen.add(key)
-            records.append(SubjectRecord(values["subject"], values["site"], image, label, split))
+            records.append(
+                SubjectRecord(values["subject"], values["site"], image, label, split, clean)
+            )
     if not records:
         raise InputError(f"subject listing {path} has a header but no subject rows")
     return records
@@ -220,13 +234,26 @@ def site_order(records: Sequence[SubjectRecord], sites: tuple[str, str] | None) 
     return present[0], present[1]
 
 
+def _round_half_up(value: float) -> int:
+    return int(np.floor(value + 0.5))
+
+
 def assign_splits(
-    records: Sequence[SubjectRecord], test_fraction: float, n_folds: int, seed: int, site_idx: int
+    records: Sequence[SubjectRecord],
+    test_fraction: float,
+    n_folds: int,
+    seed: int,
+    site_idx: int,
+    val_fraction: float = 0.0,
 ) -> list[tuple[str, int]]:
     """(split, fold) per record of one site; deterministic in the seed and the subject ids.
 
-    A record's own ``split`` wins; ``test_fraction`` of the others (rounded, leaving at least one
-    for training) are drawn as test. Every record gets a fold ``0..n_folds-1``.
+    A record's own ``split`` wins and the fractions apply only to the other ("free") records.
+    These are sorted by subject id and shuffled with ``seed``; the first
+    ``round(test_fraction * n_free)`` (rounded half up, leaving at least one free record for
+    training) are test and the next ``round(val_fraction * n_free)`` are val, so the test
+    subjects and the folds do not depend on ``val_fraction``. A fraction that rounds to zero
+    subjects gives an empty split. Every record gets a fold ``0..n_folds-1``.
 
     Args:
         records: the subjects of one site.
@@ -234,17 +261,35 @@ def assign_splits(
         n_folds: number of cross-validation folds.
         seed: seed of the draws.
         site_idx: the site's index (0 or 1), so that the two sites draw differently.
+        val_fraction: fraction of the subjects without a split to draw as val.
+
+    Raises:
+        InputError: if the drawn val subjects would leave the site without a training
+            subject; the message names the site and says how to change the fractions.
     """
     order = sorted(range(len(records)), key=lambda i: records[i].subject)
     rng = np.random.default_rng([seed, site_idx])
     free = [i for i in order if records[i].split is None]
     shuffled = [free[j] for j in rng.permutation(len(free))]
-    n_test = int(np.floor(test_fraction * len(free) + 0.5))
+    n_test = _round_half_up(test_fraction * len(free))
     n_test = min(n_test, max(len(free) - 1, 0))  # keep at least one drawn training subject
-    drawn_test = set(shuffled[:n_test])
+    n_val = _round_half_up(val_fraction * len(free))
+    n_listed_train = sum(records[i].split == "train" for i in order)
+    if n_val > 0 and n_test + n_val >= len(free) and n_listed_train == 0:
+        site = records[0].site
+        raise InputError(
+            f"site {site!r} has {len(free)} subject(s) without a listed split: drawing "
+            f"{n_test} test (test_fraction {test_fraction}) and {n_val} val (val_fraction "
+            f"{val_fraction}) would leave the train split empty; lower the val fraction "
+            "(--val-fraction, 0 for no val split) or the test fraction (--test-fraction), "
+            "or add subjects to the site"
+        )
+    n_val = min(n_val, len(free) - n_test)
+    drawn = {i: "test" for i in shuffled[:n_test]}
+    drawn.update({i: "val" for i in shuffled[n_test : n_test + n_val]})
     folds = rng.permutation(len(order))
     result = []
     for i in range(len(records)):
-        split = records[i].split or ("test" if i in drawn_test else "train")
+        split = records[i].split or drawn.get(i, "train")
         result.append((split, int(folds[order.index(i)] % n_folds)))
     return result

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from segrenorm.errors import CacheError
+from segrenorm.errors import CacheError, ConfigError
 from segrenorm.vocabulary import SITES
+from segrenorm.volumes.bias import BiasCorrection
 
 __all__ = [
     "ARRAY_DTYPES",
@@ -32,7 +33,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SPLITS: tuple[str, ...] = ("train", "test", "all")
+#: The splits :meth:`SliceCache.rows` selects: a subject's own split, or every subject.
+SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 #: The arrays of each site folder and their dtypes (shapes: ``docs/cache-format.md``).
 ARRAY_DTYPES = {"images": "float32", "labels": "uint8", "masks": "uint8", "slices": "int32"}
 #: What every cache error tells the user to do.
@@ -92,6 +94,10 @@ def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in required if k not in manifest]
     if missing:
         raise CacheError(f"{path} lacks {', '.join(missing)}; {RUN_PREPARE}")
+    try:  # absent in caches from before bias correction: they read as method "none"
+        BiasCorrection.from_dict(manifest.get("bias_correction"))
+    except (ConfigError, TypeError) as exc:
+        raise CacheError(f"{path}: invalid bias_correction ({exc}); {RUN_PREPARE}") from None
     try:
         height, width = (int(v) for v in manifest["slice_shape"])
         subjects = manifest["subjects"]
@@ -137,7 +143,7 @@ def check_fields(path: Path, manifest: dict[str, Any]) -> None:
 
     Raises:
         CacheError: bad ``n_classes`` or ``class_names``, or a subject without a name, a
-            train/test split or an integer fold.
+            train/val/test split or an integer fold.
     """
     where = path / "manifest.json"
     n_classes = manifest["n_classes"]
@@ -149,18 +155,21 @@ def check_fields(path: Path, manifest: dict[str, Any]) -> None:
     for k, subject in enumerate(manifest["subjects"]):
         if (
             not isinstance(subject.get("subject"), str)
-            or subject.get("split") not in ("train", "test")
+            or subject.get("split") not in ("train", "val", "test")
             or isinstance(subject.get("fold"), bool)
             or not isinstance(subject.get("fold"), int)
         ):
             raise CacheError(
-                f"{where}: subjects[{k}] needs a 'subject' name, a 'split' of train or test and "
-                f"an integer 'fold'; {RUN_PREPARE}"
+                f"{where}: subjects[{k}] needs a 'subject' name, a 'split' of train, val or test "
+                f"and an integer 'fold'; {RUN_PREPARE}"
             )
 
 
 def summarize(manifest: dict[str, Any], where: str) -> str:
-    """A few lines describing a cache: slices per site and split, slice shape, classes.
+    """A few lines describing a cache: slices per site and split, slice shape, classes, and
+    the bias correction when there is one.
+
+    The val split is listed only when the cache has val subjects (older caches have none).
 
     Args:
         manifest: a manifest as returned by ``open_manifest``.
@@ -172,14 +181,19 @@ def summarize(manifest: dict[str, Any], where: str) -> str:
         slices[subject["site"], subject["split"]] += int(subject["n_slices"])
         subjects[subject["site"], subject["split"]] += 1
     height, width = manifest["slice_shape"]
+    bias = BiasCorrection.from_dict(manifest.get("bias_correction"))
     lines = [
         f"cache {where}: {manifest['slice_axis']} slices {height}x{width}, "
-        f"{manifest['n_classes']} classes" + ("" if manifest["has_labels"] else " (no labels)")
+        f"{manifest['n_classes']} classes"
+        + ("" if manifest["has_labels"] else " (no labels)")
+        + (f", bias-corrected ({bias.method}, shrink {bias.shrink})" if bias.enabled else "")
     ]
+    has_val = any(subject["split"] == "val" for subject in manifest["subjects"])
+    shown = ("train", "val", "test") if has_val else ("train", "test")
     for key, name in manifest["sites"].items():
         parts = [
             f"{split} {slices[key, split]} slices / {subjects[key, split]} subjects"
-            for split in ("train", "test")
+            for split in shown
         ]
         lines.append(f"  {key} ({name}): " + ", ".join(parts))
     return "\n".join(lines)

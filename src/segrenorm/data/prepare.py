@@ -30,6 +30,7 @@ from segrenorm.data.manifest import ARRAY_DTYPES, FORMAT_VERSION
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.vocabulary import SITES
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.readwrite import load_image, load_label
 from segrenorm.volumes.spatial import pad_to_shape
 
@@ -39,13 +40,24 @@ logger = logging.getLogger(__name__)
 
 
 def _check_options(
-    min_foreground: float, test_fraction: float, n_folds: int, n_classes: int | None
+    min_foreground: float,
+    test_fraction: float,
+    val_fraction: float,
+    n_folds: int,
+    n_classes: int | None,
 ) -> None:
     """Check the options beyond the slicing recipe (which checks its own)."""
     if not 0.0 <= min_foreground < 1.0:
         raise ConfigError(f"min_foreground {min_foreground} must be in [0, 1)")
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction {test_fraction} must be in [0, 1)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction {val_fraction} must be in [0, 1)")
+    if test_fraction + val_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} must stay below 1 "
+            "to leave subjects for training; lower one of them"
+        )
     if n_folds < 1:
         raise ConfigError(f"n_folds {n_folds} must be >= 1")
     if n_classes is not None and not 1 <= n_classes <= 256:
@@ -61,7 +73,8 @@ def _process_subject(
     n_classes: int | None,
     min_foreground: float,
 ) -> dict[str, Any]:
-    """Load, canonicalize, resample, scale and slice one subject into unpadded work arrays."""
+    """Load, canonicalize, resample, bias-correct, scale and slice one subject into unpadded
+    work arrays."""
     original = load_image(record.image)
     label = None
     if record.label is not None:
@@ -69,7 +82,7 @@ def _process_subject(
         label = recipe.to_grid(load_label(record.label, n_classes=n_classes, like=original))
     image = recipe.to_grid(original)
     del original
-    scaled, found, scaling = recipe.scale(image.data)
+    scaled, found, scaling = recipe.scale(image.data, spacing=image.geometry.spacing)
     mask = np.ones(image.data.shape, dtype=bool) if found is None else found
     labels = np.zeros(image.data.shape, np.uint8) if label is None else label.data
     max_label = int(labels.max())
@@ -141,22 +154,27 @@ def prepare_cache(
     upper_pct: float = 99.5,
     min_foreground: float = 0.05,
     pad_multiple: int = 16,
+    val_fraction: float = 0.15,
     test_fraction: float = 0.3,
     n_folds: int = 5,
     seed: int = 0,
     overwrite: bool = False,
     use_mask: bool = True,
+    bias_correction: BiasCorrection = DEFAULT_BIAS_CORRECTION,
     progress: bool = True,
 ) -> Path:
     """Slice two sites' volumes into a cache folder (layout: ``docs/cache-format.md``).
 
-    Each volume is reoriented to RAS+, optionally resampled, scaled to ``[-1, 1]`` from its own
-    foreground percentiles (background -1), sliced along ``slice_axis``; slices whose foreground
-    fraction is below ``min_foreground`` are skipped and the rest are padded to one shared
-    ``(H, W)`` (a multiple of ``pad_multiple``). Label maps are only reoriented, resampled with
+    Each volume is reoriented to RAS+, optionally resampled, bias-corrected inside its
+    foreground (N4 by default), scaled to ``[-1, 1]`` from its own foreground percentiles
+    (background -1) and sliced along ``slice_axis``; slices whose foreground fraction is below
+    ``min_foreground`` are skipped and the rest are padded to one shared ``(H, W)`` (a multiple
+    of ``pad_multiple``). Label maps are only reoriented, resampled with
     nearest neighbour and padded with 0. A record's ``split`` wins; the other subjects of each
-    site are split ``test_fraction`` among themselves with ``seed`` (sorted by subject id, so the
-    listing order does not matter); every subject of a site gets a fold ``0..n_folds-1``.
+    site are split among themselves with ``seed`` (sorted by subject id, so the listing order does
+    not matter): ``test_fraction`` of them test, then ``val_fraction`` val, each rounded half up
+    (see :func:`~segrenorm.data.listing.assign_splits`); every subject of a site gets a fold
+    ``0..n_folds-1``.
 
     Args:
         records: the subjects of exactly two sites.
@@ -171,12 +189,17 @@ def prepare_cache(
         upper_pct: intensity percentile mapped to 1.
         min_foreground: minimum fraction of a slice inside the foreground mask to keep it.
         pad_multiple: slice height and width are rounded up to a multiple of this.
+        val_fraction: fraction of subjects without a listed split drawn as val (the split for
+            tuning and checkpoint selection), per site; 0 for none.
         test_fraction: fraction of subjects without a listed split drawn as test, per site.
         n_folds: number of cross-validation folds per site.
         seed: seed of the split and fold draws.
         overwrite: replace an existing cache at ``out_dir`` (only after the new one is whole).
         use_mask: compute a foreground mask (background -1, scaling fitted inside it). Without
             it every voxel is foreground, so ``min_foreground`` keeps every slice.
+        bias_correction: the bias-field correction of every volume of both sites, stored in
+            the manifest (and so in every checkpoint trained on the cache, which harmonize
+            applies); ``BiasCorrection(method="none")`` for OCT or already-corrected data.
         progress: show a progress bar.
 
     Returns:
@@ -185,6 +208,7 @@ def prepare_cache(
     Raises:
         InputError: for unusable records or volumes; CacheError if ``out_dir`` exists and
             ``overwrite`` is False or it is not a cache; ConfigError for bad options.
+            InputError also when a site has too few subjects for the fractions.
     """
     recipe = SliceRecipe(
         axis=slice_axis,
@@ -192,8 +216,9 @@ def prepare_cache(
         percentiles=(lower_pct, upper_pct),
         use_mask=use_mask,
         pad_multiple=pad_multiple,
+        bias=bias_correction,
     )
-    _check_options(min_foreground, test_fraction, n_folds, n_classes)
+    _check_options(min_foreground, test_fraction, val_fraction, n_folds, n_classes)
     if not records:
         raise InputError("no subjects to prepare: the listing is empty")
     if class_names is not None:
@@ -229,7 +254,7 @@ def prepare_cache(
     splits = [
         pair
         for i, group in enumerate(by_site)
-        for pair in assign_splits(group, test_fraction, n_folds, seed, i)
+        for pair in assign_splits(group, test_fraction, n_folds, seed, i, val_fraction)
     ]
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -278,6 +303,7 @@ def prepare_cache(
                         "site": key,
                         "image": str(record.image),
                         "label": None if record.label is None else str(record.label),
+                        "clean": None if record.clean is None else str(record.clean),
                         "split": splits[i][0],
                         "fold": splits[i][1],
                         "scaling": info["scaling"],
@@ -306,7 +332,13 @@ def prepare_cache(
             "percentiles": [lower_pct, upper_pct],
             "min_foreground": min_foreground,
             "use_mask": use_mask,
-            "split": {"seed": seed, "test_fraction": test_fraction, "n_folds": n_folds},
+            "bias_correction": bias_correction.to_dict(),
+            "split": {
+                "seed": seed,
+                "test_fraction": test_fraction,
+                "val_fraction": val_fraction,
+                "n_folds": n_folds,
+            },
             "subjects": subjects,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

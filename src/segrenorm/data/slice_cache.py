@@ -119,18 +119,26 @@ class SliceCache:
 
         Args:
             site: ``"A"`` or ``"B"``.
-            split: ``"train"``, ``"test"`` or ``"all"``.
-            fold: ``None`` uses the manifest's subject-level train/test split. An integer
+            split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``. Training uses ``"train"``,
+                tuning and checkpoint selection ``"val"``, the final table ``"test"``. A
+                cache prepared without a val split (or before there was one) has no val rows.
+            fold: ``None`` uses the manifest's subject-level train/val/test split. An integer
                 selects leave-one-subject-out / k-fold: subjects whose ``fold`` equals it are
-                the test set and every other subject of the site is the training set.
+                the test set and every other subject of the site (val ones included) is the
+                training set; there is no val split then.
 
         Raises:
-            ConfigError: unknown site or split, or a fold out of range.
+            ConfigError: unknown site or split, a fold out of range, or ``"val"`` with a fold.
         """
         _check_site(site)
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         subjects = [s for s in self._manifest["subjects"] if s["site"] == site]
+        if fold is not None and split == "val":
+            raise ConfigError(
+                f"split 'val' cannot be combined with fold {fold}: cross-validation folds have "
+                "only train and test; use fold=None for the cache's val split"
+            )
         if fold is not None:
             folds = sorted({int(s["fold"]) for s in self._manifest["subjects"]})
             declared = self._manifest.get("split", {}).get("n_folds", 0)
@@ -141,8 +149,11 @@ class SliceCache:
                 )
         chosen: list[np.ndarray] = []
         for s in subjects:
-            held_out = s["split"] == "test" if fold is None else s["fold"] == fold
-            if split == "all" or held_out == (split == "test"):
+            if fold is None:
+                member = split in ("all", s["split"])
+            else:
+                member = split == "all" or (s["fold"] == fold) == (split == "test")
+            if member:
                 chosen.append(np.arange(s["first_row"], s["first_row"] + s["n_slices"]))
         if not chosen:
             return np.zeros(0, dtype=np.int64)

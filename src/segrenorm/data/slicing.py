@@ -8,14 +8,18 @@ volume into such slices follows one :class:`SliceRecipe`:
 2. resample to the recipe's spacing, when it has one (labels nearest-neighbour);
 3. find the foreground (:func:`~segrenorm.volumes.intensity.foreground_mask`), unless the
    recipe scales whole volumes;
-4. scale to ``[-1, 1]`` from the volume's own foreground percentiles, background -1;
-5. cut along the slice axis and pad every slice to one shape, a multiple of ``pad_multiple``.
+4. correct the bias field inside that foreground with the grid's voxel spacing
+   (:class:`~segrenorm.volumes.bias.BiasCorrection`; ``method="none"`` skips it);
+5. scale to ``[-1, 1]`` from the volume's own foreground percentiles, background -1;
+6. cut along the slice axis and pad every slice to one shape, a multiple of ``pad_multiple``.
 
 ``segrenorm.data.prepare`` builds a cache with it; ``segrenorm.evaluate.data`` cuts harmonized
 volumes into the cache's rows with the recipe read back from the manifest
-(:meth:`SliceRecipe.from_manifest`); ``segrenorm.harmonize.harmonizer`` scales volumes before
-translation with the recipe of a checkpoint's training facts (:meth:`SliceRecipe.from_facts`),
-applying its own tolerance policy to the spacing.
+(:meth:`SliceRecipe.from_manifest`; without the bias correction, since harmonized volumes are
+outputs); ``segrenorm.harmonize.harmonizer`` corrects and scales volumes before translation with
+the recipe of a checkpoint's training facts (:meth:`SliceRecipe.from_facts`), applying its own
+tolerance policy to the spacing. Caches and checkpoints from before bias correction existed read
+back as ``method="none"``, so they behave as they always did.
 
 Example:
     >>> recipe = SliceRecipe(axis="coronal", pad_multiple=8)
@@ -34,6 +38,7 @@ import numpy as np
 from segrenorm.data.facts import TrainingFacts
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import LabelMap, ScalarImage
 from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
 from segrenorm.volumes.spatial import resample_to_spacing, round_up, slice_volume, to_canonical
@@ -49,7 +54,7 @@ class ScaledVolume(NamedTuple):
     Args:
         scaled: (X, Y, Z) float32 in [-1, 1], background -1.
         mask: (X, Y, Z) bool foreground, or None when the recipe uses no mask.
-        scaling: the fitted map from the volume's intensities to [-1, 1].
+        scaling: the fitted map from the volume's (bias-corrected) intensities to [-1, 1].
     """
 
     scaled: np.ndarray
@@ -68,6 +73,8 @@ class SliceRecipe:
         use_mask: fit the scaling inside an automatic foreground mask and set the rest to -1;
             without it the whole volume is foreground.
         pad_multiple: slice height and width are padded to a multiple of this.
+        bias: the bias-field correction before scaling; the default ``method="none"`` is what
+            a cache or checkpoint without the setting means (``prepare`` chooses N4).
 
     Raises:
         ConfigError: an unknown axis, a spacing that is not three positive numbers,
@@ -79,6 +86,7 @@ class SliceRecipe:
     percentiles: tuple[float, float] = (0.5, 99.5)
     use_mask: bool = True
     pad_multiple: int = 16
+    bias: BiasCorrection = NO_BIAS_CORRECTION
 
     def __post_init__(self) -> None:
         if self.axis not in SLICE_AXES:
@@ -97,6 +105,8 @@ class SliceRecipe:
             )
         if self.pad_multiple < 1:
             raise ConfigError(f"pad_multiple {self.pad_multiple} must be >= 1")
+        if not isinstance(self.bias, BiasCorrection):
+            raise ConfigError(f"bias {self.bias!r} must be a BiasCorrection")
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> SliceRecipe:
@@ -117,6 +127,7 @@ class SliceRecipe:
             percentiles=(float(low), float(high)),
             use_mask=bool(manifest.get("use_mask", True)),
             pad_multiple=int(manifest.get("pad_multiple", 16)),
+            bias=BiasCorrection.from_dict(manifest.get("bias_correction")),
         )
 
     @classmethod
@@ -133,6 +144,7 @@ class SliceRecipe:
             percentiles=facts.percentiles,
             use_mask=facts.use_mask,
             pad_multiple=facts.pad_multiple,
+            bias=facts.bias_correction,
         )
 
     def to_grid(self, volume: VolumeT) -> VolumeT:
@@ -157,23 +169,41 @@ class SliceRecipe:
         """
         return foreground_mask(data) if self.use_mask else None
 
-    def scale(self, data: np.ndarray, *, mask_of: np.ndarray | None = None) -> ScaledVolume:
-        """Steps 3 and 4: fit the percentile scaling inside the foreground and apply it.
+    def scale(
+        self,
+        data: np.ndarray,
+        *,
+        spacing: Sequence[float] | None = None,
+        mask_of: np.ndarray | None = None,
+    ) -> ScaledVolume:
+        """Steps 3 to 5: find the foreground, correct the bias field inside it, and fit and
+        apply the percentile scaling inside it.
 
         Args:
             data: (X, Y, Z) intensities on the recipe's grid.
+            spacing: the grid's voxel size in mm (X, Y, Z); needed when the recipe corrects
+                the bias field, which is fitted in physical units.
             mask_of: take the foreground from this volume instead of ``data`` (a harmonized
                 volume is scaled inside its source volume's foreground).
 
         Raises:
-            InputError: an empty foreground, or constant intensities inside it.
+            ConfigError: the recipe corrects the bias field and no spacing was given.
+            InputError: an empty foreground, constant intensities inside it, or a volume
+                the bias correction cannot fit (see :meth:`BiasCorrection.apply`).
         """
         mask = self.mask(data if mask_of is None else mask_of)
+        if self.bias.enabled:
+            if spacing is None:
+                raise ConfigError(
+                    f"the slicing recipe corrects the bias field ({self.bias.method}) and "
+                    "needs the grid's voxel spacing: pass spacing="
+                )
+            data = self.bias.apply(data, spacing, mask)
         scaling = fit_scaling(data, mask, *self.percentiles)
         return ScaledVolume(scaling.apply(data, mask), mask, scaling)
 
     def cut(self, volume: np.ndarray) -> np.ndarray:
-        """Step 5: the slices of a (X, Y, Z) array along the recipe's axis, ``(n, H, W)``.
+        """Step 6: the slices of a (X, Y, Z) array along the recipe's axis, ``(n, H, W)``.
 
         Args:
             volume: an array on the recipe's grid (image, labels or mask).
@@ -181,7 +211,7 @@ class SliceRecipe:
         return slice_volume(volume, self.axis)
 
     def slice_shape(self, planes: Iterable[Sequence[int]]) -> tuple[int, int]:
-        """Step 5: the shared ``(H, W)`` that slices of these sizes are padded to.
+        """Step 6: the shared ``(H, W)`` that slices of these sizes are padded to.
 
         Args:
             planes: the ``(H, W)`` of each volume's slices.

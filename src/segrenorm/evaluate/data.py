@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +31,10 @@ from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.vocabulary import check_direction, source_site, target_site
 
-__all__ = ["EvalData", "SiteSlices", "slices_from_volumes"]
+if TYPE_CHECKING:
+    from segrenorm.data.slicing import SliceRecipe
+
+__all__ = ["EvalData", "SiteSlices", "recut_source", "slices_from_volumes"]
 
 #: Called per subject with (index, total, subject id) while volumes are read.
 SubjectCallback = Callable[[int, int, str], None]
@@ -113,7 +118,7 @@ class EvalData:
         Args:
             cache: an opened cache or its folder.
             direction: ``"AB"`` or ``"BA"``.
-            split: ``"test"`` (default) or ``"all"``.
+            split: ``"test"`` (default), ``"val"`` or ``"all"``.
 
         Raises:
             ConfigError: an unknown direction.
@@ -132,7 +137,7 @@ class EvalData:
             if len(part) == 0:
                 raise CacheError(
                     f"{opened.path}: site {part.site} ({part.name}) has no {split} slices; "
-                    "re-run segrenorm prepare with a --test-fraction above 0."
+                    f"re-run segrenorm prepare with a --{split}-fraction above 0."
                 )
         return cls(cache=opened, direction=direction, source=source, target=target)
 
@@ -206,6 +211,7 @@ def slices_from_volumes(
             is not on its source volume's grid.
     """
     from segrenorm.data.slicing import SliceRecipe
+    from segrenorm.volumes.bias import NO_BIAS_CORRECTION
     from segrenorm.volumes.readwrite import load_image
     from segrenorm.volumes.spatial import pad_to_shape
 
@@ -214,7 +220,9 @@ def slices_from_volumes(
         raise InputError(f"harmonized folder {root} does not exist: run segrenorm harmonize first")
     manifest = data.cache.manifest
     entries = {str(s["subject"]): s for s in manifest["subjects"] if s["site"] == data.source.site}
-    recipe = SliceRecipe.from_manifest(manifest)
+    # Harmonized volumes are outputs, already in the target's corrected units: cut them with
+    # the cache's recipe but never bias-correct them again (only inputs are corrected).
+    recipe = dataclasses.replace(SliceRecipe.from_manifest(manifest), bias=NO_BIAS_CORRECTION)
     out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
     groups = data.source.subject_rows()
     for count, (subject, positions) in enumerate(groups.items()):
@@ -239,4 +247,62 @@ def slices_from_volumes(
         scaled = recipe.scale(volume.data, mask_of=reference.data).scaled
         cut = recipe.cut(scaled)[data.source.index[positions]]
         out[positions] = pad_to_shape(cut, data.cache.slice_shape, -1.0)[0]
+    return out
+
+
+def recut_source(
+    data: EvalData,
+    recipe: SliceRecipe,
+    *,
+    on_subject: SubjectCallback | None = None,
+) -> np.ndarray:
+    """The source subjects' own volumes cut again with ``recipe``, aligned with ``data.source``.
+
+    A baseline that needs another preparation of its inputs (e.g. N4 bias correction on a
+    cache prepared without it) reads each source subject's volume from the manifest's path
+    and cuts it like ``segrenorm prepare`` did, with ``recipe`` in place of the cache's.
+
+    Args:
+        data: the evaluation data.
+        recipe: a :class:`~segrenorm.data.slicing.SliceRecipe` on the cache's grid (its axis,
+            spacing and padding), e.g. the cache's with another ``bias``.
+        on_subject: progress callback.
+
+    Returns:
+        (N, H, W) float32 in [-1, 1], row-aligned with ``data.source``; background -1.
+
+    Raises:
+        InputError: a source volume named by the manifest is missing, or does not cut into
+            the cache's rows (its slice count or plane differs from the cache's).
+    """
+    from segrenorm.volumes.readwrite import load_image
+    from segrenorm.volumes.spatial import pad_to_shape
+
+    entries = {
+        str(s["subject"]): s
+        for s in data.cache.manifest["subjects"]
+        if s["site"] == data.source.site
+    }
+    out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
+    groups = data.source.subject_rows()
+    for count, (subject, positions) in enumerate(groups.items()):
+        if on_subject is not None:
+            on_subject(count, len(groups), subject)
+        path = Path(entries[subject]["image"])
+        if not path.is_file():
+            raise InputError(
+                f"{path}: the source volume of subject {subject} is missing, so it cannot be "
+                "prepared again (e.g. bias-corrected); restore it or re-run segrenorm prepare"
+            )
+        image = recipe.to_grid(load_image(path))
+        cut = recipe.cut(recipe.scale(image.data, spacing=image.geometry.spacing).scaled)
+        rows = data.source.index[positions]
+        height, width = data.cache.slice_shape
+        if rows.max() >= len(cut) or cut.shape[1] > height or cut.shape[2] > width:
+            raise InputError(
+                f"{path}: cut again it gives {cut.shape[0]} slices of {cut.shape[1:]}, not the "
+                f"cache's slices of at most {data.cache.slice_shape}; the volume changed since "
+                "segrenorm prepare"
+            )
+        out[positions] = pad_to_shape(cut[rows], data.cache.slice_shape, -1.0)[0]
     return out

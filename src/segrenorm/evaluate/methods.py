@@ -15,10 +15,23 @@ slices of one subject together), learned on the target site's *training* subject
     target's mean quantiles.
 ``nyul``
     Nyúl-Udupa standardization: landmarks at the 1st, 10th, ..., 90th and 99th foreground
-    percentiles mapped onto the target's mean landmarks, linear beyond the end landmarks.
+    percentiles mapped onto the target's standard scale, linear beyond the end landmarks.
+``whitestripe``
+    WhiteStripe (Shinohara et al. 2014, T1): each volume z-scored with the mean and standard
+    deviation of its white-matter stripe (foreground quantiles within ±0.05 of the
+    white-matter mode's), then put on the target's scale (the mean stripe mean and standard
+    deviation of its training volumes), so that both sites' white matter coincide.
 ``denoise-histogram``
     Gaussian smoothing (sigma 0.8 voxel, in-plane) inside the foreground, then histogram
     matching: the strongest cheap baseline on simulated data.
+``n4-histogram``, ``n4-denoise-histogram``
+    ``histogram`` and ``denoise-histogram`` on N4-corrected source volumes (``prepare``'s
+    N4 settings, ``DEFAULT_BIAS_CORRECTION`` of :mod:`segrenorm.volumes.bias`). On a cache
+    prepared with N4 the cached slices are already corrected, and these rows repeat the
+    plain ones; on a cache without it, each source volume is read from the manifest's path
+    and cut again with the cache's recipe plus N4
+    (:func:`~segrenorm.evaluate.data.recut_source`). :func:`n4_corrected_baselines` says
+    which rows ran on corrected inputs.
 
 A trained translator is applied with :func:`translator_slices`: ``G(x | S(x))`` batch by
 batch, background kept at -1.
@@ -31,22 +44,71 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from segrenorm.errors import ConfigError
-from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer
-from segrenorm.evaluate.data import EvalData
+from segrenorm.data.slicing import SliceRecipe
+from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer, WhiteStripe
+from segrenorm.evaluate.data import EvalData, SubjectCallback, recut_source
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
 
-__all__ = ["BASELINES", "baseline_slices", "translator_slices"]
+__all__ = [
+    "BASELINES",
+    "N4_BASELINES",
+    "baseline_slices",
+    "cache_is_bias_corrected",
+    "n4_corrected_baselines",
+    "translator_slices",
+]
 
-#: The classical baselines, in report order.
-BASELINES: tuple[str, ...] = ("none", "zscore", "histogram", "nyul", "denoise-histogram")
+#: The classical baselines, in report order: every pipeline a careful user would run.
+BASELINES: tuple[str, ...] = (
+    "none",
+    "zscore",
+    "histogram",
+    "nyul",
+    "whitestripe",
+    "denoise-histogram",
+    "n4-histogram",
+    "n4-denoise-histogram",
+)
+#: Baselines that are another baseline on N4-corrected source volumes -> that baseline.
+N4_BASELINES: dict[str, str] = {
+    "n4-histogram": "histogram",
+    "n4-denoise-histogram": "denoise-histogram",
+}
 
 _DENOISE_SIGMA = 0.8
+
+Pipeline = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def cache_is_bias_corrected(data: EvalData) -> bool:
+    """Whether the cache's slices were N4-corrected by ``prepare`` (its manifest says so).
+
+    Args:
+        data: the evaluation data.
+    """
+    return SliceRecipe.from_manifest(data.cache.manifest).bias.enabled
+
+
+def n4_corrected_baselines(data: EvalData, names: Sequence[str]) -> list[str]:
+    """The baselines among ``names`` whose source volumes were N4-corrected.
+
+    On a cache prepared with N4, every baseline; otherwise only those of
+    :data:`N4_BASELINES`.
+
+    Args:
+        data: the evaluation data.
+        names: baselines that ran.
+    """
+    corrected = cache_is_bias_corrected(data)
+    return [n for n in names if corrected or n in N4_BASELINES]
 
 
 def _target_foreground(data: EvalData) -> list[np.ndarray]:
@@ -65,26 +127,68 @@ def _target_foreground(data: EvalData) -> list[np.ndarray]:
     return values
 
 
-def _per_volume(data: EvalData, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+def _per_volume(data: EvalData, name: str, fn: Pipeline, images: np.ndarray) -> np.ndarray:
+    """``fn`` on each source subject's slices of ``images`` (the cache's masks), clipped."""
     out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
-    for positions in data.source.subject_rows().values():
-        x, mask = data.source.images[positions], data.source.masks[positions]
+    for subject, positions in data.source.subject_rows().items():
+        x, mask = images[positions], data.source.masks[positions]
         if not mask.any():
             continue
-        y = np.clip(fn(x, mask), -1.0, 1.0)
+        try:
+            y = np.clip(fn(x, mask), -1.0, 1.0)
+        except InputError as exc:
+            raise InputError(f"baseline {name!r}, source subject {subject}: {exc}") from exc
         out[positions] = np.where(mask, y, -1.0)
     return out
 
 
-def baseline_slices(data: EvalData, names: Sequence[str] = BASELINES) -> dict[str, np.ndarray]:
+def _pipelines(data: EvalData, names: set[str]) -> dict[str, Pipeline]:
+    """The per-volume function of each plain baseline in ``names``, learned on the target."""
+    reference = _target_foreground(data)
+    pooled = np.concatenate(reference).astype(np.float64)
+    mean_t, std_t = float(pooled.mean()), float(pooled.std())
+
+    def zscore(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        values = x[mask].astype(np.float64)
+        std = float(values.std()) or 1.0
+        return ((x - values.mean()) / std * std_t + mean_t).astype(np.float32)
+
+    fns: dict[str, Pipeline] = {"none": lambda x, mask: x, "zscore": zscore}
+    if {"histogram", "denoise-histogram"} & names:
+        matcher = HistogramMatcher().fit(reference)
+
+        def denoise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            smooth = ndimage.gaussian_filter(x, (0.0, _DENOISE_SIGMA, _DENOISE_SIGMA))
+            return matcher.apply(np.where(mask, smooth, x).astype(np.float32), mask)
+
+        fns["histogram"], fns["denoise-histogram"] = matcher.apply, denoise
+    if "nyul" in names:
+        fns["nyul"] = NyulStandardizer().fit(reference).apply
+    if "whitestripe" in names:
+        fns["whitestripe"] = WhiteStripe().fit(reference).apply
+    return fns
+
+
+def baseline_slices(
+    data: EvalData,
+    names: Sequence[str] = BASELINES,
+    *,
+    bias: BiasCorrection | None = None,
+    on_subject: SubjectCallback | None = None,
+) -> dict[str, np.ndarray]:
     """Apply classical baselines to the held-out source slices.
 
     Args:
         data: the evaluation data.
         names: baselines to run (see :data:`BASELINES`).
+        bias: the correction of the ``n4-`` baselines on a cache prepared without one
+            (default: ``DEFAULT_BIAS_CORRECTION``, what ``prepare`` uses).
+        on_subject: progress callback while source volumes are corrected again.
 
     Raises:
-        ConfigError: an unknown baseline name.
+        ConfigError: an unknown baseline name, or a ``bias`` that corrects nothing.
+        InputError: a volume a baseline cannot normalize (e.g. no white-matter stripe), or
+            a source volume that the ``n4-`` baselines need and cannot read.
     """
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -92,36 +196,29 @@ def baseline_slices(data: EvalData, names: Sequence[str] = BASELINES) -> dict[st
             f"unknown baseline(s) {', '.join(map(repr, unknown))}: choose from "
             f"{', '.join(BASELINES)}"
         )
-    reference = _target_foreground(data)
-    pooled = np.concatenate(reference).astype(np.float64)
-    mean_t, std_t = float(pooled.mean()), float(pooled.std())
-    matcher = (
-        HistogramMatcher().fit(reference)
-        if {"histogram", "denoise-histogram"} & set(names)
-        else None
-    )
-    nyul = NyulStandardizer().fit(reference) if "nyul" in names else None
-
-    def zscore(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        values = x[mask].astype(np.float64)
-        std = float(values.std()) or 1.0
-        return ((x - values.mean()) / std * std_t + mean_t).astype(np.float32)
-
-    def denoise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        smooth = ndimage.gaussian_filter(x, (0.0, _DENOISE_SIGMA, _DENOISE_SIGMA))
-        assert matcher is not None
-        return matcher.apply(np.where(mask, smooth, x).astype(np.float32), mask)
-
-    fns: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "none": lambda x, mask: x,
-        "zscore": zscore,
-        "denoise-histogram": denoise,
-    }
-    if matcher is not None:
-        fns["histogram"] = matcher.apply
-    if nyul is not None:
-        fns["nyul"] = nyul.apply
-    return {name: _per_volume(data, fns[name]) for name in names}
+    bias = DEFAULT_BIAS_CORRECTION if bias is None else bias
+    if not bias.enabled:
+        raise ConfigError(
+            f"the n4- baselines need a bias correction that corrects, got method={bias.method!r}"
+        )
+    plain = {N4_BASELINES.get(n, n) for n in names}
+    fns = _pipelines(data, plain)
+    cached: dict[str, np.ndarray] = {}
+    corrected: np.ndarray | None = None
+    out = {}
+    for name in names:
+        base = N4_BASELINES.get(name)
+        if base is None or cache_is_bias_corrected(data):
+            key = base or name  # an n4- row on an N4 cache repeats the plain row
+            if key not in cached:
+                cached[key] = _per_volume(data, key, fns[key], data.source.images)
+            out[name] = cached[key]
+            continue
+        if corrected is None:
+            recipe = dataclasses.replace(SliceRecipe.from_manifest(data.cache.manifest), bias=bias)
+            corrected = recut_source(data, recipe, on_subject=on_subject)
+        out[name] = _per_volume(data, name, fns[base], corrected)
+    return out
 
 
 def translator_slices(

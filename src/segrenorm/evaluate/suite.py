@@ -13,6 +13,10 @@
 4. **Paired ground truth**, on simulated benchmarks where held-out subjects exist on both
    scanners: SSIM, PSNR and MAE of harmonized source against the true target slice,
    inside the target's foreground.
+5. **Conditioning sensitivity** of each segmentation-renormalised translator: how much
+   ``G(x | f(x))`` changes when a slice gets another slice's embedding, over ``|G(x) - x|``,
+   inside the foreground (:mod:`segrenorm.evaluate.conditioning`); None for the translators
+   that are not conditioned on an embedding.
 
 :func:`run_evaluation` returns plain JSON-ready numbers and the arrays the report draws.
 
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.conditioning import slice_conditioning
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.distances import fid, kid
 from segrenorm.evaluate.features import (
@@ -257,6 +262,28 @@ def _robustness(
     return out
 
 
+def _conditioning(
+    data: EvalData, methods: Mapping[str, MethodInput], config: EvaluationConfig
+) -> dict[str, Any]:
+    """Per translator method: its conditioning sensitivity on the held-out source slices."""
+    out: dict[str, Any] = {}
+    for name, method in methods.items():
+        if method.translator is None:
+            continue  # classical baselines have no conditioning
+        device = next(method.translator.parameters()).device
+        figure = slice_conditioning(
+            method.translator,
+            data.source.images,
+            data.source.masks,
+            direction="AB",  # G: source -> target, as every translator method is applied
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=device,
+        )
+        out[name] = None if figure is None else {"direction": data.direction, **figure}
+    return out
+
+
 def _histograms(data: EvalData, methods: Mapping[str, MethodInput]) -> dict[str, Any]:
     """Per-tissue intensity densities of source, target and each method (source labels)."""
     edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
@@ -338,6 +365,8 @@ def run_evaluation(
         ("segmentation", "post-hoc segmentors, Dice and IoU",
          lambda: _segmentation(data, methods, config, artifacts)),
         ("robustness", "noise robustness curves", lambda: _robustness(data, methods, config)),
+        ("conditioning", "conditioning sensitivity",
+         lambda: _conditioning(data, methods, config)),
     ]  # fmt: skip
     for key, text, fn in stages:
         say(text)

@@ -11,8 +11,10 @@ Each volume goes through the steps the training slices went through, then back:
    training spacing along those axes, translated, and resampled back onto its own grid,
    with a warning. A ratio beyond ``max_spacing_ratio`` (e.g. a header in metres, or a
    0.1 mm microscopy grid) is refused: that is not the data the model knows.
-3. **Intensity.** Scaled to ``[-1, 1]`` from the volume's own foreground percentiles (the
-   percentiles and masking of the training cache); background -1.
+3. **Intensity.** Bias-corrected inside the foreground exactly as the training volumes were
+   (the checkpoint's :class:`~segrenorm.volumes.bias.BiasCorrection`, N4 by default: there is
+   no option to differ), then scaled to ``[-1, 1]`` from the volume's own foreground
+   percentiles (the percentiles and masking of the training cache); background -1.
 4. **Translation.** ``G(x | S(x))`` slice batch by slice batch along each view (one by
    default: the training plane; ``views`` fuses several by averaging).
 5. **Back to the target scanner.** Outputs are mapped from ``[-1, 1]`` with the *target*
@@ -215,6 +217,13 @@ class Harmonizer:
                     f"{first.source} with {first.facts.percentiles} and mask="
                     f"{first.facts.use_mask}: fuse only models prepared the same way"
                 )
+            bias, first_bias = model.facts.bias_correction, first.facts.bias_correction
+            if bias != first_bias and (bias.enabled or first_bias.enabled):
+                raise ConfigError(
+                    f"{model.source} ({view}) was trained on volumes bias-corrected with "
+                    f"{bias.to_dict()}, but {first.source} with {first_bias.to_dict()}: fuse "
+                    "only models prepared the same way"
+                )
         self.compiled = compile
         self._translate: dict[str, TranslateFn] = {}
         for view, model in self.models.items():
@@ -342,7 +351,8 @@ class Harmonizer:
             max_ratio=opts.max_spacing_ratio,
         )
         notes += spacing_note
-        scaled, mask, _scaling = recipe.scale(work.data)
+        # The training's bias correction (if any), fitted on the grid translated.
+        scaled, mask, _scaling = recipe.scale(work.data, spacing=work.geometry.spacing)
         fused = np.zeros(work.data.shape, dtype=np.float32)
         n_slices = 0
         for view, model in self.models.items():

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from segrenorm.errors import ConfigError
-from segrenorm.models.nn.extractor import SemanticExtractor
+from segrenorm.models.nn.extractor import SemanticExtractor, standardize_embedding
 from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import check_direction
 
@@ -40,6 +40,8 @@ class _StaticPoolExtractor(nn.Module):
         super().__init__()
         self.convs = extractor.convs
         self.mlp = extractor.mlp
+        self.normalize = extractor.normalize  # centre the input, standardise the output
+        self.offset = 1.0 / extractor.n_classes if extractor.normalize else 0.0
         height, width = shape
         sizes = []
         for _ in extractor.convs:  # each stage halves, never below 1 (see the extractor)
@@ -55,11 +57,12 @@ class _StaticPoolExtractor(nn.Module):
         return torch.matmul(torch.matmul(pool_h, x), pool_w)  # (B, C, out_h, out_w)
 
     def forward(self, probs: Tensor) -> Tensor:
-        h = probs  # (B, n_classes, H, W)
+        h = probs - self.offset  # (B, n_classes, H, W)
         for i, conv in enumerate(self.convs):
             h = torch.relu(self._pool(conv(h), i))
         h = self._pool(h, len(self.convs))  # (B, 8ngf, grid, grid)
-        return self.mlp(h.flatten(1))
+        z = self.mlp(h.flatten(1))
+        return standardize_embedding(z) if self.normalize else z
 
 
 class ConditionedGenerator(nn.Module):

@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from segrenorm.config.schema import Config, LossConfig, ModelConfig, TranslatorKind
+from segrenorm.config.schema import (
+    Config,
+    ExtractorInit,
+    LossConfig,
+    ModelConfig,
+    TranslatorKind,
+)
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.models.nn.discriminator import PatchDiscriminator
 from segrenorm.models.nn.extractor import SemanticExtractor
@@ -98,13 +104,18 @@ class Translator(nn.Module):
             n_middle_blocks=cfg.n_middle_blocks,
             embed_dim=embed_dim,
             residual_output=cfg.residual_output,
-            zero_init_film=cfg.zero_init_film,
+            film_init_std=cfg.film_init_std,
         )
 
     @staticmethod
     def _extractor(cfg: ModelConfig, n_classes: int) -> SemanticExtractor:
         return SemanticExtractor(
-            n_classes=n_classes, ngf=cfg.ngf, embed_dim=cfg.embed_dim, grid=cfg.extractor_grid
+            n_classes=n_classes,
+            ngf=cfg.ngf,
+            embed_dim=cfg.embed_dim,
+            grid=cfg.extractor_grid,
+            kaiming_init=cfg.extractor_init is ExtractorInit.KAIMING,
+            normalize=cfg.embed_norm,
         )
 
     @classmethod

@@ -111,8 +111,15 @@ def _intro(results: Mapping[str, Any]) -> str:
         f"Harmonizing {sites['source']} (source) to {sites['target']} (target). Held-out "
         f"slices: {n['source']} source ({subjects.get('source', '?')} subjects), "
         f"{n['target']} target ({subjects.get('target', '?')} subjects). Cache: "
-        f"{results['cache']}. Intensities on the cache's [-1, 1] scale."
+        f"{results['cache']}. Intensities on the cache's [-1, 1] scale." + _n4_note(results)
     )
+
+
+def _n4_note(results: Mapping[str, Any]) -> str:
+    corrected = results.get("n4_corrected_baselines")
+    if not corrected:
+        return ""
+    return f" Classical rows on N4-corrected source volumes: {', '.join(corrected)}."
 
 
 def csv_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, float]]:
@@ -153,6 +160,8 @@ def csv_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, float
     for name, scores in paired.get("methods", {}).items():
         for metric in ("ssim", "psnr", "mae", "ssim_std", "psnr_std", "mae_std"):
             rows.append(("paired", name, metric, "", float(scores[metric])))
+            if "clean" in scores:  # against the clean (noise-free, bias-free) target render
+                rows.append(("paired-clean", name, metric, "", float(scores["clean"][metric])))
     return rows
 
 

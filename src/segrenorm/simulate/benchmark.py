@@ -8,7 +8,11 @@ interpolation pass. Each subject is then rendered on a
 
 Training subjects are disjoint between the two sites (unpaired, as in a real multi-site study);
 held-out test subjects are rendered on both scanners with the same anatomy, so harmonized images
-can be compared with their true target-scanner appearance.
+can be compared with their true target-scanner appearance. Each held-out subject is also
+rendered on the target scanner without noise and bias field (its contrast, gamma, texture and
+blur kept, :meth:`~segrenorm.simulate.scanners.ScannerProfile.clean`) into
+``images/<target>-clean/``, listed in the ``clean`` column of ``subjects.csv``: a second, clean
+paired truth.
 
 Example:
     >>> csv_path = simulate_t1("data/t1", n_subjects=20, seed=0)  # doctest: +SKIP
@@ -43,17 +47,13 @@ from segrenorm.simulate.anatomy import (
     warp_anatomy,
 )
 from segrenorm.simulate.scanners import ScannerProfile, apply_scanner, load_scanner
+from segrenorm.simulate.subjects import CSV_COLUMNS
 
-__all__ = [
-    "CSV_COLUMNS",
-    "SubjectEntry",
-    "read_subjects",
-    "render_subject",
-    "simulate_t1",
-]
+__all__ = ["CLEAN_SUFFIX", "render_subject", "simulate_t1"]
 
-CSV_COLUMNS = ("subject", "site", "image", "label", "split")
 FORMAT_VERSION = 1
+#: The clean renders of held-out subjects go to ``images/<target><CLEAN_SUFFIX>/``.
+CLEAN_SUFFIX = "-clean"
 # Purposes of the random streams derived from the user's seed.
 _SPLIT, _ANATOMY, _SCAN = 0, 1, 2
 
@@ -80,64 +80,6 @@ def render_subject(
 
 
 @dataclass(frozen=True)
-class SubjectEntry:
-    """One row of ``subjects.csv``, with paths resolved against the csv folder.
-
-    Args:
-        subject: Subject id, e.g. ``"sub-003"``.
-        site: Scanner/site name.
-        image: Path of the T1w image.
-        label: Path of the tissue label map.
-        split: ``"train"`` or ``"test"``.
-    """
-
-    subject: str
-    site: str
-    image: Path
-    label: Path
-    split: str
-
-
-def read_subjects(csv_path: str | Path) -> list[SubjectEntry]:
-    """Read a ``subjects.csv`` listing as written by :func:`simulate_t1`.
-
-    Args:
-        csv_path: Path of the csv file.
-
-    Returns:
-        The rows in file order.
-
-    Raises:
-        InputError: If the file is missing, lacks a column or has an unknown split.
-    """
-    path = Path(csv_path)
-    if not path.is_file():
-        raise InputError(f"{path}: subject listing not found; run `segrenorm simulate t1` first")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(
-                f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
-            )
-        rows = list(reader)
-    entries = []
-    for line, row in enumerate(rows, start=2):
-        if row["split"] not in ("train", "test"):
-            raise InputError(f"{path}, line {line}: split {row['split']!r} is not train or test")
-        entries.append(
-            SubjectEntry(
-                row["subject"],
-                row["site"],
-                path.parent / row["image"],
-                path.parent / row["label"],
-                row["split"],
-            )
-        )
-    return entries
-
-
-@dataclass(frozen=True)
 class _Job:
     """Everything one worker needs to render one subject on its site(s)."""
 
@@ -146,27 +88,34 @@ class _Job:
     subject: str
     deformation_seed: int
     scans: tuple[tuple[ScannerProfile, int], ...]  # (scanner, noise seed)
+    clean: ScannerProfile | None = None  # the target scanner's noise-free truth, if held out
 
 
 def _plan(
-    n_subjects: int, test_fraction: float, seed: int
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Return (all ids, test ids, source-training ids, target-training ids), each sorted."""
+    n_subjects: int, test_fraction: float, val_fraction: float, seed: int
+) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """Return (all ids, test, validation, source-training, target-training ids), each sorted.
+
+    Test subjects are drawn first, as before validation existed, so a seed and test fraction
+    keep their test subjects; validation subjects come next from the same shuffle.
+    """
     width = max(3, len(str(n_subjects)))
     ids = [f"sub-{i:0{width}d}" for i in range(1, n_subjects + 1)]
     n_test = math.floor(n_subjects * test_fraction + 0.5)
-    n_train = n_subjects - n_test
-    if n_train == 1:
+    n_val = math.floor(n_subjects * val_fraction + 0.5)
+    n_train = n_subjects - n_test - n_val
+    if n_train == 1 or n_train < 0:
         raise ConfigError(
-            f"n_subjects={n_subjects} with test_fraction={test_fraction} leaves one training "
-            "subject, which cannot be split between two sites; add subjects or change the fraction"
+            f"n_subjects={n_subjects} with test_fraction={test_fraction} and "
+            f"val_fraction={val_fraction} leaves {max(n_train, 0)} training subject(s), which "
+            "cannot be split between two sites; add subjects or lower the fractions"
         )
     order = [ids[i] for i in np.random.default_rng(_seed_key(seed, _SPLIT)).permutation(n_subjects)]
     n_source = (n_train + 1) // 2
     test = sorted(order[:n_test])
-    train_source = sorted(order[n_test : n_test + n_source])
-    train_target = sorted(order[n_test + n_source :])
-    return ids, test, train_source, train_target
+    val = sorted(order[n_test : n_test + n_val])
+    train = order[n_test + n_val :]
+    return ids, test, val, sorted(train[:n_source]), sorted(train[n_source:])
 
 
 def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -178,26 +127,37 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, str(path))
 
 
+def _render(subject: Anatomy, scanner: ScannerProfile, seed: int) -> np.ndarray:
+    image = apply_scanner(
+        subject.csf,
+        subject.gm,
+        subject.wm,
+        subject.texture,
+        scanner,
+        subject.zooms,
+        np.random.default_rng(seed),
+    )
+    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+
+
 def _render_job(job: _Job) -> None:
     subject = warp_anatomy(load_mni152_anatomy(job.resolution), job.deformation_seed)
     labels = tissue_labels(subject)
     for scanner, noise_seed in job.scans:
-        image = apply_scanner(
-            subject.csf,
-            subject.gm,
-            subject.wm,
-            subject.texture,
-            scanner,
-            subject.zooms,
-            np.random.default_rng(noise_seed),
-        )
-        stored = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
         site = scanner.name
         _save_nifti(
-            stored, subject.affine, job.root / "images" / site / f"{job.subject}_T1w.nii.gz"
+            _render(subject, scanner, noise_seed),
+            subject.affine,
+            job.root / "images" / site / f"{job.subject}_T1w.nii.gz",
         )
         _save_nifti(
             labels, subject.affine, job.root / "labels" / site / f"{job.subject}_dseg.nii.gz"
+        )
+    if job.clean is not None:
+        # Stored as int16 like the scans: rounding adds under 0.03 % of WM, far below any noise.
+        folder = job.root / "images" / f"{job.clean.name}{CLEAN_SUFFIX}"
+        _save_nifti(
+            _render(subject, job.clean, 0), subject.affine, folder / f"{job.subject}_T1w.nii.gz"
         )
 
 
@@ -257,6 +217,7 @@ def simulate_t1(
     *,
     n_subjects: int = 20,
     test_fraction: float = 0.3,
+    val_fraction: float = 0.15,
     resolution: int = 2,
     source: str | Path | ScannerProfile = "1.5T",
     target: str | Path | ScannerProfile = "3T",
@@ -267,13 +228,20 @@ def simulate_t1(
 ) -> Path:
     """Write the two-scanner T1 benchmark: images, labels, ``subjects.csv``, ``simulation.json``.
 
+    Held-out subjects (on both scanners) also get their clean target render in
+    ``images/<target>-clean/``, listed in ``subjects.csv``'s ``clean`` column.
+
     Args:
         out_dir: Output folder; created atomically (built in a hidden sibling, then renamed).
         n_subjects: Number of virtual subjects.
-        test_fraction: Fraction of subjects held out and rendered on both scanners.
+        test_fraction: Fraction of subjects held out for the final scores, rendered on both
+            scanners.
+        val_fraction: Fraction of subjects held out for validation (choosing settings and
+            checkpoints), also rendered on both scanners.
         resolution: Grid spacing in mm, 1 or 2.
-        source: Source scanner: a name in :data:`~segrenorm.simulate.scanners.SCANNERS`, a
-            profile file or a :class:`~segrenorm.simulate.scanners.ScannerProfile`.
+        source: Source scanner: a name from
+            :func:`~segrenorm.simulate.scanners.scanner_names` (``1.5T``, ``3T``, ``1T``,
+            ``7T``), a profile file or a :class:`~segrenorm.simulate.scanners.ScannerProfile`.
         target: Target scanner, as ``source``.
         seed: Seed of subject assignment, anatomy and scanner noise; same seed, same bytes.
         overwrite: Replace an existing non-empty ``out_dir``.
@@ -291,6 +259,8 @@ def simulate_t1(
         raise ConfigError(f"n_subjects={n_subjects!r} must be a positive integer")
     if not 0.0 <= test_fraction <= 1.0:
         raise ConfigError(f"test_fraction={test_fraction!r} must lie in [0, 1]")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction!r} must lie in [0, 1)")
     if resolution not in (1, 2):
         raise ConfigError(f"resolution={resolution!r} is not supported; use 1 or 2 (mm)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -303,11 +273,17 @@ def simulate_t1(
             f"source and target scanners are both named {profiles[0].name!r}; "
             "give them different names (they become folder names)"
         )
+    clean_folder = f"{profiles[1].name}{CLEAN_SUFFIX}"
+    if profiles[0].name == clean_folder:
+        raise ConfigError(
+            f"source scanner {profiles[0].name!r} has the name of the target's clean-render "
+            "folder; rename the source scanner"
+        )
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
-    _, test, train_source, train_target = _plan(n_subjects, test_fraction, seed)
-    subject_index = {s: int(s.split("-")[1]) for s in test + train_source + train_target}
-    sites: dict[str, list[int]] = {s: [0, 1] for s in test}
+    _, test, val, train_source, train_target = _plan(n_subjects, test_fraction, val_fraction, seed)
+    subject_index = {s: int(s.split("-")[1]) for s in test + val + train_source + train_target}
+    sites: dict[str, list[int]] = {s: [0, 1] for s in test + val}
     sites.update({s: [0] for s in train_source})
     sites.update({s: [1] for s in train_target})
 
@@ -325,6 +301,8 @@ def simulate_t1(
                     (profiles[k], _derived_seed(seed, _SCAN, subject_index[subject], k))
                     for k in sites[subject]
                 ),
+                # Every subject on both scanners is held out: it gets the clean truth too.
+                profiles[1].clean() if len(sites[subject]) == 2 else None,
             )
             for subject in sorted(sites)
         ]
@@ -338,7 +316,16 @@ def simulate_t1(
                         "site": profile.name,
                         "image": f"images/{profile.name}/{subject}_T1w.nii.gz",
                         "label": f"labels/{profile.name}/{subject}_dseg.nii.gz",
-                        "split": "test" if subject in test else "train",
+                        "split": "test"
+                        if subject in test
+                        else "val"
+                        if subject in val
+                        else "train",
+                        "clean": (
+                            f"images/{clean_folder}/{subject}_T1w.nii.gz"
+                            if k == 1 and len(sites[subject]) == 2
+                            else ""
+                        ),
                     }
                 )
         with (tmp / "subjects.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -347,7 +334,14 @@ def simulate_t1(
             writer.writerows(rows)
         (tmp / "simulation.json").write_text(
             json.dumps(
-                _metadata(anatomy, profiles, seed, resolution, test, train_source, train_target),
+                _metadata(
+                    anatomy,
+                    profiles,
+                    seed,
+                    resolution,
+                    (test, val, train_source, train_target),
+                    sorted(s for s in sites if len(sites[s]) == 2),
+                ),
                 indent=2,
             )
             + "\n",
@@ -365,10 +359,10 @@ def _metadata(
     profiles: list[ScannerProfile],
     seed: int,
     resolution: int,
-    test: list[str],
-    train_source: list[str],
-    train_target: list[str],
+    splits: tuple[list[str], list[str], list[str], list[str]],
+    held_out: list[str],
 ) -> dict[str, object]:
+    test, val, train_source, train_target = splits
     return {
         "format_version": FORMAT_VERSION,
         "benchmark": "t1",
@@ -383,16 +377,25 @@ def _metadata(
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "source": profiles[0].to_dict(),
         "target": profiles[1].to_dict(),
+        "clean": {
+            "description": "held-out subjects on the target scanner without noise and bias field",
+            "folder": f"images/{profiles[1].name}{CLEAN_SUFFIX}",
+            "scanner": profiles[1].clean().to_dict(),
+            "subjects": held_out,
+        },
         "variability": asdict(Variability()),
         "counts": {
-            "subjects": len(test) + len(train_source) + len(train_target),
+            "subjects": len(test) + len(val) + len(train_source) + len(train_target),
             "test": len(test),
+            "val": len(val),
             "train_source": len(train_source),
             "train_target": len(train_target),
-            "volumes": 2 * len(test) + len(train_source) + len(train_target),
+            "volumes": 2 * (len(test) + len(val)) + len(train_source) + len(train_target),
+            "clean": len(held_out),
         },
         "splits": {
             "test": test,
+            "val": val,
             "train": {profiles[0].name: train_source, profiles[1].name: train_target},
         },
     }

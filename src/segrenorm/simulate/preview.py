@@ -1,7 +1,8 @@
 """Figures for inspecting data: PNG files rendered with matplotlib's Agg backend.
 
 :func:`preview_subject` shows one held-out simulated subject on both scanners and its labels:
-one row per scanner plus a label overlay row, columns axial / coronal / sagittal mid slices.
+one row per scanner, the clean target render where the simulation wrote one, then a label
+overlay row; columns axial / coronal / sagittal mid slices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from segrenorm.atomic import atomic_file
 from segrenorm.errors import InputError
 from segrenorm.simulate.anatomy import LABEL_NAMES
-from segrenorm.simulate.benchmark import read_subjects
+from segrenorm.simulate.subjects import read_subjects
 
 __all__ = ["preview_subject", "save_subject_preview"]
 
@@ -183,6 +184,10 @@ def preview_subject(
         entry = tests[(chosen, site)]
         image = _load_nifti(entry.image)
         rows.append((site, np.asarray(image.get_fdata(dtype=np.float32))))
+    clean = tests[(chosen, sites[-1])].clean
+    if clean is not None:  # the target without noise and bias field, where simulated
+        volume = _load_nifti(clean).get_fdata(dtype=np.float32)
+        rows.append((f"{sites[-1]} clean", np.asarray(volume)))
     label_img = _load_nifti(tests[(chosen, sites[-1])].label)
     labels = np.asarray(label_img.dataobj).astype(np.uint8)
     zooms = tuple(float(z) for z in label_img.header.get_zooms()[:3])

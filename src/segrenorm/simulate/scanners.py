@@ -10,8 +10,10 @@ steps, each one a known source of multi-site variation:
 4. anisotropic Gaussian blur (in-plane resolution and slice thickness);
 5. Rician noise, the magnitude of complex Gaussian noise, scaled to output units.
 
-Profiles are plain frozen dataclasses; :data:`SCANNERS` holds the built-in pair and users can
-add their own or load one from a YAML/JSON file with :func:`load_scanner`.
+Profiles are plain frozen dataclasses; :data:`SCANNERS` holds the built-in pair "1.5T"/"3T".
+A second pair, "1T"/"7T", ships as editable YAML files in this package's ``profiles/`` folder;
+:func:`load_scanner` finds a scanner by either name or loads a user's YAML/JSON file, and
+:func:`scanner_names` lists every name it knows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,6 +39,7 @@ __all__ = [
     "ScannerProfile",
     "apply_scanner",
     "load_scanner",
+    "scanner_names",
     "smooth_random_fields",
 ]
 
@@ -43,6 +48,9 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 # The largest tissue intensity times ``scale`` must leave int16 headroom for bias and noise.
 _MAX_OUTPUT_LEVEL = 16000.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Packaged profile files, found by name (their stem) through importlib so zipped installs work.
+_PROFILE_PACKAGE = "segrenorm.simulate"
+_PROFILE_FOLDER = "profiles"
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,18 @@ class ScannerProfile:
         """Return the profile as a JSON-serialisable dict that :meth:`from_dict` accepts."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def clean(self) -> ScannerProfile:
+        """The same scanner without noise and without bias field: its noise-free truth.
+
+        Contrast, gamma, texture, blur and gain are kept, so the result is what this scanner
+        would show of a subject if it added no random error; it draws no random numbers.
+
+        Example:
+            >>> SCANNERS["3T"].clean().noise, SCANNERS["3T"].clean().fwhm_through_mm
+            (0.0, 1.0)
+        """
+        return replace(self, noise=0.0, bias_amplitude=0.0)
+
 
 def _check_range(where: str, key: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
@@ -194,13 +214,47 @@ SCANNERS: dict[str, ScannerProfile] = {
 }
 
 
-def load_scanner(spec: str | Path) -> ScannerProfile:
-    """Return a registered scanner by name, or load one from a ``.yaml``/``.json`` file.
+def _packaged_profiles() -> dict[str, Traversable]:
+    """The profile files shipped with the package, keyed by file stem."""
+    folder = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER)
+    if not folder.is_dir():
+        return {}
+    return {
+        entry.name.rsplit(".", 1)[0]: entry
+        for entry in folder.iterdir()
+        if entry.is_file() and entry.name.lower().endswith((".yaml", ".yml", ".json"))
+    }
 
-    A file without a ``name`` field takes its name from the file stem.
+
+def scanner_names() -> list[str]:
+    """Every scanner :func:`load_scanner` knows by name: :data:`SCANNERS` and packaged files.
+
+    Returns:
+        The names, sorted.
+    """
+    return sorted({*SCANNERS, *_packaged_profiles()})
+
+
+def _parse_profile(text: str, suffix: str, source: str, stem: str) -> ScannerProfile:
+    """Parse a profile file's text; a file without ``name`` is named after its stem."""
+    try:
+        data = json.loads(text) if suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: cannot read scanner profile ({exc}); fix the file") from None
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {**data, "name": stem}
+    return ScannerProfile.from_dict(data, source=source)
+
+
+def load_scanner(spec: str | Path) -> ScannerProfile:
+    """Return a scanner by name (built-in or packaged), or load one from a ``.yaml``/``.json`` file.
+
+    Names are looked up first in :data:`SCANNERS`, then among the package's ``profiles/`` files
+    (e.g. ``"7T"``); anything else is a path. A file without a ``name`` field takes its name
+    from the file stem.
 
     Args:
-        spec: A key of :data:`SCANNERS` (e.g. ``"3T"``) or a path to a profile file.
+        spec: A name from :func:`scanner_names` (e.g. ``"3T"``) or a path to a profile file.
 
     Returns:
         The scanner profile.
@@ -210,20 +264,23 @@ def load_scanner(spec: str | Path) -> ScannerProfile:
     """
     if isinstance(spec, str) and spec in SCANNERS:
         return SCANNERS[spec]
+    packaged = _packaged_profiles()
+    if isinstance(spec, str) and spec in packaged:
+        entry = packaged[spec]
+        source = f"packaged scanner profile {entry.name}"
+        text = entry.read_text(encoding="utf-8")
+        return _parse_profile(text, Path(entry.name).suffix, source, spec)
     path = Path(spec)
     if path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
         raise ConfigError(
-            f"unknown scanner {str(spec)!r}: use one of {', '.join(sorted(SCANNERS))} "
+            f"unknown scanner {str(spec)!r}: use one of {', '.join(scanner_names())} "
             "or the path of an existing .yaml/.json profile file"
         )
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read scanner profile ({exc}); fix the file") from None
-    if isinstance(data, Mapping) and "name" not in data:
-        data = {**data, "name": path.stem}
-    return ScannerProfile.from_dict(data, source=str(path))
+    return _parse_profile(text, path.suffix, str(path), path.stem)
 
 
 def smooth_random_fields(

@@ -195,6 +195,9 @@ class RunLog:
             for key, value in lr.items():
                 self._writer.add_scalar(f"lr/{key}", value, step)
             self._writer.add_scalar("speed/it_per_s", it_per_s, step)
+            for direction, value in (extra.get("conditioning") or {}).items():
+                if value is not None:
+                    self._writer.add_scalar(f"conditioning/{direction}", value, step)
         return entry
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from segrenorm.config.schema import Config
 from segrenorm.errors import ConfigError, SegrenormError
+from segrenorm.models.conditioning import conditioning_sensitivity
 from segrenorm.training.distributed import (
     ForcedAbort,
     StopSignals,
@@ -246,12 +247,26 @@ def _iteration(
     return losses, {**batch, **gen.outputs}, stop_any > 0
 
 
-def _log(session: TrainingSession, started: float, bar: tqdm) -> None:
+def _conditioning(model: Translator, batch: Mapping[str, Any]) -> dict[str, float | None] | None:
+    """The conditioning sensitivity of both directions on the logged batch (segrenorm only)."""
+    if not model.kind.renormalizes or batch["a"].shape[0] < 2:
+        return None
+    figures = {}
+    for direction, side in (("AB", "a"), ("BA", "b")):
+        figure = conditioning_sensitivity(model, batch[side], batch[f"{side}_mask"], direction)
+        figures[direction] = None if figure is None else figure["sensitivity"]
+    return figures
+
+
+def _log(session: TrainingSession, started: float, bar: tqdm, batch: Mapping[str, Any]) -> None:
     count = max(int(session.window["count"]), 1)
     means = {k: v / count for k, v in session.window["sums"].items()}
     speed = count / max(time.perf_counter() - started, 1e-9)
     film = session.step - 1 >= session.config.optim.warmup_iterations
-    session.runlog.log(session.step, means, session.lr, speed, film=film)
+    extra: dict[str, Any] = {"film": film}
+    if session.runlog.enabled:  # one segmentation and two generator passes per direction
+        extra["conditioning"] = _conditioning(session.model, batch)
+    session.runlog.log(session.step, means, session.lr, speed, **extra)
     bar.set_postfix({k: f"{means[k]:.3g}" for k in ("gen_total", "disc_total") if k in means})
 
 
@@ -286,7 +301,7 @@ def _run(
             session.window["count"] += 1
             bar.update(1)
             if session.step % run_cfg.log_every == 0 or session.step == end:
-                _log(session, started, bar)
+                _log(session, started, bar, images)
                 session.window, started = {"sums": {}, "count": 0}, time.perf_counter()
             if run_cfg.image_every and session.step % run_cfg.image_every == 0:
                 session.save_images(images)

@@ -88,14 +88,14 @@ def compare(
         out: the comparison folder (``runs/`` and ``report/`` inside).
         config: the shared training configuration.
         translators: names among cyclegan, s-cyclegan, semgan, segrenorm (default: all).
-        baselines: classical baselines in the report.
+        baselines: classical baselines in the report (default: every classical pipeline).
         evaluation: budgets of the evaluation lenses.
         device: where evaluation runs (training follows ``config.run.device``).
         progress: show training progress bars.
         on_stage: progress callback.
 
     Raises:
-        ConfigError: an unknown translator name.
+        ConfigError: an unknown translator or baseline name.
     """
     from segrenorm.training.runlog import find_finished_run
     from segrenorm.training.trainer import train
@@ -107,6 +107,11 @@ def compare(
     if unknown:
         raise ConfigError(
             f"unknown translator(s) {', '.join(map(repr, unknown))}: choose from {', '.join(known)}"
+        )
+    wrong = [b for b in baselines if b not in BASELINES]
+    if wrong:  # before any training, not after it
+        raise ConfigError(
+            f"unknown baseline(s) {', '.join(map(repr, wrong))}: choose from {', '.join(BASELINES)}"
         )
     say = on_stage or (lambda text: log.info("%s", text))
     root = Path(out)

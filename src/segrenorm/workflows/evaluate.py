@@ -23,13 +23,21 @@ from typing import Any
 
 from segrenorm.errors import ConfigError
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
-from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
+from segrenorm.evaluate.methods import (
+    BASELINES,
+    baseline_slices,
+    n4_corrected_baselines,
+    translator_slices,
+)
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
 from segrenorm.report.write import ReportPaths, write_report
 
-__all__ = ["evaluate_cache"]
+__all__ = ["EVAL_SPLITS", "evaluate_cache"]
 
 log = logging.getLogger(__name__)
+
+#: The held-out splits ``evaluate`` scores: val to tune and select, test for the final table.
+EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 
 
 def _direction(models: Mapping[str, Any]) -> str:
@@ -56,6 +64,7 @@ def evaluate_cache(
     title: str = "segrenorm evaluation",
     on_stage: Callable[[str], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    split: str = "test",
 ) -> tuple[ReportPaths, dict[str, Any]]:
     """Evaluate baselines, trained runs and harmonized folders on a cache's held-out data.
 
@@ -70,17 +79,26 @@ def evaluate_cache(
         title: the report's title.
         on_stage: progress callback.
         extra: more JSON-ready fields for ``results.json`` (e.g. training times).
+        split: the held-out subjects scored: ``"val"`` while tuning presets and choosing
+            checkpoints, ``"test"`` (the default) once, for the final table. Recorded in
+            ``results.json`` as ``split``.
 
     Returns:
         ``(paths, results)``: the report's files and its numbers.
 
     Raises:
-        ConfigError: a method name used twice as a baseline, or runs of mixed direction.
+        ConfigError: a method name used twice as a baseline, runs of mixed direction, or a
+            split other than val or test.
     """
     import torch
 
     from segrenorm.models.checkpoint import load_translator
 
+    if split not in EVAL_SPLITS:
+        raise ConfigError(
+            f"evaluation split {split!r} is unknown: use val (tuning, checkpoint selection) or "
+            "test (the final table)"
+        )
     models, harmonized = dict(models or {}), dict(harmonized or {})
     clash = sorted((set(models) | set(harmonized)) & set(BASELINES))
     if clash:
@@ -89,7 +107,7 @@ def evaluate_cache(
             "differently (e.g. after their translator)"
         )
     loaded = {name: load_translator(path, device) for name, path in models.items()}
-    data = EvalData.from_cache(cache, direction=_direction(loaded))
+    data = EvalData.from_cache(cache, direction=_direction(loaded), split=split)
     config = config or EvaluationConfig()
     say = on_stage or (lambda text: log.info("%s", text))
     say("classical baselines")
@@ -114,7 +132,10 @@ def evaluate_cache(
             )  # fmt: skip
         methods[name] = MethodInput(slices, translator=translator, kind="translator")
     results, artifacts = run_evaluation(data, methods, config, on_stage=say)
+    # Which classical rows saw N4-corrected source volumes (the report says so).
+    results["n4_corrected_baselines"] = n4_corrected_baselines(data, chosen)
     extra = {
+        "split": split,
         "runs": {name: str(path) for name, path in models.items()},
         "harmonized_folders": {name: str(path) for name, path in harmonized.items()},
         "evaluation_config": _plain(config),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
-from segrenorm.models.nn.renorm import SegRenorm
+from segrenorm.models.nn.renorm import FILM_INIT_STD, SegRenorm
 from segrenorm.models.nn.upsample import upsample_cat_conv
 
 __all__ = ["RenormResBlock", "ResBlock", "conv3x3", "down_conv", "upsample2x"]
@@ -123,20 +123,23 @@ class RenormResBlock(nn.Module):
         in_ch: input channels.
         out_ch: output channels.
         embed_dim: size of the semantic embedding.
-        zero_init: zero-initialise the FiLM heads (start as instance norm).
+        film_init_std: initial std of the FiLM gamma/beta (see :class:`SegRenorm`; 0 zeroes
+            the heads, so the block starts with instance norms).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, embed_dim: int, *, zero_init: bool = True) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, embed_dim: int, *, film_init_std: float = FILM_INIT_STD
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch)
-        self.norm1 = SegRenorm(out_ch, embed_dim, zero_init)
+        self.norm1 = SegRenorm(out_ch, embed_dim, film_init_std)
         self.conv2 = conv3x3(out_ch, out_ch)
-        self.norm2 = SegRenorm(out_ch, embed_dim, zero_init)
+        self.norm2 = SegRenorm(out_ch, embed_dim, film_init_std)
         self.skip: nn.Conv2d | None = None
         self.skip_norm: SegRenorm | None = None
         if in_ch != out_ch:
             self.skip = nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False)
-            self.skip_norm = SegRenorm(out_ch, embed_dim, zero_init)
+            self.skip_norm = SegRenorm(out_ch, embed_dim, film_init_std)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         """Apply the block.

@@ -1,18 +1,46 @@
-"""Semantic extractor: segmentation probabilities -> one embedding f(m) per image."""
+"""Semantic extractor: segmentation probabilities -> one embedding f(m) per image.
+
+The embedding must be O(1) and differ between images from the first step, or FiLM starts
+from constants and the extractor learns nothing (an N(0, 0.02) draw through its six
+unnormalised layers gives rms ~1e-5). Two things see to it: He/Kaiming weights, and (with
+``normalize``) probabilities centred at ``1 / n_classes`` and an embedding standardised over
+its dimension. Every layer is then positively homogeneous, so the standardised embedding
+depends on the *pattern* of the segmentation, not on how confident it is: even the near-
+uniform softmax of an untrained segmentation net gives unit-rms, image-dependent embeddings.
+"""
 
 from __future__ import annotations
 
 import typing
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
-from segrenorm.models.nn.init import init_weights
+from segrenorm.models.nn.init import KAIMING, init_weights, mark_init
 
-__all__ = ["SemanticExtractor"]
+__all__ = ["EMBED_EPS", "SemanticExtractor", "standardize_embedding"]
 
 N_STAGES = 4
+#: Added to the embedding's variance before standardising (an all-zero embedding stays 0).
+EMBED_EPS = 1e-6
+
+
+def standardize_embedding(z: Tensor, eps: float = EMBED_EPS) -> Tensor:
+    """Zero mean and unit variance over the embedding dimension, per image (no parameters).
+
+    Written with mean and variance (not ``layer_norm``) so that every exporter takes it.
+
+    Args:
+        z: embeddings (B, D).
+        eps: added to the variance.
+
+    Returns:
+        (B, D) standardised embeddings: rms 1 unless ``z`` is constant.
+    """
+    centred = z - z.mean(dim=1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
 def _halve(x: Tensor) -> Tensor:
@@ -57,19 +85,33 @@ class SemanticExtractor(nn.Module):
         ngf: width of the first stage.
         embed_dim: size of the output embedding.
         grid: side of the adaptive average pool before the MLP.
+        kaiming_init: He/Kaiming normal weights (False: the shared N(0, 0.02) draw).
+        normalize: centre the probabilities at ``1 / n_classes`` and standardise the
+            embedding over its dimension (:func:`standardize_embedding`).
 
     Example:
         >>> import torch
         >>> ext = SemanticExtractor(n_classes=4, ngf=4, embed_dim=16, grid=2)
-        >>> ext(torch.rand(3, 4, 32, 32)).shape
-        torch.Size([3, 16])
+        >>> emb = ext(torch.rand(3, 4, 32, 32).softmax(dim=1))
+        >>> emb.shape, round(emb.pow(2).mean().item(), 3)
+        (torch.Size([3, 16]), 1.0)
     """
 
-    def __init__(self, *, n_classes: int, ngf: int, embed_dim: int, grid: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        n_classes: int,
+        ngf: int,
+        embed_dim: int,
+        grid: int = 2,
+        kaiming_init: bool = True,
+        normalize: bool = True,
+    ) -> None:
         super().__init__()
         self.n_classes = n_classes
         self.embed_dim = embed_dim
         self.grid = grid
+        self.normalize = normalize
         widths = [n_classes] + [ngf * 2**i for i in range(N_STAGES)]
         self.convs = nn.ModuleList(
             nn.Conv2d(widths[i], widths[i + 1], kernel_size=3, padding=1) for i in range(N_STAGES)
@@ -79,7 +121,20 @@ class SemanticExtractor(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(embed_dim, embed_dim),
         )
+        if kaiming_init:
+            for layer in self.modules():
+                if isinstance(layer, nn.Conv2d | nn.Linear):
+                    mark_init(layer, KAIMING)
         init_weights(self)
+
+    def centre(self, probs: Tensor) -> Tensor:
+        """The extractor's input: ``probs - 1 / n_classes`` with ``normalize``, else ``probs``."""
+        return probs - 1.0 / self.n_classes if self.normalize else probs
+
+    def finish(self, pooled: Tensor) -> Tensor:
+        """The MLP, then the standardisation with ``normalize``: (B, 8ngf*grid*grid) -> (B, D)."""
+        z = self.mlp(pooled)
+        return standardize_embedding(z) if self.normalize else z
 
     def forward(self, probs: Tensor) -> Tensor:
         """Embed segmentation probabilities.
@@ -95,8 +150,8 @@ class SemanticExtractor(nn.Module):
                 f"SemanticExtractor expects probabilities (B, {self.n_classes}, H, W), got "
                 f"{tuple(probs.shape)}: pass softmax(segmentation logits)."
             )
-        h = probs
+        h = self.centre(probs)
         for conv in typing.cast("list[nn.Conv2d]", self.convs):
             h = F.relu(_conv_halve(h, conv), inplace=True)  # relu(halve(conv(h)))
         h = F.adaptive_avg_pool2d(h, self.grid)  # (B, 8ngf, grid, grid)
-        return self.mlp(h.flatten(1))  # (B, embed_dim)
+        return self.finish(h.flatten(1))  # (B, embed_dim)

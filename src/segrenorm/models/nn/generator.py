@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from segrenorm.errors import InputError
 from segrenorm.models.nn.blocks import LRELU_SLOPE, RenormResBlock, ResBlock, down_conv
 from segrenorm.models.nn.init import init_weights, mark_zero_init
+from segrenorm.models.nn.renorm import FILM_INIT_STD
 from segrenorm.models.nn.segnet import check_image_batch, level_width
 from segrenorm.models.nn.upsample import upsample_conv
 
@@ -39,7 +40,8 @@ class Generator(nn.Module):
         embed_dim: None builds the plain baseline generator (ResBlocks); an int builds
             the renormalised one (RenormResBlocks) that needs an embedding in ``forward``.
         residual_output: start as the identity (see above).
-        zero_init_film: zero-initialise the FiLM heads.
+        film_init_std: initial std of the FiLM gamma/beta for a unit-rms embedding (see
+            :class:`~segrenorm.models.nn.renorm.SegRenorm`); 0 zeroes the heads.
         channels: image channels (in and out).
 
     Example:
@@ -57,7 +59,7 @@ class Generator(nn.Module):
         n_middle_blocks: int = 2,
         embed_dim: int | None = None,
         residual_output: bool = True,
-        zero_init_film: bool = True,
+        film_init_std: float = FILM_INIT_STD,
         channels: int = 1,
     ) -> None:
         super().__init__()
@@ -71,7 +73,7 @@ class Generator(nn.Module):
         def block(in_ch: int, out_ch: int) -> nn.Module:
             if embed_dim is None:
                 return ResBlock(in_ch, out_ch)
-            return RenormResBlock(in_ch, out_ch, embed_dim, zero_init=zero_init_film)
+            return RenormResBlock(in_ch, out_ch, embed_dim, film_init_std=film_init_std)
 
         widths = [level_width(ngf, i) for i in range(n_downsample)]
         self.head = down_conv(channels, ngf)

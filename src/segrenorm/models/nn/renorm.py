@@ -3,17 +3,26 @@
 ``out = x_hat * (1 + gamma) + beta`` with ``gamma = W_gamma f`` and ``beta = W_beta f``,
 where ``f`` is the semantic embedding of the predicted segmentation (one per image,
 shared by every renorm layer of a generator).
+
+The heads start small but not zero (:data:`FILM_INIT_STD`): the layer starts within a few
+percent of plain instance norm, yet gradient reaches the embedding, and through it the
+semantic extractor, from the first step. Zero heads would make that gradient exactly zero.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
-from segrenorm.models.nn.init import init_weights, mark_zero_init
+from segrenorm.models.nn.init import init_weights, mark_init
 
-__all__ = ["SegRenorm", "modulated_instance_norm", "set_film_enabled"]
+__all__ = ["FILM_INIT_STD", "SegRenorm", "modulated_instance_norm", "set_film_enabled"]
+
+#: Initial standard deviation of gamma and beta for a unit-rms embedding (mean |gamma| ~0.024).
+FILM_INIT_STD = 0.03
 
 
 def modulated_instance_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float = 1e-5) -> Tensor:
@@ -52,8 +61,13 @@ class SegRenorm(nn.Module):
     Args:
         channels: feature channels C.
         embed_dim: size of the embedding ``f``.
-        zero_init: zero the gamma/beta heads so the layer starts as plain instance norm.
+        init_std: standard deviation of the initial gamma and beta for a unit-rms embedding
+            (head weights drawn from N(0, init_std**2 / embed_dim), zero biases); 0 zeroes
+            the heads, so the layer starts as plain instance norm.
         eps: added to the variance.
+
+    Raises:
+        InputError: ``init_std`` is negative or not finite.
 
     Example:
         >>> import torch
@@ -63,7 +77,7 @@ class SegRenorm(nn.Module):
     """
 
     def __init__(
-        self, channels: int, embed_dim: int, zero_init: bool = True, eps: float = 1e-5
+        self, channels: int, embed_dim: int, init_std: float = FILM_INIT_STD, eps: float = 1e-5
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -71,9 +85,12 @@ class SegRenorm(nn.Module):
         self.eps = eps
         self.gamma = nn.Linear(embed_dim, channels)
         self.beta = nn.Linear(embed_dim, channels)
-        if zero_init:
-            mark_zero_init(self.gamma)
-            mark_zero_init(self.beta)
+        if not (math.isfinite(init_std) and init_std >= 0):
+            raise InputError(
+                f"SegRenorm init_std={init_std} must be finite and >= 0 (0 zeroes the heads)."
+            )
+        mark_init(self.gamma, init_std / math.sqrt(embed_dim))
+        mark_init(self.beta, init_std / math.sqrt(embed_dim))
         init_weights(self)
         # When False, gamma = beta = 0 (FiLM warm-up): the layer is plain instance norm.
         self.enabled = True
