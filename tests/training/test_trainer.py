@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -292,3 +293,15 @@ def test_cli_interrupt_then_resume_from_run_dir(
     assert capsys.readouterr().out.strip() == str(run_dir)
     assert load_checkpoint(run_dir / "final.pt")["step"] == 4
     assert [e["step"] for e in read_log(run_dir)] == [1, 2, 3, 4]
+
+
+def test_semgan_without_dropout_warns_that_it_is_s_cyclegan(
+    tiny_cache: Path, tiny_kit: SimpleNamespace, tmp_path: Path
+) -> None:
+    semgan = tiny_kit.config("semgan")
+    with pytest.warns(UserWarning, match=r"semantic_dropout=0 trains exactly S-CycleGAN"):
+        train(semgan, tiny_cache, tmp_path / "a", progress=False, max_steps=1)
+    with_dropout = tiny_kit.config("semgan", data={"semantic_dropout": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(with_dropout, tiny_cache, tmp_path / "b", progress=False, max_steps=1)

@@ -98,3 +98,21 @@ def test_compare_trains_each_translator_once(
     with pytest.raises(ConfigError, match="unknown baseline\\(s\\) 'n5-histogram'"):
         compare(eval_study.cache, tmp_path / "x", config, baselines=["n5-histogram"])
     assert not (tmp_path / "x").exists()  # refused before any training
+
+
+def test_demo_passes_the_scanner_pair_to_the_simulation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segrenorm.workflows.demo as demo
+
+    seen: dict[str, object] = {}
+
+    def fake_simulate(data: Path, **kwargs: object) -> Path:
+        seen.update(kwargs)
+        raise SystemExit(7)  # stop before training: only the simulation's arguments matter
+
+    monkeypatch.setattr(demo, "simulate_t1", fake_simulate)
+    with pytest.raises(SystemExit, match="7"):
+        main(["demo", "--out", str(tmp_path / "d"), "--source", "1T", "--target", "7T"])
+    assert seen["source"] == "1T" and seen["target"] == "7T" and seen["resolution"] == 2
+    assert demo._name("profiles/mine.yaml") == "mine" and demo._name("1.5T") == "1.5T"

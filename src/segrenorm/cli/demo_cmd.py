@@ -24,8 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Runs: segrenorm simulate t1 (2 mm, 20 subjects) -> prepare -> train (the cpu "
             "preset by default) -> harmonize the held-out source scans -> evaluate against "
             "no harmonization and the classical baselines -> report (HTML, Markdown, JSON, "
-            "CSV). 12 to 17 minutes on 2 CPU cores. Stages whose output exists are reused, "
-            "so an interrupted demo continues where it stopped."
+            "CSV). 9 to 17 minutes on 2 CPU cores (BENCHMARKS.md). Stages whose output exists "
+            "are reused, so an interrupted demo continues where it stopped. --source/--target "
+            "choose the scanner pair (1T -> 7T is the second built-in pair)."
         ),
     )
     parser.add_argument("--out", default="demo_out", help="demo folder (default: demo_out)")
@@ -44,6 +45,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
     parser.add_argument(
         "--subjects", type=int, default=20, help="virtual subjects to simulate (default: 20)"
+    )
+    parser.add_argument(
+        "--source",
+        default="1.5T",
+        metavar="NAME|FILE",
+        help="source scanner: 1.5T (default), 3T, 1T, 7T or a profile file",
+    )
+    parser.add_argument(
+        "--target", default="3T", metavar="NAME|FILE", help="target scanner (default: 3T)"
     )
     parser.set_defaults(func=run)
 
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_demo(
         args.out, config=config, evaluation=evaluation, seed=args.seed,
-        subjects=args.subjects, on_stage=on_stage,
+        subjects=args.subjects, source=args.source, target=args.target, on_stage=on_stage,
     )  # fmt: skip
     print(headline(result.results))
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())

@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from segrenorm.config.schema import Config
+from segrenorm.config.schema import Config, TranslatorKind
 from segrenorm.errors import ConfigError, SegrenormError
 from segrenorm.models.conditioning import conditioning_sensitivity
 from segrenorm.training.distributed import (
@@ -52,6 +53,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: SemGAN is S-CycleGAN plus semantic dropout: without dropout the two train the same model.
+SEMGAN_WITHOUT_DROPOUT = (
+    "model.translator=semgan with data.semantic_dropout=0 trains exactly S-CycleGAN: set "
+    "--set data.semantic_dropout=0.5 (what `segrenorm compare` uses) or train s-cyclegan"
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,8 @@ def train(
     config = config.validate()
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"max_steps={max_steps} must be >= 1 (or None for the whole schedule).")
+    if config.model.translator is TranslatorKind.SEMGAN and config.data.semantic_dropout == 0:
+        warnings.warn(SEMGAN_WITHOUT_DROPOUT, UserWarning, stacklevel=2)
     ctx = init_distributed(config.run.device)
     try:
         session = TrainingSession(config, cache, out, ctx, resume)

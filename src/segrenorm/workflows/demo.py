@@ -71,12 +71,20 @@ class DemoResult:
     seconds: dict[str, float]
 
 
-def _simulated(data: Path, seed: int, subjects: int) -> Path:
+def _simulated(data: Path, seed: int, subjects: int, scanners: tuple[str, str]) -> Path:
     csv = data / "subjects.csv"
     if (data / "simulation.json").is_file() and csv.is_file():
         log.info("reusing simulated data in %s", data)
         return csv
-    return simulate_t1(data, n_subjects=subjects, resolution=2, seed=seed, overwrite=data.exists())
+    return simulate_t1(
+        data, n_subjects=subjects, resolution=2, seed=seed, overwrite=data.exists(),
+        source=scanners[0], target=scanners[1],
+    )  # fmt: skip
+
+
+def _name(scanner: str) -> str:
+    """A scanner's display name: a built-in name as it is, a profile file by its stem."""
+    return Path(scanner).stem if scanner.endswith((".yaml", ".yml", ".json")) else scanner
 
 
 def _prepared(csv: Path, cache_dir: Path, seed: int) -> SliceCache:
@@ -173,6 +181,8 @@ def run_demo(
     evaluation: EvaluationConfig | None = None,
     seed: int = 0,
     subjects: int = 20,
+    source: str = "1.5T",
+    target: str = "3T",
     on_stage: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the whole demo into ``out`` and return its numbers.
@@ -182,7 +192,11 @@ def run_demo(
         config: the training config; the ``cpu`` preset by default.
         evaluation: the evaluation budgets; :data:`DEMO_EVALUATION` by default.
         seed: seeds the simulation, the split, training and evaluation.
-        subjects: virtual subjects simulated (30% held out on both scanners).
+        subjects: virtual subjects simulated (30% test and 15% validation subjects held out
+            on both scanners).
+        source: the source scanner: a built-in name (``1.5T``, ``3T``, ``1T``, ``7T``) or a
+            profile file.
+        target: the target scanner, as ``source``.
         on_stage: progress callback (one line per stage and per tenth of training).
     """
     from segrenorm.workflows.evaluate import evaluate_cache
@@ -203,7 +217,7 @@ def run_demo(
         return value
 
     csv = timed("simulate", f"simulating {subjects} subjects on two scanners (2 mm)",
-                lambda: _simulated(root / "data", seed, subjects))  # fmt: skip
+                lambda: _simulated(root / "data", seed, subjects, (source, target)))  # fmt: skip
     cache = timed(
         "prepare", "preparing the slice cache", lambda: _prepared(csv, root / "cache", seed)
     )
@@ -213,12 +227,13 @@ def run_demo(
     folder = root / "harmonized" / name
     timed("harmonize", "harmonizing the held-out source scans",
           lambda: _harmonized(run_dir, cache, source, folder, say))  # fmt: skip
+    title = f"segrenorm demo: {_name(source)} -> {_name(target)} (2 mm)"
     paths, results = timed(
         "evaluate",
         "evaluating against the classical baselines",
         lambda: evaluate_cache(
             cache.path, root / "report", models={name: run_dir}, harmonized={name: folder},
-            baselines=BASELINES, config=evaluation, title="segrenorm demo: 1.5T -> 3T (2 mm)",
+            baselines=BASELINES, config=evaluation, title=title,
             on_stage=lambda text: say(f"evaluate: {text}"), extra={"demo_seconds": seconds},
         ),
     )  # fmt: skip
