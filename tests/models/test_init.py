@@ -23,9 +23,7 @@ OLD_INIT = {"film_init_std": 0.0, "extractor_init": "normal", "embed_norm": Fals
 N_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded_torch")  # seed 0, one thread
 
 
 def _segmentations(side: int = 64) -> torch.Tensor:

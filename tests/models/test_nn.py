@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,19 +18,7 @@ from segrenorm.models.nn.generator import CLAMP, Generator
 from segrenorm.models.nn.renorm import SegRenorm, modulated_instance_norm, set_film_enabled
 from segrenorm.models.nn.segnet import SegUNet
 
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: a second intra-op thread only spins against the other workers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_torch")  # seed 0, one thread
 
 
 def _randomize_film(root: nn.Module, std: float = 0.5) -> None:

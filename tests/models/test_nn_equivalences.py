@@ -24,10 +24,7 @@ from segrenorm.models.nn.upsample import (
     upsample_conv,
 )
 
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded_torch")  # seed 0, one thread
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

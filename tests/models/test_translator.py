@@ -6,7 +6,6 @@ Their training losses are tested in tests/training/test_objective.py.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,18 +20,7 @@ KINDS = list(TranslatorKind)
 N_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: a second intra-op thread only spins against the other workers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_torch")  # seed 0, one thread
 
 
 def tiny(kind: TranslatorKind, **changes: object) -> ModelConfig:

@@ -21,9 +21,7 @@ BASE_TERMS = {"gan_ab", "gan_ba", "cycle_a", "cycle_b"}
 Make = Callable[..., Translator]
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded_torch")  # seed 0, one thread
 
 
 @pytest.fixture

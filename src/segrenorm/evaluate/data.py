@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -151,6 +151,12 @@ class EvalData:
         """Class names, background first."""
         return self.cache.class_names
 
+    def subject_entries(self, part: SiteSlices) -> dict[str, dict[str, Any]]:
+        """The manifest's records of ``part``'s site (``self.source`` or ``self.target``), by
+        subject id: where each subject's volumes are and how they were scaled."""
+        subjects = self.cache.manifest["subjects"]
+        return {str(s["subject"]): s for s in subjects if s["site"] == part.site}
+
     def train_slices(self, site: str) -> tuple[np.ndarray, np.ndarray]:
         """Training images and labels of a site (``"source"`` or ``"target"``).
 
@@ -219,7 +225,7 @@ def slices_from_volumes(
     if not root.is_dir():
         raise InputError(f"harmonized folder {root} does not exist: run segrenorm harmonize first")
     manifest = data.cache.manifest
-    entries = {str(s["subject"]): s for s in manifest["subjects"] if s["site"] == data.source.site}
+    entries = data.subject_entries(data.source)
     # Harmonized volumes are outputs, already in the target's corrected units: cut them with
     # the cache's recipe but never bias-correct them again (only inputs are corrected).
     recipe = dataclasses.replace(SliceRecipe.from_manifest(manifest), bias=NO_BIAS_CORRECTION)
@@ -278,11 +284,7 @@ def recut_source(
     from segrenorm.volumes.readwrite import load_image
     from segrenorm.volumes.spatial import pad_to_shape
 
-    entries = {
-        str(s["subject"]): s
-        for s in data.cache.manifest["subjects"]
-        if s["site"] == data.source.site
-    }
+    entries = data.subject_entries(data.source)
     out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
     groups = data.source.subject_rows()
     for count, (subject, positions) in enumerate(groups.items()):

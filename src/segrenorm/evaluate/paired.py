@@ -70,7 +70,7 @@ def clean_target_slices(data: EvalData) -> tuple[np.ndarray, np.ndarray] | None:
     from segrenorm.volumes.spatial import pad_to_shape
 
     manifest = data.cache.manifest
-    entries = {str(s["subject"]): s for s in manifest["subjects"] if s["site"] == data.target.site}
+    entries = data.subject_entries(data.target)
     groups = {s: rows for s, rows in data.target.subject_rows().items() if entries[s].get("clean")}
     if not groups:
         return None
