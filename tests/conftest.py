@@ -172,12 +172,18 @@ def tiny_inference_facts(**changes: Any) -> dict[str, Any]:
 
 
 def save_tiny_checkpoint(
-    path: Path, *, identity: bool = True, translator: str = "segrenorm", **facts: Any
+    path: Path,
+    *,
+    identity: bool = True,
+    translator: str = "segrenorm",
+    context_slices: int = 1,
+    **facts: Any,
 ) -> Path:
     """An untrained tiny translator saved as a real checkpoint (no training step).
 
     ``identity=True`` keeps the zero-initialised residual output, so G(x) = x up to 1e-3 and
     every harmonized value is predictable; ``False`` gives random, non-trivial networks.
+    ``context_slices`` > 1 makes it a 2.5-D translator of k-slice stacks.
     """
     import torch
 
@@ -190,7 +196,8 @@ def save_tiny_checkpoint(
             "name": "tiny",
             "model": {"translator": translator, **TINY_MODEL, "residual_output": identity,
                       "film_init_std": 0.0 if identity else 0.03},
-            "data": {"crop_size": 32, "batch_size": 2, "n_classes": 4},
+            "data": {"crop_size": 32, "batch_size": 2, "n_classes": 4,
+                     "context_slices": context_slices},
             "run": {"device": "cpu", "amp": "off"},
         }
     )  # fmt: skip

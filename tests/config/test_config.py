@@ -61,6 +61,7 @@ def test_two_class_weights_broadcast_to_foreground() -> None:
     [
         (["model.translator=pix2pix"], r"model.translator='pix2pix' is unknown: choose one of"),
         (["data.crop_size=100"], r"data.crop_size=100 is not divisible by the network's stride 16"),
+        (["data.crop_size=-16"], r"data.crop_size=-16 must be 0 \(whole slices\) or a positive"),
         (["model.ngf=0"], r"model.ngf=0 must be > 0"),
         (["model.bogus=3"], r"unknown key\(s\) model.bogus"),
         (["data.n_classes=abc"], r"data.n_classes='abc' must be an integer"),
@@ -75,6 +76,10 @@ def test_two_class_weights_broadcast_to_foreground() -> None:
 def test_bad_values_are_rejected_with_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("ixi", overrides=overrides)
+
+
+def test_crop_size_zero_means_whole_slices() -> None:
+    assert load_config("cpu", overrides=["data.crop_size=0"]).data.crop_size == 0
 
 
 def test_unknown_preset_and_missing_file(tmp_path: Path) -> None:

@@ -217,6 +217,18 @@ def test_full_size_crop_returns_whole_slice(
         assert np.array_equal(sample["b_label"].numpy(), cache.labels("B")[b_row])
 
 
+def test_crop_size_zero_returns_whole_padded_slices(cache_dir: Path) -> None:
+    cache = SliceCache.open(cache_dir)  # 24x32 slices: not square, so no crop could cover them
+    data = UnpairedSliceDataset(cache, crop_size=0, split="all", foreground_bias=1.0)
+    batch = next(infinite_loader(data, batch_size=3, seed=0))
+    assert batch["a"].shape == (3, 1, H, W) and batch["b_label"].shape == (3, H, W)
+    for side, site in (("a", "A"), ("b", "B")):
+        rows = batch[f"{side}_row"].numpy()
+        assert np.array_equal(batch[side][:, 0].numpy(), cache.images(site)[rows])
+        assert np.array_equal(batch[f"{side}_label"].numpy(), cache.labels(site)[rows])
+        assert np.array_equal(batch[f"{side}_mask"][:, 0].numpy(), cache.masks(site)[rows] > 0)
+
+
 def test_direction_ba_makes_site_b_the_source(cache_dir: Path) -> None:
     cache = SliceCache.open(cache_dir)
     flipped = UnpairedSliceDataset(cache, crop_size=H, direction="BA", split="all")
@@ -236,7 +248,7 @@ def test_direction_ba_makes_site_b_the_source(cache_dir: Path) -> None:
     ("kwargs", "match"),
     [
         ({"crop_size": 33}, r"crop_size 33 is larger than the cached slice size 24x32"),
-        ({"crop_size": 0}, "crop_size must be a positive integer"),
+        ({"crop_size": -1}, r"crop_size must be 0 \(whole slices\) or a positive integer, got -1"),
         ({"direction": "AC"}, "direction 'AC' is unknown"),
         ({"split": "dev"}, "unknown split 'dev'"),
         ({"foreground_bias": 1.5}, r"foreground_bias must be a probability in \[0, 1\], got 1.5"),

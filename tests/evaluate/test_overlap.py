@@ -132,7 +132,7 @@ CASES = [(0, (12, 10, 8), 4), (1, (9, 11, 7), 3), (2, (32, 24), 4), (3, (17, 20)
 
 @pytest.mark.parametrize(("seed", "shape", "n_classes"), CASES)
 def test_dice_and_iou_match_monai(seed: int, shape: tuple[int, ...], n_classes: int) -> None:
-    metrics = importlib.import_module("monai.metrics")  # a dev dependency: never skipped
+    metrics = importlib.import_module("monai.metrics")  # a runtime dependency: never skipped
     pred, truth = _random_maps(seed, shape, n_classes)
     dice = metrics.DiceMetric(include_background=True, reduction="none")
     monai_dice = dice(_onehot(pred, n_classes), _onehot(truth, n_classes))[0].numpy()
@@ -147,7 +147,7 @@ def test_dice_and_iou_match_monai(seed: int, shape: tuple[int, ...], n_classes: 
 def test_generalized_dice_matches_monai(
     seed: int, shape: tuple[int, ...], n_classes: int, include_background: bool
 ) -> None:
-    metrics = importlib.import_module("monai.metrics")  # a dev dependency: never skipped
+    metrics = importlib.import_module("monai.metrics")  # a runtime dependency: never skipped
     pred, truth = _random_maps(seed, shape, n_classes)
     truth[truth == n_classes - 1] = 0  # one class absent from truth but still predicted
     metric = metrics.GeneralizedDiceScore(include_background=include_background)
@@ -157,7 +157,7 @@ def test_generalized_dice_matches_monai(
 
 
 def test_empty_classes_match_monai_ignore_empty_false() -> None:
-    metrics = importlib.import_module("monai.metrics")  # a dev dependency: never skipped
+    metrics = importlib.import_module("monai.metrics")  # a runtime dependency: never skipped
     truth = np.zeros((6, 6), np.uint8)
     truth[1:3, 1:3] = 1
     pred = truth.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import shutil
@@ -16,6 +17,8 @@ import torch
 
 from segrenorm.cli import main
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.conditioning import partner_rows
+from segrenorm.evaluate.controls import wrong_segmentation_slices
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.distances import fid, kid
 from segrenorm.evaluate.features import extract_features, train_autoencoder
@@ -24,6 +27,7 @@ from segrenorm.evaluate.suite import MethodInput, run_evaluation
 from segrenorm.harmonize.files import harmonize_files
 from segrenorm.harmonize.harmonizer import Harmonizer
 from segrenorm.models.checkpoint import load_translator
+from segrenorm.models.conditioning import translate_with_partner
 from segrenorm.workflows.evaluate import evaluate_cache
 
 
@@ -138,15 +142,33 @@ def test_distances_are_kid_and_fid_of_the_autoencoder_features(
 def test_gap_recovery_follows_its_definition(
     evaluated: SimpleNamespace, controls: SimpleNamespace
 ) -> None:
+    # Per segmentor seed, from that seed's rows; the reported figure is the mean over seeds.
     for r in (evaluated.results, controls.results):
-        rows, recovery = r["segmentation"]["rows"], r["segmentation"]["gap_recovery"]
-        upper, lower = _mean_dice(rows["source→source"]), _mean_dice(rows["target→none"])
-        assert np.any(upper - lower > 0)  # a gap to recover
+        seg = r["segmentation"]
+        rows, seeds = seg["rows"], seg["segmentor_seeds"]
+        assert seeds == [0, 1, 2]  # the default: three segmentor pairs
+        for k in range(len(seeds)):
+            upper = _seed_dice(rows["source→source"], k)
+            lower = _seed_dice(rows["target→none"], k)
+            np.testing.assert_allclose(seg["dice_gap"]["per_seed"][k], upper - lower)
+            for name in r["methods"]:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    want = (_seed_dice(rows[f"target→{name}"], k) - lower) / (upper - lower)
+                want[~(upper - lower > 0)] = np.nan
+                got = seg["gap_recovery_per_seed"][name][k]
+                np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=name)
         for name in r["methods"]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                want = (_mean_dice(rows[f"target→{name}"]) - lower) / (upper - lower)
-            want[~(upper - lower > 0)] = np.nan
-            np.testing.assert_allclose(recovery[name], want, rtol=1e-12, err_msg=name)
+            table = np.asarray(seg["gap_recovery_per_seed"][name], np.float64)  # (seeds, C)
+            for c in range(table.shape[1]):
+                kept = table[:, c][~np.isnan(table[:, c])]
+                mean = kept.mean() if kept.size else np.nan
+                std = kept.std(ddof=1) if kept.size > 1 else np.nan
+                np.testing.assert_allclose(seg["gap_recovery"][name][c], mean, rtol=1e-12)
+                np.testing.assert_allclose(seg["gap_recovery_seed_std"][name][c], std, rtol=1e-12)
+
+
+def _seed_dice(row: dict[str, Any], k: int) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in row["dice"]["per_seed"][k]], np.float64)
 
 
 def test_paired_scores_match_a_hand_computation(
@@ -209,8 +231,11 @@ def test_robustness_at_sigma_zero_is_the_cycle_error(
 
 def test_every_lens_reports_every_method(evaluated: SimpleNamespace) -> None:
     r = evaluated.results
-    names = [*BASELINES, "segrenorm", "cyclegan"]  # every classical pipeline by default
+    # Every classical pipeline by default; both tiny runs are segrenorm models, so each gets
+    # its wrong-segmentation control, right after it.
+    names = [*BASELINES, "segrenorm", "segrenorm (wrong seg)", "cyclegan", "cyclegan (wrong seg)"]
     assert list(r["methods"]) == names
+    assert r["methods"]["segrenorm (wrong seg)"] == "control"
     # The cache was prepared with N4 (the default): every classical row saw corrected inputs.
     assert r["n4_corrected_baselines"] == list(BASELINES)
     assert r["methods"]["segrenorm"] == "translator"
@@ -236,6 +261,35 @@ def test_every_lens_reports_every_method(evaluated: SimpleNamespace) -> None:
     assert set(hist["classes"]["gm"]) == {"target", *names}
 
 
+def test_each_conditioned_run_gets_a_wrong_segmentation_control(
+    evaluated: SimpleNamespace, eval_kit: SimpleNamespace, tiny_checkpoints: dict[str, Path]
+) -> None:
+    data, r, name = evaluated.data, evaluated.results, "segrenorm (wrong seg)"
+    # The control's slices by hand: each held-out slice with its partner's segmentation.
+    translator, _ = load_translator(tiny_checkpoints["random"])
+    pair = functools.partial(translate_with_partner, translator, direction="AB")
+    partner = partner_rows(len(data.source), eval_kit.evaluation().seed)
+    slices = wrong_segmentation_slices(
+        pair, data.source.images, data.source.masks, partner, batch_size=8
+    )
+    want = eval_kit.paired(data, slices)
+    for key in ("ssim", "psnr", "mae"):
+        assert r["paired"]["methods"][name][key] == pytest.approx(want[key], rel=1e-6), key
+    # Every lens but robustness (and the conditioning figure, which is the method's).
+    assert name in r["distribution"]["methods"] and name in r["segmentation"]["gap_recovery"]
+    assert f"target→{name}" in r["segmentation"]["rows"]
+    assert name not in r["robustness"] and name not in r["conditioning"]
+    markdown = evaluated.paths.markdown.read_text()
+    table = markdown.split("## Wrong-segmentation control: segrenorm")[1].split("## ")[0]
+    assert (
+        "| lens | segrenorm | segrenorm (wrong seg) | lost without the right segmentation |"
+        in table
+    )
+    ssim = r["paired"]["methods"]["segrenorm"]["ssim"], r["paired"]["methods"][name]["ssim"]
+    assert f"| paired SSIM | {ssim[0]:.4f} | {ssim[1]:.4f} | " in table
+    assert "| Dice gap recovery, csf |" in table
+
+
 def test_identity_translator_scores_like_no_harmonization(evaluated: SimpleNamespace) -> None:
     paired = evaluated.results["paired"]["methods"]
     # cyclegan here is the untrained identity-start checkpoint: G(x) = x up to 1e-3.
@@ -255,7 +309,8 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
     markdown = paths.markdown.read_text()
     for heading in ("Paired ground truth", "Distribution distance", "Dice (Table V)",
                     "Dice gap recovery", "Robustness to noise", "Conditioning sensitivity",
-                    "Quality targets"):  # fmt: skip
+                    "Quality targets", "Wrong-segmentation control: segrenorm",
+                    "Dice gap recovery: segrenorm against the others"):  # fmt: skip
         assert heading in markdown and heading in page
     assert "![panel](panel.png)" in markdown
     dice_part, iou_part = markdown.split("## Downstream segmentation: IoU")
@@ -265,7 +320,7 @@ def test_report_files(evaluated: SimpleNamespace) -> None:
     assert record["runs"]["segrenorm"].endswith("random.pt")
     assert record["evaluation_config"]["robustness_slices"] == 6
     # KID ratio, KID / SSIM / PSNR against the strongest classical row, gap, robustness.
-    assert [c["target"].split(":")[0] for c in record["quality_checks"]] == ["segrenorm"] * 6
+    assert [c["target"].split(":")[0] for c in record["quality_checks"]] == ["segrenorm"] * 7
     with paths.csv.open() as handle:
         rows = list(csv.DictReader(handle))
     sections = {row["section"] for row in rows}
@@ -310,6 +365,7 @@ def test_evaluate_command(
         "none": "baseline",
         "histogram": "baseline",
         "segrenorm": "translator",
+        "segrenorm (wrong seg)": "control",
     }
     base = ["evaluate", "--cache", str(eval_study.cache), "--out", str(tmp_path / "x")]
     assert main([*base, "--model", "segrenorm"]) == 2
@@ -320,6 +376,8 @@ def test_evaluate_command(
     assert "unknown baseline(s) 'magic'" in capsys.readouterr().err
     assert main([*base, "--set", "autoencoder.nope=1"]) == 2
     assert "unknown key(s) autoencoder.nope" in capsys.readouterr().err
+    assert main([*base, "--set", "segmentor_seeds=0"]) == 2
+    assert "evaluation segmentor_seeds=0 must be an integer >= 1" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*base, "--harmonized", f"mine={empty}", *tiny]) == 2

@@ -41,6 +41,8 @@ def test_export_both_formats_match_pytorch(
     info = json.loads((tmp_path / "exp" / "translator_BA.json").read_text())
     assert info["target_site"] == "1.5T" and info["target_scaling"]["high"] == 900.0
     assert info["input"]["shape"] == ["batch", 1, 24, 40] and info["checks"]["onnx"]["ok"]
+    crop = load_translator(ckpt)[1].data.crop_size  # harmonize tiles when a crop < a side
+    assert info["tiles"]["harmonize_tile"] == (crop if 0 < crop < 40 else None)
     with pytest.raises(InputError, match=r"translator_BA\.pt.*already exist.*--overwrite"):
         export_model(ckpt, tmp_path / "exp", direction="BA", shape=(24, 40))
 

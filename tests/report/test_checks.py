@@ -11,7 +11,11 @@ from segrenorm.report.tables import classical_rows, strongest
 
 KID = "segrenorm: KID to target ≤ 0.25× source-vs-target KID"
 KID_BEST = "segrenorm: KID to target below the strongest classical pipeline"
-GAP = "segrenorm: target segmentor recovers ≥ 80% of the Dice gap, every class"
+GAP = "segrenorm: target segmentor recovers ≥ 80% of the Dice gap (csf)"
+GAP_GM = (
+    "segrenorm: target segmentor recovers ≥ 80% of the Dice gap (gm), or the Dice gap itself "
+    "is within segmentor-seed noise"
+)
 SSIM = "segrenorm: paired SSIM above the strongest classical pipeline"
 PSNR = "segrenorm: paired PSNR above the strongest classical pipeline"
 ROBUST = "segrenorm: robustness curve above cyclegan's (SSIM AUC)"
@@ -54,7 +58,8 @@ def test_every_target_is_stated_with_its_measured_numbers() -> None:
         {"target": KID, "measured": "8.00e-3 vs 40.00e-3 (ratio 0.200)", "passed": True},
         {"target": KID_BEST, "measured": "8.00e-3 vs 9.00e-3 (histogram, lowest of 3 classical)",
          "passed": True},
-        {"target": GAP, "measured": "csf 0.90, gm 0.85", "passed": True},
+        {"target": GAP, "measured": "csf 0.90", "passed": True},
+        {"target": GAP_GM, "measured": "gm 0.85", "passed": True},
         {"target": SSIM,
          "measured": "0.4500 vs 0.4200 (n4-denoise-histogram, highest of 3 classical)",
          "passed": True},
@@ -94,21 +99,76 @@ def test_kid_must_be_strictly_below_the_lowest_classical_kid(kid: float, passed:
 @pytest.mark.parametrize(
     ("values", "measured", "passed"),
     [
-        ([0.0, 0.8, 0.8], "csf 0.80, gm 0.80", True),  # the threshold itself passes
-        ([0.0, 0.9, 0.79], "csf 0.90, gm 0.79", False),  # one class short is a miss
-        ([0.0, None, 0.85], "csf –, gm 0.85", True),  # an undefined class is not held against
-        ([0.0, float("nan"), 0.5], "csf –, gm 0.50", False),
-        ([0.0, None, float("nan")], "csf –, gm –", False),  # nothing defined: no pass
+        ([0.0, 0.8, 0.5], "csf 0.80", True),  # the threshold itself passes
+        ([0.0, 0.79, 0.9], "csf 0.79", False),  # one class short is a miss
+        ([0.0, None, 0.85], "csf –", False),  # nothing defined: no pass
+        ([0.0, float("nan"), 0.5], "csf –", False),
     ],
 )
-def test_gap_recovery_needs_every_defined_class(
+def test_gap_recovery_of_the_strict_classes(
     values: list[float | None], measured: str, passed: bool
 ) -> None:
     seg = {"class_names": ["bg", "csf", "gm"], "gap_recovery": {"segrenorm": values}}
-    (check,) = quality_checks(
+    strict, _ = quality_checks(
         _results(distribution=None, segmentation=seg, paired=None, robustness={})
     )
-    assert (check["target"], check["measured"], check["passed"]) == (GAP, measured, passed)
+    assert (strict["target"], strict["measured"], strict["passed"]) == (GAP, measured, passed)
+
+
+def test_every_class_but_gm_and_wm_is_strict() -> None:
+    names = ["background", "CSF", "lesion", "GM", "WM"]
+    seg = {"class_names": names, "gap_recovery": {"segrenorm": [0.0, 0.9, 0.7, 0.9, 0.9]}}
+    strict, tolerant = quality_checks(_results(distribution=None, segmentation=seg,
+                                               paired=None, robustness={}))  # fmt: skip
+    assert strict["target"].endswith("of the Dice gap (CSF, lesion)")
+    assert (strict["measured"], strict["passed"]) == ("CSF 0.90, lesion 0.70", False)
+    assert "(GM, WM), or the Dice gap itself is within segmentor-seed noise" in tolerant["target"]
+    assert (tolerant["measured"], tolerant["passed"]) == ("GM 0.90; WM 0.90", True)
+
+
+def _seeded(gm: float, gm_std: float | None, gap: float = 0.2, gap_std: float = 0.01) -> Any:
+    """Segmentation results of 3 seeds: csf fine, gm as given, with the Dice gap's spread."""
+    return {
+        "class_names": ["bg", "csf", "gm"],
+        "segmentor_seeds": [0, 1, 2],
+        "gap_recovery": {"segrenorm": [float("nan"), 0.95, gm]},
+        "gap_recovery_seed_std": {"segrenorm": [float("nan"), 0.02, gm_std]},
+        "dice_gap": {"mean": [None, 0.3, gap], "seed_std": [None, 0.01, gap_std]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("seg", "measured", "passed"),
+    [
+        (_seeded(0.85, 0.2), "gm 0.85 ± 0.20", True),
+        # A shortfall inside the recovery's own spread is not a pass: only a Dice gap that
+        # is itself within its seed spread excuses a class.
+        (_seeded(0.7, 0.15), "gm 0.70 ± 0.15: 0.10 short of 80%", False),
+        (_seeded(0.7, 0.05), "gm 0.70 ± 0.05: 0.10 short of 80%", False),
+        (
+            _seeded(0.3, 0.05, gap=0.02, gap_std=0.03),
+            "gm 0.30 ± 0.05: within segmentor-seed noise, the Dice gap itself (0.020 ± 0.030) is "
+            "smaller than its seed spread",
+            True,
+        ),
+        (
+            _seeded(0.3, 0.05, gap=0.03, gap_std=0.03),  # equal is not smaller
+            "gm 0.30 ± 0.05: 0.50 short of 80%",
+            False,
+        ),
+        (_seeded(0.79, None), "gm 0.79: 0.01 short of 80%", False),  # one seed: no spread
+    ],
+)
+def test_gm_and_wm_pass_only_at_80_percent_or_when_the_gap_is_seed_noise(
+    seg: Any, measured: str, passed: bool
+) -> None:
+    strict, tolerant = quality_checks(
+        _results(distribution=None, segmentation=seg, paired=None, robustness={})
+    )
+    assert (strict["measured"], strict["passed"]) == ("csf 0.95 ± 0.02 (3 segmentor seeds)", True)
+    assert tolerant["target"] == GAP_GM
+    assert tolerant["measured"] == measured + " (3 segmentor seeds)"
+    assert tolerant["passed"] is passed
 
 
 def test_paired_scores_must_beat_the_strongest_classical_row_strictly() -> None:
@@ -119,18 +179,18 @@ def test_paired_scores_must_beat_the_strongest_classical_row_strictly() -> None:
     assert [(c["target"], c["passed"]) for c in checks] == [(SSIM, False), (PSNR, True)]
     # A classical method that was not evaluated is neither shown nor counted.
     alone = {"none": {"ssim": 0.3, "psnr": 18.0}, "segrenorm": {"ssim": 0.31, "psnr": 17.0}}
-    check = quality_checks(_results(paired={"methods": alone}))[3]
+    check = quality_checks(_results(paired={"methods": alone}))[4]
     assert check == {"target": SSIM, "measured": "0.3100 vs 0.3000 (none, highest of 1 classical)",
                      "passed": True}  # fmt: skip
     # Naming the classical rows narrows the comparison.
-    narrowed = quality_checks(_results(), classical=["none", "histogram"])[3]
+    narrowed = quality_checks(_results(), classical=["none", "histogram"])[4]
     assert narrowed["measured"] == "0.4500 vs 0.4000 (histogram, highest of 2 classical)"
 
 
 def test_a_classical_row_without_a_score_is_passed_over() -> None:
     paired = _results()["paired"]["methods"]
     paired["n4-denoise-histogram"] = {"ssim": float("nan"), "psnr": float("nan")}
-    check = quality_checks(_results(paired={"methods": paired}))[3]
+    check = quality_checks(_results(paired={"methods": paired}))[4]
     assert check["measured"] == "0.4500 vs 0.4000 (histogram, highest of 3 classical)"
 
 
@@ -162,7 +222,7 @@ def test_robustness_must_beat_the_reference_strictly() -> None:
 
 def test_targets_without_their_inputs_are_left_out() -> None:
     targets = [c["target"] for c in quality_checks(_results(paired=None, robustness={}))]
-    assert targets == [KID, KID_BEST, GAP]
+    assert targets == [KID, KID_BEST, GAP, GAP_GM]
     no_cyclegan = {"segrenorm": {"ssim_auc": 0.8}}
     assert [c["target"] for c in quality_checks(_results(robustness=no_cyclegan))][-1] == PSNR
     no_classical = _results(methods={"segrenorm": "translator"}, segmentation=None)
@@ -178,7 +238,8 @@ def test_verdict_and_terminal_lines() -> None:
     assert check_lines(worse) == [
         f"PASS: {KID}: 8.00e-3 vs 40.00e-3 (ratio 0.200)",
         f"PASS: {KID_BEST}: 8.00e-3 vs 9.00e-3 (histogram, lowest of 3 classical)",
-        f"PASS: {GAP}: csf 0.90, gm 0.85",
+        f"PASS: {GAP}: csf 0.90",
+        f"PASS: {GAP_GM}: gm 0.85",
         f"PASS: {SSIM}: 0.4500 vs 0.4200 (n4-denoise-histogram, highest of 3 classical)",
         f"MISSED: {PSNR}: 21.00 vs 21.25 (n4-denoise-histogram, highest of 3 classical)",
         f"MISSED: {ROBUST}: 0.6000 vs 0.7000",

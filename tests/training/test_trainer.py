@@ -305,3 +305,29 @@ def test_semgan_without_dropout_warns_that_it_is_s_cyclegan(
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         train(with_dropout, tiny_cache, tmp_path / "b", progress=False, max_steps=1)
+
+
+def test_crop_size_zero_trains_on_whole_slices(
+    tiny_cache: Path, tiny_kit: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shapes: list[tuple[int, ...]] = []
+    original = training_step.generator_half
+
+    def recording(model: Any, batch: Any, direction: str) -> Any:
+        shapes.append(tuple(batch["a"].shape))
+        return original(model, batch, direction)
+
+    monkeypatch.setattr(training_step, "generator_half", recording)
+    whole = tiny_kit.config(data={"crop_size": 0}, run={"image_every": 0})
+    train(whole, tiny_cache, tmp_path, progress=False, max_steps=1)
+    assert shapes and all(shape[-2:] == (40, 40) for shape in shapes)  # the cache's slices
+
+
+def test_whole_slices_off_the_stride_are_refused(
+    tiny_cache: Path, tiny_kit: SimpleNamespace, tmp_path: Path
+) -> None:
+    deep = tiny_kit.config(model={"n_downsample": 4}, data={"crop_size": 0})  # stride 16
+    with pytest.raises(ConfigError, match=r"data\.crop_size=0 trains on whole slices, but the "
+                       r"cache's slices 40x40 .* not multiples of the network's stride 16: "
+                       r"prepare the cache with --pad-multiple 16"):  # fmt: skip
+        train(deep, tiny_cache, tmp_path, progress=False, max_steps=1)

@@ -77,6 +77,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="held-out subjects to score: val to tune presets and choose checkpoints, test "
         "(default) once, for the final table",
     )
+    parser.add_argument(
+        "--tiles",
+        default="none",
+        metavar="auto|none|N",
+        help="how --model runs translate, as segrenorm harmonize --tiles: none (default) "
+        "whole slices, auto overlapping tiles of the training crop size for a run trained "
+        "on crops, N tiles of N pixels",
+    )
     parser.set_defaults(func=run)
 
 
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     paths, results = evaluate_cache(
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
-        split=args.split,
+        split=args.split, tiles=args.tiles,
     )  # fmt: skip
     for line in check_lines(results):
         print(line)

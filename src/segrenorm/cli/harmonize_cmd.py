@@ -80,6 +80,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FRACTION",
         help="relative voxel-size difference from training tolerated without resampling (0.2)",
     )
+    parser.add_argument(
+        "--tiles",
+        default="none",
+        metavar="auto|none|N",
+        help="none (default): whole slices; auto: overlapping tiles of the training crop size, "
+        "blended with a Gaussian window, when the model trained on crops (whole slices when it "
+        "trained on whole slices); N: tiles of N pixels (a multiple of the stride)",
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
         "--skip-existing", action="store_true", help="keep outputs that already exist"
@@ -135,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             background=args.background,
             spacing_tolerance=args.spacing_tolerance,
+            tiles=args.tiles,
         ),
         views=args.views,
         device=args.device,

@@ -200,7 +200,8 @@ class DataConfig:
     """What the trainer draws from the slice cache.
 
     Args:
-        crop_size: side of the random square crops.
+        crop_size: side of the random square crops; 0 trains on whole padded cache slices
+            (their sides must then be multiples of the stride).
         batch_size: samples per step (per process under DDP).
         n_classes: segmentation classes including background; must match the cache.
         foreground_bias: probability that a crop is centred on the foreground.
@@ -209,6 +210,13 @@ class DataConfig:
         direction: ``AB`` translates cache site A to B as G; ``BA`` swaps the sites.
         fold: leave-one-subject-out / k-fold: train on every subject whose fold in the
             cache differs from this one (None uses the cache's train/test split).
+        context_slices: 2.5-D input: k (odd) neighbouring slices of the same subject as
+            channels, the slice itself at the centre (a neighbour missing from the cache is
+            replaced by the nearest available slice toward the centre; see
+            :mod:`segrenorm.data.context`). The generators translate the whole k-slice
+            stack, the discriminators judge k-channel stacks and the segmentation nets
+            predict the centre slice's labels; inference keeps the centre output. 1 is the
+            2D model.
     """
 
     crop_size: int = 128
@@ -219,6 +227,7 @@ class DataConfig:
     num_workers: int = 0
     direction: str = "AB"
     fold: int | None = None
+    context_slices: int = 1
 
 
 @dataclass(frozen=True)
@@ -285,7 +294,11 @@ class Config:
                 "renorm near instance norm with gradient into the extractor; 0 zeroes the "
                 "FiLM heads."
             )
-        _positive("data.crop_size", d.crop_size)
+        if d.crop_size < 0:
+            raise ConfigError(
+                f"data.crop_size={d.crop_size} must be 0 (whole slices) or a positive "
+                f"multiple of the stride {m.stride}."
+            )
         _positive("data.batch_size", d.batch_size)
         _in_range("data.n_classes", d.n_classes, 2, 255)
         _in_range("data.num_workers", d.num_workers, 0, 64)
@@ -299,6 +312,13 @@ class Config:
             )
         if d.fold is not None:
             _in_range("data.fold", d.fold, 0, 10**6)
+        k = d.context_slices
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 or k > 31:
+            raise ConfigError(
+                f"data.context_slices={k!r} must be an odd number of slices in 1..31 (the slice "
+                "itself at the centre, as many neighbours on each side): use 1 for 2D input or "
+                "3, 5, ... for 2.5-D input."
+            )
         check_direction(d.direction, name="data.direction")
         if d.semantic_dropout > 0 and m.translator is not TranslatorKind.SEMGAN:
             raise ConfigError(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segrenorm.data.context import check_context
 from segrenorm.data.manifest import RUN_PREPARE
 from segrenorm.data.slice_cache import SliceCache
 from segrenorm.errors import CacheError, ConfigError
@@ -37,13 +38,20 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
     Each side gets a ``crop_size`` square crop at a random position; with probability
     ``foreground_bias`` the crop is instead centred (with a jitter of ``crop_size // 8``) on
     a random labelled voxel, or a random mask voxel when the slice has no labels, and then
-    clamped to the slice. On the training split only, with probability ``semantic_dropout``
-    per side, a random non-empty subset of the foreground classes present in the crop is
-    kept and the other classes' voxels become background: image -1, label 0, mask 0
-    (SemGAN's semantic dropout, applied to the image/label pair).
+    clamped to the slice; ``crop_size=0`` takes the whole padded slice instead (whole-slice
+    training, no position drawn). On the training split only, with probability
+    ``semantic_dropout`` per side, a random non-empty subset of the foreground classes
+    present in the crop is kept and the other classes' voxels become background: image -1,
+    label 0, mask 0 (SemGAN's semantic dropout, applied to the image/label pair).
+
+    With ``context_slices = k > 1`` (2.5-D input) the image is the row's k-slice context
+    stack (:meth:`SliceCache.context_rows`), cropped at the same place; the crop position,
+    the label, the mask and the semantic dropout's classes come from the centre slice, and
+    a dropped class's voxels (of the centre slice) become -1 in every channel. ``k = 1``
+    draws and returns exactly what the 2D dataset did.
 
     ``__getitem__`` returns, for ``s`` in ``a`` (source) and ``b`` (target) and ``c`` the crop
-    size: ``s`` float32 (1, c, c) in [-1, 1]; ``s_label`` int64 (c, c); ``s_onehot`` float32
+    size: ``s`` float32 (k, c, c) in [-1, 1]; ``s_label`` int64 (c, c); ``s_onehot`` float32
     (n_classes, c, c); ``s_mask`` float32 (1, c, c); ``s_row`` int64 scalar tensor (the row
     in the site's arrays; it batches to shape (B,)).
 
@@ -52,15 +60,18 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
         split: ``"train"`` (the default, what training uses: never val or test subjects),
             ``"val"``, ``"test"`` or ``"all"`` (see :meth:`SliceCache.rows`).
         fold: ``None`` for the manifest's split, or the held-out fold for leave-one-out.
-        crop_size: side of the square crops; at most the cached slice size.
+        crop_size: side of the square crops; at most the cached slice size. 0 returns
+            whole padded slices (no crop; ``foreground_bias`` is then unused).
         foreground_bias: probability of centring a crop on foreground.
         semantic_dropout: per-side probability of semantic dropout (training split only).
         seed: non-negative base seed.
         length: samples per epoch; ``None`` means the number of source rows.
         direction: ``"AB"`` (site A is the source ``a``) or ``"BA"``.
+        context_slices: slices per image (odd; 1 is 2D input).
 
     Raises:
-        ConfigError: a value out of range, or a split/fold without rows on either site.
+        ConfigError: a value out of range, an even ``context_slices``, or a split/fold
+            without rows on either site.
         CacheError: the cache cannot be opened.
     """
 
@@ -76,12 +87,16 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
         seed: int = 0,
         length: int | None = None,
         direction: str = "AB",
+        context_slices: int = 1,
     ) -> None:
         self.cache = cache if isinstance(cache, SliceCache) else SliceCache.open(cache)
         check_direction(direction)
+        self.context_slices = check_context(context_slices)
         h, w = self.cache.slice_shape
-        if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
-            raise ConfigError(f"crop_size must be a positive integer, got {crop_size!r}")
+        if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 0:
+            raise ConfigError(
+                f"crop_size must be 0 (whole slices) or a positive integer, got {crop_size!r}"
+            )
         if crop_size > min(h, w):
             raise ConfigError(
                 f"crop_size {crop_size} is larger than the cached slice size {h}x{w} "
@@ -163,9 +178,17 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
     def _side(
         self, key: str, site: str, row: int, rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
-        top, left = self._crop_origin(site, row, rng)
-        window = (row, slice(top, top + self.crop_size), slice(left, left + self.crop_size))
-        image = np.clip(np.array(self.cache.images(site)[window], dtype=np.float32), -1.0, 1.0)
+        if self.crop_size == 0:  # whole padded slices: no crop, no position drawn
+            window: tuple[int, slice, slice] = (row, slice(None), slice(None))
+        else:
+            top, left = self._crop_origin(site, row, rng)
+            window = (row, slice(top, top + self.crop_size), slice(left, left + self.crop_size))
+        if self.context_slices == 1:
+            pixels = self.cache.images(site)[window][None]  # (1, c, c)
+        else:
+            stack = self.cache.context_rows(site, row, self.context_slices)  # (k,)
+            pixels = self.cache.images(site)[(stack, *window[1:])]  # (k, c, c)
+        image = np.clip(np.array(pixels, dtype=np.float32), -1.0, 1.0)
         label = np.array(self.cache.labels(site)[window], dtype=np.int64)
         mask = np.array(self.cache.masks(site)[window] > 0, dtype=np.float32)
         n = self.cache.n_classes
@@ -182,10 +205,10 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
                 while not keep.any():  # uniform over the non-empty subsets
                     keep = rng.random(present.size) < 0.5
                 dropped = np.isin(label, present[~keep])
-                image[dropped], label[dropped], mask[dropped] = -1.0, 0, 0.0
+                image[:, dropped], label[dropped], mask[dropped] = -1.0, 0, 0.0
         onehot = (label[None] == np.arange(n)[:, None, None]).astype(np.float32)
         return {
-            key: torch.from_numpy(image)[None],  # (1, c, c)
+            key: torch.from_numpy(image),  # (k, c, c)
             f"{key}_label": torch.from_numpy(label),  # (c, c)
             f"{key}_onehot": torch.from_numpy(onehot),  # (n_classes, c, c)
             f"{key}_mask": torch.from_numpy(mask)[None],  # (1, c, c)

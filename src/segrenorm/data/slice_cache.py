@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from segrenorm.data.manifest import SPLITS, check_fields, open_manifest
-from segrenorm.errors import ConfigError
+from segrenorm.data.context import check_context, context_positions
+from segrenorm.data.manifest import RUN_PREPARE, SPLITS, check_fields, open_manifest
+from segrenorm.errors import CacheError, ConfigError
 from segrenorm.vocabulary import SITES
 
 __all__ = ["SliceCache"]
@@ -56,6 +57,7 @@ class SliceCache:
             self._owners[site], self._starts[site] = owners, np.asarray(starts, dtype=np.int64)
             self._n_rows[site] = sum(int(manifest["subjects"][k]["n_slices"]) for k in owners)
         self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._contexts: dict[tuple[str, int], np.ndarray] = {}
         self._pid = os.getpid()
 
     @classmethod
@@ -176,6 +178,52 @@ class SliceCache:
         # Subjects with zero slices share a start; searchsorted 'right' picks the one holding rows.
         k = int(np.searchsorted(self._starts[site], row, side="right")) - 1
         return str(self._manifest["subjects"][self._owners[site][k]]["subject"])
+
+    def context_rows(self, site: str, rows: np.ndarray | int, k: int) -> np.ndarray:
+        """The rows of each row's k-slice context stack (2.5-D input), centre row in the middle.
+
+        The neighbours of a row are the rows of the same subject at slice indices
+        ``z - k//2 .. z + k//2`` (``slices.npy``); one the cache does not hold (skipped for
+        too little foreground, or past the volume's edge) is replaced by the nearest held
+        slice toward the centre (:func:`segrenorm.data.context.context_positions`).
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+            rows: row indices into the site's arrays (an int gives one stack).
+            k: slices per stack, odd (``data.context_slices``).
+
+        Returns:
+            int64 rows of shape ``rows.shape + (k,)``; ``[..., k // 2]`` is ``rows``.
+
+        Raises:
+            ConfigError: an unknown site, an even or non-positive ``k``, or a row out of range.
+            CacheError: ``slices.npy`` does not list a subject's slices in increasing order.
+        """
+        k, key = check_context(k), (_check_site(site), int(k))
+        if key not in self._contexts:
+            table = np.tile(np.arange(self.n_rows(site), dtype=np.int64)[:, None], (1, k))
+            index = self._array(site, "slices")
+            for subject in self._owners[site]:
+                entry = self._manifest["subjects"][subject]
+                first, count = int(entry["first_row"]), int(entry["n_slices"])
+                if count == 0:
+                    continue
+                try:
+                    positions = context_positions(index[first : first + count, 1], k)
+                except ConfigError as exc:
+                    raise CacheError(
+                        f"{self.path / site / 'slices.npy'}, subject {entry['subject']}: {exc}; "
+                        f"{RUN_PREPARE}"
+                    ) from None
+                table[first : first + count] = first + positions
+            self._contexts[key] = table
+        wanted = np.asarray(rows, dtype=np.int64)
+        n = self.n_rows(site)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+            raise ConfigError(
+                f"rows {wanted.min()}..{wanted.max()} are out of range for site {site} ({n} rows)"
+            )
+        return self._contexts[key][wanted]
 
     def _array(self, site: str, name: str) -> np.ndarray:
         if os.getpid() != self._pid:  # forked worker: do not share the parent's mappings

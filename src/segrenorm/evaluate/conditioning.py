@@ -6,7 +6,8 @@ held-out source slice, where each slice ``x`` is given the embedding of another 
 slice ``x'``: a seeded random cycle through all of them, so no slice keeps its own and the
 partner is rarely a neighbouring slice of the same subject (whose segmentation is nearly
 the same). Only the segmentation-renormalised translator is conditioned on an embedding;
-the others have no figure (None).
+the others have no figure (None). It is measured on whole slices, one embedding per slice
+(training logs it with one per crop), whatever ``--tiles`` says for the method rows.
 
 Example:
     >>> figure = slice_conditioning(model, data.source.images, data.source.masks)  # doctest: +SKIP
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.data import as_stacks
 from segrenorm.models.conditioning import ConditioningSums, conditioning_sums, embed_batch
+from segrenorm.models.inference import image_batch
 from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import check_direction
 
@@ -66,8 +69,10 @@ def slice_conditioning(
 
     Args:
         translator: any of the four translators.
-        images: (N, H, W) slices in [-1, 1] (H, W multiples of the translator's stride).
-        masks: (N, H, W) boolean foreground of the slices.
+        images: (N, H, W) slices in [-1, 1] (H, W multiples of the translator's stride), or
+            (N, k, H, W) context stacks for a 2.5-D translator (the figure is then taken on
+            the centre slices).
+        masks: (N, H, W) boolean foreground of the (centre) slices.
         direction: ``"AB"`` (G, conditioned on S) or ``"BA"`` (F, on Q).
         batch_size: slices per forward pass.
         seed: seeds the pairing of slices (:func:`partner_rows`).
@@ -85,16 +90,11 @@ def slice_conditioning(
     check_direction(direction)
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1")
-    if images.ndim != 3 or images.shape != masks.shape:
-        raise InputError(
-            f"conditioning sensitivity needs (N, H, W) images and masks of one shape, got "
-            f"{images.shape} and {masks.shape}"
-        )
+    stacks = as_stacks(images, masks, "conditioning sensitivity")  # (N, k, H, W)
     partner = partner_rows(len(images), seed)
 
     def batch(start: int) -> torch.Tensor:
-        chunk = np.ascontiguousarray(images[start : start + batch_size, None], np.float32)
-        return torch.from_numpy(chunk).to(device)  # (b, 1, H, W)
+        return image_batch(stacks[start : start + batch_size]).to(device)  # (b, k, H, W)
 
     starts = range(0, len(images), batch_size)
     pieces = [embed_batch(translator, batch(start), direction) for start in starts]

@@ -34,7 +34,34 @@ from segrenorm.vocabulary import check_direction, source_site, target_site
 if TYPE_CHECKING:
     from segrenorm.data.slicing import SliceRecipe
 
-__all__ = ["EvalData", "SiteSlices", "recut_source", "slices_from_volumes"]
+__all__ = ["EvalData", "SiteSlices", "as_stacks", "recut_source", "slices_from_volumes"]
+
+
+def as_stacks(images: np.ndarray, masks: np.ndarray | None, caller: str) -> np.ndarray:
+    """(N, H, W) slices or (N, k, H, W) context stacks as stacks, checked against the masks.
+
+    Args:
+        images: slices, or the 2.5-D context stacks of a translator with k > 1 channels.
+        masks: (N, H, W) foreground of the (centre) slices; None checks the rank only.
+        caller: what needs them, for the message.
+
+    Raises:
+        InputError: images of another rank, or masks of another shape than the slices.
+    """
+    stacks = images[:, None] if images.ndim == 3 else images  # (N, k, H, W)
+    if masks is None and stacks.ndim != 4:
+        raise InputError(
+            f"{caller} needs (N, H, W) slices or (N, k, H, W) stacks, got {images.shape}"
+        )
+    if masks is not None and (
+        stacks.ndim != 4 or masks.ndim != 3 or stacks.shape[:1] + stacks.shape[2:] != masks.shape
+    ):
+        raise InputError(
+            f"{caller} needs (N, H, W) images and masks of one shape, got {images.shape} and "
+            f"{masks.shape} (a 2.5-D translator: (N, k, H, W) stacks over (N, H, W) masks)"
+        )
+    return stacks
+
 
 #: Called per subject with (index, total, subject id) while volumes are read.
 SubjectCallback = Callable[[int, int, str], None]
@@ -156,6 +183,28 @@ class EvalData:
         subject id: where each subject's volumes are and how they were scaled."""
         subjects = self.cache.manifest["subjects"]
         return {str(s["subject"]): s for s in subjects if s["site"] == part.site}
+
+    def source_stacks(self, k: int) -> np.ndarray:
+        """The held-out source slices as 2.5-D context stacks, what a k-slice translator reads.
+
+        Each row's stack is its cache neighbours by the one rule of
+        :meth:`~segrenorm.data.slice_cache.SliceCache.context_rows` (the rule training used).
+
+        Args:
+            k: slices per stack, odd (the translator's ``context_slices``).
+
+        Returns:
+            (N, k, H, W) float32 in [-1, 1], row-aligned with :attr:`source`; channel
+            ``k // 2`` is ``source.images``.
+
+        Raises:
+            ConfigError: an even or non-positive ``k``.
+        """
+        if k == 1:
+            return self.source.images[:, None]
+        rows = self.cache.context_rows(self.source.site, self.source.rows, k)  # (N, k)
+        stacks = np.asarray(self.cache.images(self.source.site)[rows.reshape(-1)], np.float32)
+        return stacks.reshape(*rows.shape, *stacks.shape[1:])
 
     def train_slices(self, site: str) -> tuple[np.ndarray, np.ndarray]:
         """Training images and labels of a site (``"source"`` or ``"target"``).

@@ -34,7 +34,8 @@ slices of one subject together), learned on the target site's *training* subject
     which rows ran on corrected inputs.
 
 A trained translator is applied with :func:`translator_slices`: ``G(x | S(x))`` batch by
-batch, background kept at -1.
+batch, background kept at -1; a 2.5-D translator is given the k-slice stacks of
+:meth:`EvalData.source_stacks` and its centre output is kept.
 
 Example:
     >>> out = baseline_slices(data, ["none", "histogram"])  # doctest: +SKIP
@@ -54,7 +55,8 @@ from scipy import ndimage
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer, WhiteStripe
-from segrenorm.evaluate.data import EvalData, SubjectCallback, recut_source
+from segrenorm.evaluate.data import EvalData, SubjectCallback, as_stacks, recut_source
+from segrenorm.models.inference import image_batch
 from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
 
 __all__ = [
@@ -232,19 +234,30 @@ def translator_slices(
     """Translate slices batch by batch; background (outside ``masks``) stays -1.
 
     Args:
-        translate: ``(B, 1, H, W) -> (B, 1, H, W)`` in [-1, 1], e.g.
-            ``lambda x: model.translate(x, "AB")``.
-        images: (N, H, W) float32 slices in [-1, 1] (H, W multiples of the model's stride).
-        masks: (N, H, W) boolean foreground.
+        translate: ``(B, k, H, W) -> (B, 1 or k, H, W)`` in [-1, 1], e.g.
+            ``lambda x: model.translate(x, "AB")``; of k output channels the centre one
+            is kept.
+        images: (N, H, W) float32 slices in [-1, 1] (H, W multiples of the model's stride),
+            or (N, k, H, W) context stacks for a 2.5-D model
+            (:meth:`~segrenorm.evaluate.data.EvalData.source_stacks`).
+        masks: (N, H, W) boolean foreground (of the centre slices).
         batch_size: slices per forward pass.
         device: where the model lives.
+
+    Returns:
+        (N, H, W) float32 translated slices, -1 outside ``masks``.
+
+    Raises:
+        ConfigError: a batch size below 1.
+        InputError: images that are neither (N, H, W) nor (N, k, H, W) over ``masks``.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1")
-    out = np.empty(images.shape, dtype=np.float32)
+    stacks = as_stacks(images, masks, "translator_slices")  # (N, k, H, W)
+    out = np.empty(masks.shape, dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            chunk = np.ascontiguousarray(images[start : start + batch_size, None], np.float32)
-            y = translate(torch.from_numpy(chunk).to(device))
-            out[start : start + batch_size] = y[:, 0].float().cpu().numpy()
+        for start in range(0, len(stacks), batch_size):
+            chunk = image_batch(stacks[start : start + batch_size])  # (b, k, H, W)
+            y = translate(chunk.to(device))  # (b, 1 or k, H, W)
+            out[start : start + batch_size] = y[:, y.shape[1] // 2].float().cpu().numpy()
     return np.where(masks, out, -1.0).astype(np.float32)

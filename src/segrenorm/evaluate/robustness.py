@@ -8,7 +8,12 @@ less as sigma grows is more robust; the area under each curve (normalised by the
 range, so it is the curve's mean height) summarises it in one number.
 
 For the segmentation-renormalised translator ``G`` is conditioned on ``S(x)`` and ``F`` on
-``Q(G(x) + n)``: the noisy image is segmented too, as it would be in use.
+``Q(G(x) + n)``: the noisy image is segmented too, as it would be in use. A 2.5-D translator
+cycles whole k-slice stacks (noise on every channel) and is scored on the centre slice.
+
+The curves translate whole slices, whatever ``--tiles`` says for the method rows: they
+compare translators with one another under noise, not against the target, so every
+translator is run the same way and no tile blending enters the cycle.
 
 Example:
     >>> curves = noise_sensitivity(model, images, masks)  # doctest: +SKIP
@@ -25,7 +30,9 @@ import numpy as np
 import torch
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.data import as_stacks
 from segrenorm.evaluate.metrics import ssim_map
+from segrenorm.models.inference import image_batch
 from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import check_direction
 
@@ -70,8 +77,10 @@ def noise_sensitivity(
 
     Args:
         translator: a trained translator (eval mode).
-        images: (N, H, W) source slices in [-1, 1].
-        masks: (N, H, W) boolean foreground; metrics are averaged over it.
+        images: (N, H, W) source slices in [-1, 1], or (N, k, H, W) context stacks for a
+            2.5-D translator (:meth:`~segrenorm.evaluate.data.EvalData.source_stacks`).
+        masks: (N, H, W) boolean foreground (of the centre slices); metrics are averaged
+            over it.
         direction: ``"AB"`` (x from site A: G then F) or ``"BA"``.
         sigmas: noise standard deviations, increasing, on the [-1, 1] scale.
         batch_size: slices per forward pass.
@@ -91,11 +100,8 @@ def noise_sensitivity(
         raise ConfigError(
             f"noise sigmas {levels} must be >= 0 and batch size {batch_size} at least 1"
         )
-    if images.shape != masks.shape or images.ndim != 3:
-        raise InputError(
-            f"noise_sensitivity needs (N, H, W) images and masks of one shape, got "
-            f"{images.shape} and {masks.shape}"
-        )
+    stacks = as_stacks(images, masks, "noise_sensitivity")  # (N, k, H, W)
+    centre = stacks.shape[1] // 2
     inside = masks.astype(bool)
     if not inside.any():
         raise InputError("noise_sensitivity: the foreground masks are empty")
@@ -104,15 +110,16 @@ def noise_sensitivity(
     sq_err = np.zeros(len(levels))
     ssim_sum = np.zeros(len(levels))
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            chunk = np.ascontiguousarray(images[start : start + batch_size], np.float32)
-            x = torch.from_numpy(chunk[:, None]).to(device)  # (b, 1, H, W)
+        for start in range(0, len(stacks), batch_size):
+            block = np.ascontiguousarray(stacks[start : start + batch_size], np.float32)
+            x = image_batch(block).to(device)  # (b, k, H, W)
+            chunk = block[:, centre]  # (b, H, W): what the cycle is scored against
             translated = translator.translate(x, direction)
             m = inside[start : start + batch_size]
             for k, sigma in enumerate(levels):
                 noise = torch.randn(translated.shape, generator=generator) * sigma
                 rec = translator.translate(translated + noise.to(translated.device), back)
-                rec_np = rec[:, 0].float().cpu().numpy().astype(np.float64)
+                rec_np = rec[:, centre].float().cpu().numpy().astype(np.float64)
                 sq_err[k] += float(((rec_np - chunk) ** 2)[m].sum())
                 ssim_sum[k] += float(ssim_map(chunk, rec_np, data_range=2.0)[m].sum())
     count = float(inside.sum())

@@ -8,6 +8,8 @@
    target→target and target→harmonized for every method (``none`` is target→source).
    The *gap recovery* of a method and class is
    ``(Dice[target→method] - Dice[target→source]) / (Dice[source→source] - Dice[target→source])``.
+   Only this lens is repeated, once per segmentor seed (``segmentor_seeds``): every figure
+   is the mean over seeds, with its spread beside it (:mod:`segrenorm.evaluate.downstream`).
 3. **Robustness** (Fig. 9): MSE and SSIM of ``F(G(x) + n)`` against ``x`` for noise sigma
    0..0.5, for every method with a trained translator.
 4. **Paired ground truth**, on simulated benchmarks where held-out subjects exist on both
@@ -41,15 +43,15 @@ from segrenorm.errors import ConfigError, InputError
 from segrenorm.evaluate.conditioning import slice_conditioning
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.distances import fid, kid
+from segrenorm.evaluate.downstream import segmentation_lens
 from segrenorm.evaluate.features import (
     AutoencoderConfig,
     extract_features,
     train_autoencoder,
 )
-from segrenorm.evaluate.overlap import subject_scores
 from segrenorm.evaluate.paired import paired_scores
 from segrenorm.evaluate.robustness import DEFAULT_SIGMAS, noise_sensitivity
-from segrenorm.evaluate.segmentors import SegmentorConfig, predict_labels, train_segmentor
+from segrenorm.evaluate.segmentors import SegmentorConfig
 from segrenorm.models.translator import Translator
 
 __all__ = [
@@ -80,6 +82,9 @@ class EvaluationConfig:
         kid_subset_size: samples per KID subset (at most half the smaller set is used).
         batch_size: slices per forward pass.
         seed: seeds the autoencoder, the segmentors, the subsets and the noise.
+        segmentor_seeds: segmentor pairs trained, with seeds ``segmentor.seed``,
+            ``segmentor.seed + 1``, ...; the Dice rows and the gap recovery are their mean,
+            with the spread over seeds beside it. Nothing else is repeated.
     """
 
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -90,8 +95,16 @@ class EvaluationConfig:
     kid_subset_size: int = 1000
     batch_size: int = 32
     seed: int = 0
+    segmentor_seeds: int = 3
 
     def __post_init__(self) -> None:
+        seeds = self.segmentor_seeds
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(
+                f"evaluation segmentor_seeds={seeds!r} must be an integer >= 1: the number of "
+                "post-hoc segmentor pairs whose spread the Dice-gap recovery reports (3 or more "
+                "to state a spread, 1 for a quick run without one)"
+            )
         if len(self.sigmas) < 2 or any(s < 0 for s in self.sigmas):
             raise ConfigError(f"evaluation sigmas {self.sigmas} need at least two values, all >= 0")
         if list(self.sigmas) != sorted(set(self.sigmas)):
@@ -103,6 +116,11 @@ class EvaluationConfig:
             raise ConfigError(
                 f"evaluation robustness_slices={self.robustness_slices} must be >= 0 (0: all)"
             )
+
+    @property
+    def segmentor_seed_list(self) -> list[int]:
+        """The seeds of the segmentor pairs: ``segmentor.seed`` and the next ones."""
+        return [self.segmentor.seed + k for k in range(self.segmentor_seeds)]
 
     def with_seed(self, seed: int) -> EvaluationConfig:
         """The same settings with ``seed`` for every part."""
@@ -122,7 +140,8 @@ class MethodInput:
         slices: harmonized held-out source slices, row-aligned with ``EvalData.source``.
         translator: the trained translator behind them, for the robustness curves
             (None for classical baselines).
-        kind: ``"baseline"`` or ``"translator"`` (a label for the report).
+        kind: ``"baseline"``, ``"translator"`` or ``"control"`` (a translator's
+            wrong-segmentation row; a label for the report).
     """
 
     slices: np.ndarray
@@ -202,35 +221,13 @@ def _segmentation(
     config: EvaluationConfig,
     artifacts: EvaluationArtifacts,
 ) -> dict[str, Any]:
-    n, batch = data.n_classes, config.batch_size
-    truth, subjects = data.source.labels, data.source.subjects
-    nets = {}
-    for site in ("source", "target"):
-        images, labels = data.train_slices(site)
-        nets[site] = train_segmentor(images, labels, n, config.segmentor)
-    rows: dict[str, Any] = {}
-    own = predict_labels(nets["source"], data.source.images, batch_size=batch)
-    rows["source→source"] = subject_scores(own, truth, subjects, n)
-    target_own = predict_labels(nets["target"], data.target.images, batch_size=batch)
-    artifacts.target_predictions["target"] = target_own
-    rows["target→target"] = subject_scores(target_own, data.target.labels, data.target.subjects, n)
-    for name, method in methods.items():
-        pred = predict_labels(nets["target"], method.slices, batch_size=batch)
-        artifacts.target_predictions[name] = pred
-        rows[f"target→{name}"] = subject_scores(pred, truth, subjects, n)
-    upper, lower = _dice(rows["source→source"]), _dice(rows["target→none"])
-    recovery = {}
-    for name in methods:
-        dice = _dice(rows[f"target→{name}"])
-        gap = upper - lower
-        with np.errstate(divide="ignore", invalid="ignore"):
-            recovery[name] = [float(v) for v in np.where(gap > 0, (dice - lower) / gap, np.nan)]
-    return {"rows": rows, "gap_recovery": recovery, "class_names": list(data.class_names)}
-
-
-def _dice(row: dict[str, Any]) -> np.ndarray:
-    """Mean Dice per class of a segmentation row (NaN where undefined)."""
-    return np.asarray([np.nan if v is None else v for v in row["dice"]["mean"]], np.float64)
+    slices = {name: method.slices for name, method in methods.items()}
+    results, predictions = segmentation_lens(
+        data, slices, config.segmentor, seeds=config.segmentor_seed_list,
+        batch_size=config.batch_size,
+    )  # fmt: skip
+    artifacts.target_predictions.update(predictions)
+    return results
 
 
 def _robustness(
@@ -243,7 +240,7 @@ def _robustness(
     take = n if config.robustness_slices == 0 else min(n, config.robustness_slices)
     # Evenly spread over the held-out slices, the same for every method.
     rows = np.unique(np.linspace(0, n - 1, take).round().astype(np.int64))
-    images, masks = data.source.images[rows], data.source.masks[rows]
+    masks = data.source.masks[rows]
     out = {}
     for name in chosen:
         translator = methods[name].translator
@@ -251,7 +248,7 @@ def _robustness(
         device = next(translator.parameters()).device
         out[name] = noise_sensitivity(
             translator,
-            images,
+            data.source_stacks(translator.context_slices)[rows],  # (n, k, H, W)
             masks,
             direction="AB",
             sigmas=config.sigmas,
@@ -273,7 +270,7 @@ def _conditioning(
         device = next(method.translator.parameters()).device
         figure = slice_conditioning(
             method.translator,
-            data.source.images,
+            data.source_stacks(method.translator.context_slices),  # (N, k, H, W)
             data.source.masks,
             direction="AB",  # G: source -> target, as every translator method is applied
             batch_size=config.batch_size,

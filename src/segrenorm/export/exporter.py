@@ -4,7 +4,10 @@ The exported graph is the whole conditioned translation of one direction: the se
 net of the input's site, the semantic extractor and the renormalised generator,
 ``G(x | S(x))`` (plain CycleGAN translators export their generator alone). Its input is a
 batch of preprocessed slices ``(B, 1, H, W)`` in ``[-1, 1]``; the batch axis is dynamic,
-``H`` and ``W`` are fixed at export time (the extractor's pooling depends on them).
+``H`` and ``W`` are fixed at export time (the extractor's pooling depends on them). A 2.5-D
+model (``data.context_slices = k > 1``) takes ``(B, k, H, W)`` stacks of a slice and its
+neighbours along the slice axis (the slice at the centre, edge slices repeated past the
+volume's ends) and returns the translated centre slice ``(B, 1, H, W)``; the sidecar says so.
 A JSON sidecar records the preprocessing and the target site's intensity scale so that the
 exported model can be used without segrenorm.
 
@@ -72,10 +75,10 @@ class ExportCheck:
         return self.max_abs_diff <= TOLERANCE
 
 
-def _example(shape: tuple[int, int], batch: int, seed: int = 0) -> Tensor:
+def _example(shape: tuple[int, int], batch: int, seed: int = 0, channels: int = 1) -> Tensor:
     """Smooth pseudo-images in [-1, 1] with a dark border, like padded slices."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand((batch, 1, *shape), generator=gen) * 2 - 1
+    x = torch.rand((batch, channels, *shape), generator=gen) * 2 - 1
     x = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2) * 3
     x[..., :2, :] = -1.0
     x[..., :, :2] = -1.0
@@ -117,7 +120,8 @@ def export_torchscript(
         # load yet; TorchScript remains the format C++ deployments read.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(module, _example((height, width), 2), check_trace=False)
+        example = _example((height, width), 2, channels=module.channels)
+        traced = torch.jit.trace(module, example, check_trace=False)
         with atomic_path(path) as tmp:
             torch.jit.save(traced, str(tmp))
     return Path(path)
@@ -140,7 +144,7 @@ def export_onnx(
     """
     height, width = _check_shape(module, shape)
     static = module.for_shape((height, width)).eval()
-    example = _example((height, width), 2)
+    example = _example((height, width), 2, channels=module.channels)
 
     register_atanh(opset)
 
@@ -194,7 +198,7 @@ def check_torchscript(
         loaded = torch.jit.load(str(path))
     worst = 0.0
     for i, batch in enumerate(batch_sizes):
-        x = _example((int(shape[0]), int(shape[1])), batch, seed=i + 1)
+        x = _example((int(shape[0]), int(shape[1])), batch, seed=i + 1, channels=module.channels)
         with torch.no_grad():
             got = loaded(x).numpy()
         worst = max(worst, float(np.abs(got - _reference(module, x)).max()))
@@ -230,7 +234,7 @@ def check_onnx(
     name = session.get_inputs()[0].name
     worst = 0.0
     for i, batch in enumerate(batch_sizes):
-        x = _example((int(shape[0]), int(shape[1])), batch, seed=i + 1)
+        x = _example((int(shape[0]), int(shape[1])), batch, seed=i + 1, channels=module.channels)
         (got,) = session.run(None, {name: x.numpy()})
         worst = max(worst, float(np.abs(np.asarray(got) - _reference(module, x)).max()))
     return ExportCheck("onnx", Path(path), worst, tuple(batch_sizes))
@@ -265,6 +269,7 @@ def export_model(
     """
     from segrenorm.data.facts import TrainingFacts
     from segrenorm.models.checkpoint import load_checkpoint, load_translator, resolve_checkpoint
+    from segrenorm.models.tiling import inference_tile
 
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
@@ -305,7 +310,26 @@ def export_model(
         "checkpoint": str(file),
         "direction": direction,
         "target_site": facts.target_name(direction),
-        "input": {"name": "image", "shape": ["batch", 1, *shape], "range": [-1, 1]},
+        "input": {
+            "name": "image",
+            "shape": ["batch", module.channels, *shape],
+            "range": [-1, 1],
+        },
+        "output": {"name": "translated", "shape": ["batch", 1, *shape], "range": [-1, 1]},
+        "context_slices": {
+            "count": module.channels,
+            "centre": module.centre,
+            "rule": "channel j is slice z - centre + j along slice_axis; a slice past the "
+            "volume's edge is replaced by the edge slice",
+        },
+        "tiles": {
+            "harmonize_tile": inference_tile(config, shape, "auto"),
+            "rule": "segrenorm harmonize translates whole slices by default; with --tiles auto "
+            "it translates slices larger than harmonize_tile in overlapping square tiles of "
+            "that side (half overlap, Gaussian blending, -1 padding: MONAI "
+            "sliding_window_inference), the crop size the model trained on (null: whole "
+            "slices). This graph translates what it is given.",
+        },
         "preprocessing": {
             "orientation": "RAS",
             "slice_axis": facts.slice_axis,

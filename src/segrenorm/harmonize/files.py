@@ -312,12 +312,14 @@ def harmonize_paths(
             bar.n = done
             bar.refresh()
 
+        tiles = {v: harmonizer.tile_of(m) for v, m in harmonizer.models.items()}
         log.info(
-            "harmonizing to %s (%s, views %s, batch %d) on %s",
+            "harmonizing to %s (%s, views %s, batch %d, tiles %s) on %s",
             harmonizer.target_name,
             options.direction,
             ",".join(harmonizer.views),
             options.batch_size,
+            ",".join(f"{v}={t or 'whole slices'}" for v, t in tiles.items()),
             ctx.device,
         )
         mine = harmonize_files(

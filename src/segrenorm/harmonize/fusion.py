@@ -6,6 +6,11 @@ volume) and restacked. Multi-view fusion repeats that along several planes and a
 the restacked volumes, which damps the slice-to-slice flicker a single view leaves along
 its through-plane axis. :func:`interslice_jump` measures that flicker.
 
+A 2.5-D translator (``context_slices = k > 1``) is given each slice with its k - 1
+neighbours along the view as channels, the volume's edge slices repeated past its ends
+(the rule of :mod:`segrenorm.data.context`, here with every slice of the volume
+available), and the translated centre slice is kept.
+
 Example:
     >>> fn = lambda x: translator.translate(x, "AB")  # doctest: +SKIP
     >>> out = translate_view(fn, scaled, "axial", stride=translator.stride)  # doctest: +SKIP
@@ -18,7 +23,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from segrenorm.data.context import check_context, context_positions
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.models.inference import image_batch
 from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.spatial import (
     pad_to_shape,
@@ -33,7 +40,8 @@ __all__ = ["interslice_jump", "parse_views", "translate_view"]
 
 #: Called after each slice batch with (slices done, slices in the view).
 BatchCallback = Callable[[int, int], None]
-#: A batch translation: (B, 1, H, W) in [-1, 1] -> (B, 1, H, W) in [-1, 1], no gradients.
+#: A batch translation: (B, k, H, W) in [-1, 1] -> (B, 1 or k, H, W) in [-1, 1], no
+#: gradients; with k output channels the centre one is kept.
 TranslateFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -74,6 +82,7 @@ def translate_view(
     device: torch.device | str = "cpu",
     on_batch: BatchCallback | None = None,
     fixed_batch: bool = False,
+    context: int = 1,
 ) -> np.ndarray:
     """Translate a canonical ``[-1, 1]`` volume slice by slice along ``view``.
 
@@ -92,16 +101,20 @@ def translate_view(
         on_batch: progress callback.
         fixed_batch: pad a last, partial batch with background slices to ``batch_size``
             (a compiled model then sees one shape and compiles once).
+        context: slices per input stack (the model's ``context_slices``, odd): each slice
+            goes in with its neighbours along ``view``, edge slices repeated.
 
     Returns:
         The translated (X, Y, Z) float32 volume in [-1, 1].
 
     Raises:
-        ConfigError: a batch size below 1.
-        InputError: a volume that is not 3D or has a side of 1 voxel in the slice plane.
+        ConfigError: a batch size below 1, or an even or non-positive ``context``.
+        InputError: a volume that is not 3D or has a side of 1 voxel in the slice plane, or a
+            translation that returns neither 1 nor ``context`` channels.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1")
+    check_context(context)
     if scaled.ndim != 3:
         raise InputError(f"translate_view needs a 3D volume, got shape {scaled.shape}")
     axis = resolve_slice_axis(view)
@@ -119,16 +132,22 @@ def translate_view(
         todo = np.flatnonzero(has_fg)
     out = np.full((n, height, width), -1.0, dtype=np.float32)
     target = torch.device(device)
+    stacks = context_positions(np.arange(n), context)  # (n, k) slice indices
     for start in range(0, todo.size, batch_size):
         rows = todo[start : start + batch_size]
-        padded, pads = pad_to_shape(slices[rows], shape, -1.0)  # (b, H', W')
+        padded, pads = pad_to_shape(slices[stacks[rows]], shape, -1.0)  # (b, k, H', W')
         if fixed_batch and rows.size < batch_size:
-            fill = np.full((batch_size - rows.size, *shape), -1.0, dtype=np.float32)
+            fill = np.full((batch_size - rows.size, context, *shape), -1.0, dtype=np.float32)
             padded = np.concatenate([padded, fill])
-        x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None]
+        x = image_batch(padded)  # (b, k, H', W')
         with torch.inference_mode():
-            y = translate(x.to(target))[: rows.size]  # (b, 1, H', W')
-        out[rows] = unpad(y[:, 0].float().cpu().numpy(), pads)
+            y = translate(x.to(target))[: rows.size]  # (b, 1 or k, H', W')
+        if y.dim() != 4 or y.shape[1] not in (1, context):
+            raise InputError(
+                f"the translation returned {tuple(y.shape)} for {tuple(x.shape)} stacks: it must "
+                f"give (B, 1, H, W) or (B, {context}, H, W)"
+            )
+        out[rows] = unpad(y[:, y.shape[1] // 2].float().cpu().numpy(), pads)  # the centre
         if on_batch is not None:
             on_batch(int(min(start + batch_size, todo.size)), int(todo.size))
     return np.ascontiguousarray(stack_slices(out, axis))

@@ -1,13 +1,16 @@
 """The inference graph: one direction's seg net, extractor and generator as one module.
 
 :class:`ConditionedGenerator` computes ``x -> G(x | S(x))``; harmonization runs it and export
-traces it. For the ONNX export the extractor's shape-derived adaptive pooling can be fixed
-as averaging matrices for one slice size (:meth:`ConditionedGenerator.for_shape`); the
-other export-only forms of the layers are in :mod:`segrenorm.export.portable`.
+traces it. With 2.5-D input its input is a stack of k neighbouring slices (B, k, H, W) and its
+output the translated centre slice (B, 1, H, W): one harmonized slice from its context. For
+the ONNX export the extractor's shape-derived adaptive pooling can be fixed as averaging
+matrices for one slice size (:meth:`ConditionedGenerator.for_shape`); the other export-only
+forms of the layers are in :mod:`segrenorm.export.portable`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -16,7 +19,22 @@ from segrenorm.models.nn.extractor import SemanticExtractor, standardize_embeddi
 from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import check_direction
 
-__all__ = ["ConditionedGenerator"]
+__all__ = ["ConditionedGenerator", "image_batch"]
+
+
+def image_batch(array: np.ndarray) -> Tensor:
+    """A (B, C, H, W) float32 array as a tensor with plain C-order strides, sharing its memory.
+
+    NumPy may give a size-1 channel axis any stride (``images[:, None][rows]`` gives it one
+    element); torch reads (B, 1, H, W) strides of (HW, 1, W, 1) as channels-last and picks
+    other convolution kernels, whose sums round differently. Restriding keeps a k-slice
+    stack of k = 1 bit for bit what the single-slice batch gave.
+
+    Args:
+        array: (B, C, H, W) float32 images (made C-contiguous first if needed).
+    """
+    flat = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.from_numpy(flat.reshape(-1)).view(flat.shape)
 
 
 def _pool_matrix(n_in: int, n_out: int) -> Tensor:
@@ -101,26 +119,31 @@ class ConditionedGenerator(nn.Module):
             raise ConfigError(f"seg_chunk {seg_chunk} must be at least 1")
         self.seg_chunk = seg_chunk
         self.stride = translator.stride
+        self.channels = translator.context_slices  # k slices in
+        self.centre = translator.centre  # the one slice out
         self.translator = [translator]  # a list: not registered twice as a submodule
 
     def forward(self, x: Tensor) -> Tensor:
         """Translate slices.
 
         Args:
-            x: (B, 1, H, W) images in [-1, 1], H and W multiples of :attr:`stride`.
+            x: (B, k, H, W) images in [-1, 1] (k = :attr:`channels`: a slice and its
+                neighbours, the slice at the centre), H and W multiples of :attr:`stride`.
 
         Returns:
-            (B, 1, H, W) translated images in (-1, 1).
+            (B, 1, H, W) translated centre slices in (-1, 1).
         """
         if self.segmenter is None or self.extractor is None:
-            return self.generator(x)
-        step = x.shape[0] if self.seg_chunk is None else self.seg_chunk
-        embeddings = [
-            self.extractor(torch.softmax(self.segmenter(x[i : i + step]), dim=1))  # (b, E)
-            for i in range(0, x.shape[0], step)
-        ]
-        emb = embeddings[0] if len(embeddings) == 1 else torch.cat(embeddings)
-        return self.generator(x, emb)
+            out = self.generator(x)  # (B, k, H, W)
+        else:
+            step = x.shape[0] if self.seg_chunk is None else self.seg_chunk
+            embeddings = [
+                self.extractor(torch.softmax(self.segmenter(x[i : i + step]), dim=1))  # (b, E)
+                for i in range(0, x.shape[0], step)
+            ]
+            emb = embeddings[0] if len(embeddings) == 1 else torch.cat(embeddings)
+            out = self.generator(x, emb)  # (B, k, H, W)
+        return out[:, self.centre : self.centre + 1]
 
     def for_shape(self, shape: tuple[int, int]) -> ConditionedGenerator:
         """The same networks with the extractor's pooling fixed for slices of ``shape``.

@@ -10,6 +10,12 @@ Conditioning (segrenorm): a generator is conditioned on the segmentation of *its
 input*, predicted by the net of that input's site: G(a | S(a)), F(G(a) | Q(G(a))),
 F(b | Q(b)), G(F(b) | S(F(b))), and for the identity terms G(b | Q(b)), F(a | S(a)).
 
+2.5-D input (``context_slices = k > 1``): images are stacks of k neighbouring slices,
+(B, k, H, W). The generators translate the whole stack (k channels in and out, each
+starting as the identity), so the cycle and identity losses compare stacks and the
+discriminators judge k-channel stacks; the segmentation nets read the stack and predict
+the centre slice's labels. Inference keeps the centre channel (:attr:`Translator.centre`).
+
 Example:
     >>> from segrenorm.config.load import load_config
     >>> model = Translator.from_config(load_config("cpu"))
@@ -31,6 +37,7 @@ from segrenorm.config.schema import (
     ModelConfig,
     TranslatorKind,
 )
+from segrenorm.data.context import check_context
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.models.nn.discriminator import PatchDiscriminator
 from segrenorm.models.nn.extractor import SemanticExtractor
@@ -59,6 +66,12 @@ class Translator(nn.Module):
         cfg: network shapes and the translator kind.
         n_classes: segmentation classes including background.
         loss: loss weights and class weights.
+        context_slices: image channels k, the slices of a 2.5-D context stack (odd;
+            ``data.context_slices``); 1 is the 2D translator.
+
+    Raises:
+        ConfigError: an unknown translator, fewer than 2 classes or an even
+            ``context_slices``.
     """
 
     seg_a: SegUNet | None
@@ -67,9 +80,12 @@ class Translator(nn.Module):
     extractor_ba: SemanticExtractor | None
     class_weights: Tensor
 
-    def __init__(self, cfg: ModelConfig, *, n_classes: int, loss: LossConfig) -> None:
+    def __init__(
+        self, cfg: ModelConfig, *, n_classes: int, loss: LossConfig, context_slices: int = 1
+    ) -> None:
         super().__init__()
         self.kind = _as_kind(cfg.translator)
+        self.context_slices = k = check_context(context_slices)
         if n_classes < 2:
             raise ConfigError(
                 f"n_classes={n_classes} must be >= 2 (background plus at least one class)."
@@ -78,15 +94,16 @@ class Translator(nn.Module):
         self.n_classes = n_classes
         self.loss_cfg = loss
         embed_dim = cfg.embed_dim if self.kind.renormalizes else None
-        self.gen_ab = self._generator(cfg, embed_dim)
-        self.gen_ba = self._generator(cfg, embed_dim)
-        self.disc_a = PatchDiscriminator(ndf=cfg.ndf, n_layers=cfg.disc_layers)
-        self.disc_b = PatchDiscriminator(ndf=cfg.ndf, n_layers=cfg.disc_layers)
+        self.gen_ab = self._generator(cfg, embed_dim, k)
+        self.gen_ba = self._generator(cfg, embed_dim, k)
+        self.disc_a = PatchDiscriminator(ndf=cfg.ndf, n_layers=cfg.disc_layers, channels=k)
+        self.disc_b = PatchDiscriminator(ndf=cfg.ndf, n_layers=cfg.disc_layers, channels=k)
         self.seg_a = self.seg_b = None
         self.extractor_ab = self.extractor_ba = None
         if self.kind.uses_segmentation:
-            self.seg_a = SegUNet(n_classes=n_classes, ngf=cfg.seg_ngf, depth=cfg.seg_depth)
-            self.seg_b = SegUNet(n_classes=n_classes, ngf=cfg.seg_ngf, depth=cfg.seg_depth)
+            shape = {"ngf": cfg.seg_ngf, "depth": cfg.seg_depth, "in_channels": k}
+            self.seg_a = SegUNet(n_classes=n_classes, **shape)
+            self.seg_b = SegUNet(n_classes=n_classes, **shape)
         if self.kind.renormalizes:
             self.extractor_ab = self._extractor(cfg, n_classes)
             self.extractor_ba = self._extractor(cfg, n_classes)
@@ -97,7 +114,7 @@ class Translator(nn.Module):
         self.register_buffer("class_weights", weights, persistent=False)
 
     @staticmethod
-    def _generator(cfg: ModelConfig, embed_dim: int | None) -> Generator:
+    def _generator(cfg: ModelConfig, embed_dim: int | None, channels: int) -> Generator:
         return Generator(
             ngf=cfg.ngf,
             n_downsample=cfg.n_downsample,
@@ -105,6 +122,7 @@ class Translator(nn.Module):
             embed_dim=embed_dim,
             residual_output=cfg.residual_output,
             film_init_std=cfg.film_init_std,
+            channels=channels,
         )
 
     @staticmethod
@@ -123,14 +141,23 @@ class Translator(nn.Module):
         """Build the translator of a run configuration.
 
         Args:
-            config: a validated run configuration; ``data.n_classes`` sets the classes.
+            config: a validated run configuration; ``data.n_classes`` sets the classes and
+                ``data.context_slices`` the image channels.
         """
-        return cls(config.model, n_classes=config.data.n_classes, loss=config.loss)
+        d = config.data
+        return cls(
+            config.model, n_classes=d.n_classes, loss=config.loss, context_slices=d.context_slices
+        )
 
     @property
     def stride(self) -> int:
         """Image sides must be multiples of this."""
         return self.cfg.stride
+
+    @property
+    def centre(self) -> int:
+        """The channel of the slice itself in a context stack (``context_slices // 2``)."""
+        return self.context_slices // 2
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per optimiser: seg nets + extractors, generators, discriminators."""
@@ -187,7 +214,7 @@ class Translator(nn.Module):
         """Segmentation logits from ``seg_a`` (site ``"A"``) or ``seg_b`` (site ``"B"``).
 
         Args:
-            x: images (B, 1, H, W) in [-1, 1].
+            x: images (B, k, H, W) in [-1, 1] (k = :attr:`context_slices`).
             site: ``"A"`` or ``"B"``.
 
         Returns:
@@ -211,18 +238,20 @@ class Translator(nn.Module):
         """Translate with gradients (see :meth:`translate`).
 
         Args:
-            x: images (B, 1, H, W) in [-1, 1], H and W multiples of :attr:`stride`.
+            x: images (B, k, H, W) in [-1, 1] (k = :attr:`context_slices`), H and W
+                multiples of :attr:`stride`.
             direction: ``"AB"`` (G, conditioned on S(x)) or ``"BA"`` (F, on Q(x)).
 
         Returns:
-            (B, 1, H, W) translated images in (-1, 1).
+            (B, k, H, W) translated images in (-1, 1).
 
         Raises:
             ConfigError: ``direction`` is neither ``"AB"`` nor ``"BA"``.
-            InputError: ``x`` is not a (B, 1, H, W) batch of multiples of the stride.
+            InputError: ``x`` is not a (B, k, H, W) batch of multiples of the stride.
         """
         gen, seg, extractor = self.route(direction)
-        check_image_batch(x, 1, self.stride, f"Translator({self.kind.value}).translate")
+        what = f"Translator({self.kind.value}).translate"
+        check_image_batch(x, self.context_slices, self.stride, what)
         logits = seg(x) if seg is not None and extractor is not None else None
         return gen(x, self.embed(extractor, logits))
 
@@ -231,14 +260,16 @@ class Translator(nn.Module):
         """Inference translation: G(x | S(x)) for ``"AB"``, F(x | Q(x)) for ``"BA"``.
 
         Args:
-            x: images (B, 1, H, W) in [-1, 1], H and W multiples of :attr:`stride`.
+            x: images (B, k, H, W) in [-1, 1] (k = :attr:`context_slices`), H and W
+                multiples of :attr:`stride`.
             direction: ``"AB"`` or ``"BA"``.
 
         Returns:
-            (B, 1, H, W) translated images in (-1, 1).
+            (B, k, H, W) translated images in (-1, 1); channel :attr:`centre` is the
+            translation of the slices themselves.
 
         Raises:
             ConfigError: ``direction`` is neither ``"AB"`` nor ``"BA"``.
-            InputError: ``x`` is not a (B, 1, H, W) batch of multiples of the stride.
+            InputError: ``x`` is not a (B, k, H, W) batch of multiples of the stride.
         """
         return self.forward(x, direction)

@@ -3,7 +3,10 @@
 :func:`quality_checks` lists the targets the paper's translator should meet (KID ratio to no
 harmonization, KID and paired SSIM and PSNR better than the *strongest* classical pipeline on
 that lens, Dice-gap recovery, robustness above CycleGAN), each with the numbers measured,
-the classical row it was measured against, and whether it passed. The report, the
+the classical row it was measured against, and whether it passed. The Dice-gap recovery is
+the mean over segmentor seeds: every class but GM and WM must reach 80%; GM and WM pass
+too when the Dice gap itself is smaller than its segmentor-seed spread,
+and the check says so in words ("within segmentor-seed noise"). The report, the
 ``evaluate`` and ``compare`` commands and the demo show them.
 
 Example:
@@ -14,15 +17,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from segrenorm.report.tables import classical_rows, format_number, strongest
+from segrenorm.report.spread import dice_gap, format_spread, recovery, seed_count
+from segrenorm.report.tables import classical_rows, strongest
 
 __all__ = [
     "GAP_RECOVERY_TARGET",
     "KID_RATIO_TARGET",
+    "NOISE_TOLERANT_CLASSES",
     "QUALITY_METHOD",
     "check_lines",
     "quality_checks",
@@ -34,6 +38,9 @@ QUALITY_METHOD = "segrenorm"
 #: KID ratio and Dice-gap recovery the targets ask for.
 KID_RATIO_TARGET = 0.25
 GAP_RECOVERY_TARGET = 0.8
+#: Classes (lower case) whose gap target is also met when the Dice gap itself is within
+#: segmentor-seed noise; every other class must reach the recovery target itself.
+NOISE_TOLERANT_CLASSES = ("gm", "wm")
 
 
 def _check(target: str, measured: str, passed: bool) -> dict[str, Any]:
@@ -99,16 +106,7 @@ def quality_checks(
             ))  # fmt: skip
     seg = results.get("segmentation")
     if seg and method in seg["gap_recovery"]:
-        values = seg["gap_recovery"][method][1:]
-        names = seg["class_names"][1:]
-        shown = ", ".join(f"{n} {format_number(v, 2)}" for n, v in zip(names, values, strict=True))
-        defined = [v for v in values if v is not None and not math.isnan(v)]
-        checks.append(_check(
-            f"{method}: target segmentor recovers ≥ {GAP_RECOVERY_TARGET:.0%} of the Dice gap, "
-            "every class",
-            shown,
-            bool(defined) and all(v >= GAP_RECOVERY_TARGET for v in defined),
-        ))  # fmt: skip
+        checks += _gap_checks(seg, method)
     paired = results.get("paired")
     if paired and method in paired["methods"]:
         noisy = paired["methods"]
@@ -136,6 +134,71 @@ def quality_checks(
             bool(a > b),
         ))  # fmt: skip
     return checks
+
+
+def _seeds(seg: Mapping[str, Any]) -> str:
+    n = seed_count(seg)
+    return f" ({n} segmentor seeds)" if n > 1 else ""
+
+
+def _gap_checks(seg: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
+    """The Dice-gap targets: strict for most classes, noise-aware for GM and WM."""
+    names = list(seg["class_names"])
+    strict = [c for c in range(1, len(names)) if names[c].lower() not in NOISE_TOLERANT_CLASSES]
+    tolerant = [c for c in range(1, len(names)) if names[c].lower() in NOISE_TOLERANT_CLASSES]
+    checks = []
+    if strict:
+        cells, defined = [], []
+        for c in strict:
+            mean, std = recovery(seg, method, c)
+            cells.append(f"{names[c]} {format_spread(mean, std)}")
+            if mean is not None:
+                defined.append(mean)
+        listed = ", ".join(names[c] for c in strict)
+        checks.append(_check(
+            f"{method}: target segmentor recovers ≥ {GAP_RECOVERY_TARGET:.0%} of the Dice gap "
+            f"({listed})",
+            ", ".join(cells) + _seeds(seg),
+            bool(defined) and all(v >= GAP_RECOVERY_TARGET for v in defined),
+        ))  # fmt: skip
+    if tolerant:
+        verdicts = [_tolerant(seg, method, c) for c in tolerant]
+        judged = [ok for _, ok in verdicts if ok is not None]
+        listed = ", ".join(names[c] for c in tolerant)
+        checks.append(_check(
+            f"{method}: target segmentor recovers ≥ {GAP_RECOVERY_TARGET:.0%} of the Dice gap "
+            f"({listed}), or the Dice gap itself is within segmentor-seed noise",
+            "; ".join(text for text, _ in verdicts) + _seeds(seg),
+            bool(judged) and all(judged),
+        ))  # fmt: skip
+    return checks
+
+
+def _tolerant(seg: Mapping[str, Any], method: str, c: int) -> tuple[str, bool | None]:
+    """One GM/WM class: its recovery, and whether it meets the target or is within noise.
+
+    Within noise: the Dice gap itself (source→source − target→source) is smaller than its
+    seed spread.
+    None: nothing defined to judge.
+    """
+    name = seg["class_names"][c]
+    mean, std = recovery(seg, method, c)
+    gap, gap_std = dice_gap(seg, c)
+    shown = f"{name} {format_spread(mean, std)}"
+    if mean is not None and mean >= GAP_RECOVERY_TARGET:
+        return shown, True
+    if gap is not None and gap_std is not None and abs(gap) < gap_std:
+        return (
+            f"{shown}: within segmentor-seed noise, the Dice gap itself "
+            f"({format_spread(gap, gap_std, 3)}) is smaller than its seed spread",
+            True,
+        )
+    if mean is None:
+        return shown, None
+    # A recovery short of the target by less than its own spread is not a pass: three seeds
+    # estimate the spread poorly, and the issue allows only a gap that is itself noise.
+    short = GAP_RECOVERY_TARGET - mean
+    return f"{shown}: {short:.2f} short of {GAP_RECOVERY_TARGET:.0%}", False
 
 
 def _count(scores: Mapping[str, Any], rows: Sequence[str]) -> int:

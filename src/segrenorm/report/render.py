@@ -135,19 +135,31 @@ def csv_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, float
             rows.append(("distribution", name, metric, "", float(value)))
     seg = results.get("segmentation") or {}
     classes = seg.get("class_names", [])
-    for row_name, row in seg.get("rows", {}).items():
-        for metric in ("dice", "iou"):
-            for stat in ("mean", "std"):
-                for c, value in enumerate(row[metric][stat]):
-                    cls = classes[c] if c < len(classes) else str(c)
-                    rows.append(("segmentation", row_name, f"{metric}_{stat}", cls, _num(value)))
-        for stat in ("mean", "std"):
-            rows.append(("segmentation", row_name, f"generalized_dice_{stat}", "",
-                         _num(row["generalized_dice"][stat])))  # fmt: skip
-    for name, values in seg.get("gap_recovery", {}).items():
+    seeds = seg.get("segmentor_seeds") or []
+
+    def per_class(name: str, metric: str, values: list[Any]) -> None:
         for c, value in enumerate(values):
             cls = classes[c] if c < len(classes) else str(c)
-            rows.append(("segmentation", name, "gap_recovery", cls, _num(value)))
+            rows.append(("segmentation", name, metric, cls, _num(value)))
+
+    for row_name, row in seg.get("rows", {}).items():
+        for metric in ("dice", "iou"):
+            for stat in ("mean", "std", "seed_std"):
+                if stat in row[metric]:
+                    per_class(row_name, f"{metric}_{stat}", row[metric][stat])
+        for stat in ("mean", "std", "seed_std"):
+            if stat in row["generalized_dice"]:
+                rows.append(("segmentation", row_name, f"generalized_dice_{stat}", "",
+                             _num(row["generalized_dice"][stat])))  # fmt: skip
+    for name, values in seg.get("gap_recovery", {}).items():
+        per_class(name, "gap_recovery", values)
+        per_class(name, "gap_recovery_seed_std", seg.get("gap_recovery_seed_std", {}).get(name, []))
+        per_seed = seg.get("gap_recovery_per_seed", {}).get(name, [])
+        for seed, seed_values in zip(seeds, per_seed, strict=False):  # absent: no rows
+            per_class(name, f"gap_recovery@seed={seed}", seed_values)
+    gap = seg.get("dice_gap") or {}
+    for stat in ("mean", "seed_std"):
+        per_class("source→source − target→source", f"dice_gap_{stat}", gap.get(stat, []))
     for name, curve in (results.get("robustness") or {}).items():
         for metric in ("mse", "ssim"):
             for sigma, value in zip(curve["sigma"], curve[metric], strict=True):

@@ -11,10 +11,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Table", "classical_rows", "format_number", "strongest", "tables"]
+from segrenorm.report.controls import Table, control_tables
+from segrenorm.report.spread import (
+    compare_recoveries,
+    dice_gap,
+    format_spread,
+    recovery,
+    seed_count,
+)
 
-#: One table: ``(heading, note, header, rows)``, every cell a string.
-Table = tuple[str, str, list[str], list[list[str]]]
+__all__ = ["classical_rows", "format_number", "strongest", "tables"]
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
@@ -123,21 +129,65 @@ def _segmentation(results: Mapping[str, Any]) -> list[Table]:
             f"{title} per class (mean ± std over subjects, each subject's slices as one "
             "volume). Segmentors trained post hoc on one site's training slices; "
             "'target→X' applies the target segmentor to X, scored against the source labels."
+            f"{_seed_note(seg)}"
         )
         header = ["segmentor→images", *classes]
         if metric == "dice":
             header.append("generalized Dice")
         out.append((f"Downstream segmentation: {title} (Table V)", note, header, rows))
-    rec_rows = [
-        [name, *[format_number(v, 2) for v in values[1:]]]
-        for name, values in seg["gap_recovery"].items()
+    indices = range(1, len(classes) + 1)
+    rec_rows = [["Dice gap (source→source − target→source)",
+                 *[format_spread(*dice_gap(seg, c), digits=3) for c in indices]]]  # fmt: skip
+    rec_rows += [
+        [name, *[format_spread(*recovery(seg, name, c)) for c in indices]]
+        for name in seg["gap_recovery"]
     ]
+    n = seed_count(seg)
     note = (
         "Share of the Dice gap between target→source and source→source that the target "
-        "segmentor recovers on harmonized source (1 = all of it, 0 = none, < 0 = worse)."
+        "segmentor recovers on harmonized source (1 = all of it, 0 = none, < 0 = worse), "
+        f"computed per segmentor seed: mean ± std over {n} seed{'s' if n > 1 else ''} "
+        "(sample std). The first row is the gap itself."
     )
     out.append(("Dice gap recovery", note, ["method", *classes], rec_rows))
+    versus = _recovery_differences(results, seg, classes)
+    if versus is not None:
+        out.append(versus)
     return out
+
+
+def _seed_note(seg: Mapping[str, Any]) -> str:
+    n = seed_count(seg)
+    if n < 2:
+        return ""
+    return (
+        f" Each figure is the mean over {n} segmentor seeds; results.json holds each seed's "
+        "figure ('per_seed') and their spread ('seed_std')."
+    )
+
+
+def _recovery_differences(
+    results: Mapping[str, Any], seg: Mapping[str, Any], classes: Sequence[str]
+) -> Table | None:
+    """Each method's recovery against the first translator's, tie or beyond seed spread."""
+    kinds = results.get("methods", {})
+    reference = next((n for n, k in kinds.items() if k == "translator"), None)
+    if reference is None or reference not in seg["gap_recovery"]:
+        return None
+    others = [n for n in seg["gap_recovery"] if n not in (reference, "none")]
+    if not others:
+        return None
+    rows = [
+        [name, *[compare_recoveries(seg, reference, name, c) for c in range(1, len(classes) + 1)]]
+        for name in others
+    ]
+    note = (
+        f"{reference}'s Dice gap recovery minus each other method's, per class. A difference "
+        "smaller than the larger of the two segmentor-seed spreads (sample std over seeds) "
+        "is a tie: the segmentor's seed alone could produce it."
+    )
+    header = ["compared with", *classes]
+    return (f"Dice gap recovery: {reference} against the others", note, header, rows)
 
 
 def _robustness(results: Mapping[str, Any]) -> Table | None:
@@ -238,5 +288,6 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         *_segmentation(results),
         _robustness(results),
         _conditioning(results),
+        *control_tables(results),
     ]
     return [t for t in found if t is not None]

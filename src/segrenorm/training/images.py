@@ -47,8 +47,9 @@ def grid_array(
         if tuple(data.shape[-2:]) != (h, w):
             raise InputError(f"row {label!r} is {data.shape[-2:]}, expected {(h, w)}.")
         for c in range(columns):
-            if data.ndim == 4:  # (B, 1, H, W) image in [-1, 1]
-                tile = np.repeat(((np.clip(data[c, 0], -1, 1) + 1) / 2)[..., None], 3, axis=2)
+            if data.ndim == 4:  # (B, k, H, W) image in [-1, 1]: show the centre slice
+                plane = data[c, data.shape[1] // 2]
+                tile = np.repeat(((np.clip(plane, -1, 1) + 1) / 2)[..., None], 3, axis=2)
             else:  # (B, H, W) class indices
                 tile = palette[np.clip(data[c].astype(np.int64), 0, len(palette) - 1)]
             top, left = r * (h + gap), c * (w + gap)

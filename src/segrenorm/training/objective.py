@@ -51,7 +51,7 @@ def _check_batch(model: Translator, batch: dict[str, Tensor]) -> None:
             f"the {model.kind.value} translator needs {', '.join(keys)}."
         )
     for site in ("a", "b"):
-        check_image_batch(batch[site], 1, model.stride, f"batch[{site!r}]")
+        check_image_batch(batch[site], model.context_slices, model.stride, f"batch[{site!r}]")
 
 
 def frozen_discriminators(model: Translator) -> contextlib.AbstractContextManager[None]:
@@ -129,8 +129,9 @@ def generator_step(
 
     Args:
         model: the translator.
-        batch: ``"a"``, ``"b"`` (B, 1, h, w) in [-1, 1]; with segmentation also
-            ``"a_label"``, ``"b_label"`` (B, h, w) int64.
+        batch: ``"a"``, ``"b"`` (B, k, h, w) in [-1, 1] (k: ``model.context_slices``); with
+            segmentation also ``"a_label"``, ``"b_label"`` (B, h, w) int64 (the centre
+            slices' labels).
 
     Returns:
         ``(total, terms, outputs)``: the weighted total loss; the unweighted terms

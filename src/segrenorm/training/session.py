@@ -66,6 +66,12 @@ def check_against_cache(config: Config, cache: SliceCache) -> None:
             f"({cache.path}): use --set data.crop_size={fit} or smaller"
             + (f" (a multiple of the stride {stride})." if fit else ".")
         )
+    if data.crop_size == 0 and (h % config.model.stride or w % config.model.stride):
+        raise ConfigError(
+            f"data.crop_size=0 trains on whole slices, but the cache's slices {h}x{w} "
+            f"({cache.path}) are not multiples of the network's stride {config.model.stride}: "
+            f"prepare the cache with --pad-multiple {config.model.stride} or use crops"
+        )
 
 
 class TrainingSession:
@@ -133,6 +139,7 @@ class TrainingSession:
             semantic_dropout=d.semantic_dropout,
             seed=config.run.seed,
             direction=d.direction,
+            context_slices=d.context_slices,
         )
         self.stream = BatchStream(
             dataset,

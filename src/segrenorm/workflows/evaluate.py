@@ -5,7 +5,9 @@ slices, applies the classical baselines, takes each named method from a trained 
 (translated in memory from the cache's slices) and/or from a folder of volumes written by
 ``segrenorm harmonize`` (read back and cut like the cache), runs the four lenses and writes
 the report. A method given both ways takes its images from the folder and its robustness
-curve from the run.
+curve from the run. Every conditioned (segrenorm) run also gets its wrong-segmentation
+control row ``NAME (wrong seg)`` (:mod:`segrenorm.evaluate.controls`), translated from the
+run in memory.
 
 Example:
     >>> runs = {"segrenorm": "runs/00000-cpu-segrenorm"}
@@ -15,13 +17,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from segrenorm.errors import ConfigError
+from segrenorm.evaluate.conditioning import partner_rows
+from segrenorm.evaluate.controls import CONTROL_KIND, control_name, wrong_segmentation_slices
 from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import (
     BASELINES,
@@ -30,6 +37,9 @@ from segrenorm.evaluate.methods import (
     translator_slices,
 )
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
+from segrenorm.models.conditioning import is_conditioned, translate_with_partner
+from segrenorm.models.tiling import inference_tile, parse_tiles, tiled_translation
+from segrenorm.models.translator import Translator
 from segrenorm.report.write import ReportPaths, write_report
 
 __all__ = ["EVAL_SPLITS", "evaluate_cache"]
@@ -65,6 +75,7 @@ def evaluate_cache(
     on_stage: Callable[[str], None] | None = None,
     extra: Mapping[str, Any] | None = None,
     split: str = "test",
+    tiles: str | int = "none",
 ) -> tuple[ReportPaths, dict[str, Any]]:
     """Evaluate baselines, trained runs and harmonized folders on a cache's held-out data.
 
@@ -82,13 +93,19 @@ def evaluate_cache(
         split: the held-out subjects scored: ``"val"`` while tuning presets and choosing
             checkpoints, ``"test"`` (the default) once, for the final table. Recorded in
             ``results.json`` as ``split``.
+        tiles: how the runs translate, by the rule ``segrenorm harmonize --tiles`` uses
+            (:func:`~segrenorm.models.tiling.inference_tile`): ``"none"`` (whole slices, the
+            default), ``"auto"`` (tiles of the training crop size for a run trained on
+            crops) or a tile side. The tile of each run is recorded in ``results.json`` as
+            ``tiles``. Robustness curves and the conditioning figure use whole slices.
 
     Returns:
         ``(paths, results)``: the report's files and its numbers.
 
     Raises:
-        ConfigError: a method name used twice as a baseline, runs of mixed direction, or a
-            split other than val or test.
+        ConfigError: a method name used twice as a baseline, runs of mixed direction, a
+            split other than val or test, or a ``tiles`` value that is unknown, below 1 or
+            not a multiple of a run's stride.
     """
     import torch
 
@@ -99,6 +116,7 @@ def evaluate_cache(
             f"evaluation split {split!r} is unknown: use val (tuning, checkpoint selection) or "
             "test (the final table)"
         )
+    tiles = parse_tiles(tiles)
     models, harmonized = dict(models or {}), dict(harmonized or {})
     clash = sorted((set(models) | set(harmonized)) & set(BASELINES))
     if clash:
@@ -113,6 +131,9 @@ def evaluate_cache(
     say("classical baselines")
     chosen = list(dict.fromkeys(["none", *baselines]))
     methods = {k: MethodInput(v) for k, v in baseline_slices(data, chosen).items()}
+    # The tile of each run, as harmonize picks it (a slice within one tile goes whole).
+    shape = data.cache.slice_shape
+    tile_of = {name: inference_tile(cfg, shape, tiles) for name, (_, cfg) in loaded.items()}
     for name in dict.fromkeys([*models, *harmonized]):
         translator = loaded[name][0] if name in loaded else None
         if name in harmonized:
@@ -126,11 +147,20 @@ def evaluate_cache(
             def translate(x: torch.Tensor, model: Any = model) -> torch.Tensor:
                 return typing.cast(torch.Tensor, model.translate(x, "AB"))
 
+            stacks = data.source_stacks(translator.context_slices)  # (N, k, H, W)
+            tiled = tiled_translation(
+                translate, tile_of[name], sw_batch_size=config.batch_size, stride=model.stride
+            )
             slices = translator_slices(
-                translate, data.source.images, data.source.masks,
-                batch_size=config.batch_size, device=device,
-            )  # fmt: skip
+                tiled, stacks, data.source.masks, batch_size=config.batch_size, device=device
+            )
         methods[name] = MethodInput(slices, translator=translator, kind="translator")
+        if translator is not None and is_conditioned(translator):
+            say(f"translating held-out slices with {name}, each given another's segmentation")
+            methods[control_name(name)] = MethodInput(
+                _wrong_segmentation(translator, data, config, device, tile_of[name]),
+                kind=CONTROL_KIND,
+            )
     results, artifacts = run_evaluation(data, methods, config, on_stage=say)
     # Which classical rows saw N4-corrected source volumes (the report says so).
     results["n4_corrected_baselines"] = n4_corrected_baselines(data, chosen)
@@ -139,10 +169,32 @@ def evaluate_cache(
         "runs": {name: str(path) for name, path in models.items()},
         "harmonized_folders": {name: str(path) for name, path in harmonized.items()},
         "evaluation_config": _plain(config),
+        "tiles": {"choice": tiles, "runs": tile_of},
         **(extra or {}),
     }
     paths = write_report(out, results, artifacts, data, title=title, extra=extra)
     return paths, {**results, **extra}
+
+
+def _wrong_segmentation(
+    translator: Translator,
+    data: EvalData,
+    config: EvaluationConfig,
+    device: str,
+    tile: int | None = None,
+) -> np.ndarray:
+    """The wrong-segmentation control's slices: G(x | f(x')), partners as the sensitivity's,
+    in the tiles of the method's own row (a tile's partner is the partner's same tile)."""
+    pair = functools.partial(translate_with_partner, translator, direction="AB")
+    translate_pair = tiled_translation(
+        pair, tile, sw_batch_size=config.batch_size, stride=translator.stride
+    )
+    images = data.source_stacks(translator.context_slices)  # what the method's row reads
+    partner = partner_rows(len(data.source), config.seed)
+    return wrong_segmentation_slices(
+        translate_pair, images, data.source.masks, partner,
+        batch_size=config.batch_size, device=device,
+    )  # fmt: skip
 
 
 def _plain(config: EvaluationConfig) -> dict[str, Any]:
