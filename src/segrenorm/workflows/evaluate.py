@@ -136,18 +136,19 @@ def evaluate_cache(
     tile_of = {name: inference_tile(cfg, shape, tiles) for name, (_, cfg) in loaded.items()}
     for name in dict.fromkeys([*models, *harmonized]):
         translator = loaded[name][0] if name in loaded else None
+        # What the run reads (N, k, H, W): for its own row and for its control, built once.
+        stacks = None if translator is None else data.source_stacks(translator.context_slices)
         if name in harmonized:
             say(f"reading harmonized volumes of {name} from {harmonized[name]}")
             slices = slices_from_volumes(data, harmonized[name])
         else:
-            assert translator is not None
+            assert translator is not None and stacks is not None
             say(f"translating held-out slices with {name}")
             model = translator
 
             def translate(x: torch.Tensor, model: Any = model) -> torch.Tensor:
                 return typing.cast(torch.Tensor, model.translate(x, "AB"))
 
-            stacks = data.source_stacks(translator.context_slices)  # (N, k, H, W)
             tiled = tiled_translation(
                 translate, tile_of[name], sw_batch_size=config.batch_size, stride=model.stride
             )
@@ -155,10 +156,10 @@ def evaluate_cache(
                 tiled, stacks, data.source.masks, batch_size=config.batch_size, device=device
             )
         methods[name] = MethodInput(slices, translator=translator, kind="translator")
-        if translator is not None and is_conditioned(translator):
+        if translator is not None and stacks is not None and is_conditioned(translator):
             say(f"translating held-out slices with {name}, each given another's segmentation")
             methods[control_name(name)] = MethodInput(
-                _wrong_segmentation(translator, data, config, device, tile_of[name]),
+                _wrong_segmentation(translator, data, stacks, config, device, tile_of[name]),
                 kind=CONTROL_KIND,
             )
     results, artifacts = run_evaluation(data, methods, config, on_stage=say)
@@ -179,20 +180,21 @@ def evaluate_cache(
 def _wrong_segmentation(
     translator: Translator,
     data: EvalData,
+    stacks: np.ndarray,
     config: EvaluationConfig,
     device: str,
     tile: int | None = None,
 ) -> np.ndarray:
     """The wrong-segmentation control's slices: G(x | f(x')), partners as the sensitivity's,
-    in the tiles of the method's own row (a tile's partner is the partner's same tile)."""
+    in the tiles of the method's own row (a tile's partner is the partner's same tile), from
+    ``stacks``, the (N, k, H, W) source stacks the method's own row reads."""
     pair = functools.partial(translate_with_partner, translator, direction="AB")
     translate_pair = tiled_translation(
         pair, tile, sw_batch_size=config.batch_size, stride=translator.stride
     )
-    images = data.source_stacks(translator.context_slices)  # what the method's row reads
     partner = partner_rows(len(data.source), config.seed)
     return wrong_segmentation_slices(
-        translate_pair, images, data.source.masks, partner,
+        translate_pair, stacks, data.source.masks, partner,
         batch_size=config.batch_size, device=device,
     )  # fmt: skip
 
