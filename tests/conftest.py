@@ -431,3 +431,52 @@ def paired_by_hand(
 def eval_kit() -> SimpleNamespace:
     """Evaluation helpers for test modules."""
     return SimpleNamespace(evaluation=tiny_evaluation, shape=EVAL_SHAPE, paired=paired_by_hand)
+
+
+# --------------------------------------------------------------------------- three sites
+# A tiny study of three sites (siteA, siteB, siteC in cache order), each with two training
+# subjects and one test subject of its own, prepared into one cache; the listing CSV names
+# every volume. Used by the pair-view, pairs-workflow and harmonize-by-site tests.
+
+THREE_SITES = {"siteA": (1.0, 0.02), "siteB": (1.6, 0.05), "siteC": (0.6, 0.08)}
+THREE_SITE_SHAPE = (32, 32, 6)
+
+
+@pytest.fixture(scope="session")
+def three_sites(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Volumes, listing and prepared cache (2 mm, 32x32 axial slices, no N4) of three sites."""
+    from segrenorm.data.listing import SubjectRecord
+    from segrenorm.data.prepare import prepare_cache
+    from segrenorm.volumes.bias import NO_BIAS_CORRECTION
+    from segrenorm.volumes.images import Geometry
+    from segrenorm.volumes.readwrite import save_image, save_label
+
+    root = tmp_path_factory.mktemp("three-sites")
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    geometry = Geometry.from_affine(affine, THREE_SITE_SHAPE)
+    grid = np.indices(THREE_SITE_SHAPE).astype(np.float64)
+    records, lines = [], ["subject,site,image,label"]
+    for s, (site, (gamma, noise)) in enumerate(THREE_SITES.items()):
+        for k, split in enumerate(("train", "train", "test")):
+            rng = np.random.default_rng([s, k])
+            centre = np.array([15.5, 15.5, 2.5]) + rng.uniform(-1, 1, 3)
+            stretch = np.array([1.0, 1.0, 0.3])[:, None, None, None]
+            radius = np.sqrt((((grid - centre[:, None, None, None]) / stretch) ** 2).sum(0))
+            labels = np.digitize(-radius, [-13.0, -9.0, -5.0]).astype(np.uint8)  # 0..3 inward
+            tissue = np.array([0.0, 0.3, 0.6, 1.0])[labels]
+            image = 800.0 * tissue**gamma + 800.0 * np.abs(rng.normal(0, noise, labels.shape))
+            name = f"{site}-s{k}"
+            img = save_image(image.astype(np.float32), root / site / f"{name}.nii.gz",
+                             geometry=geometry)  # fmt: skip
+            lab = save_label(labels, root / site / f"{name}_dseg.nii.gz", geometry=geometry)
+            records.append(SubjectRecord(name, site, img, lab, split))
+            lines.append(f"{name},{site},{img},{lab}")
+    csv = root / "study.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    cache = prepare_cache(
+        records, root / "cache", class_names=["background", "csf", "gm", "wm"],
+        pad_multiple=8, val_fraction=0.0, bias_correction=NO_BIAS_CORRECTION,
+        min_foreground=0.01, spacing=(2.0, 2.0, 2.0), progress=False,
+    )  # fmt: skip
+    return SimpleNamespace(root=root, cache=cache, csv=csv, records=records,
+                           sites=tuple(THREE_SITES))  # fmt: skip

@@ -15,7 +15,9 @@ from segrenorm.atomic import (
     atomic_named_path,
     atomic_path,
     new_file_mode,
+    remove_stale_temporaries,
     replace_dir,
+    temporary_dir,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -273,3 +275,40 @@ def test_write_text_and_bytes_atomic(tmp_path: Path, umask_027: int) -> None:
     assert text.read_bytes() == "# Résumé\n".encode()
     assert raw.read_bytes() == b"\xff\x00"
     assert _mode(text) == _mode(raw) == 0o640
+
+
+# --------------------------------------------------------------------------- stale temporaries
+
+
+def test_only_temporaries_of_dead_processes_of_this_machine_are_removed(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)  # reaped by run(): no such process any more
+    with atomic_file(tmp_path / "mine.bin") as handle:  # named after this process...
+        handle.write(b"x")
+        ours = [p.name for p in tmp_path.iterdir() if p.name.startswith(".mine.bin.")]
+        assert ours and f".{host}-{os.getpid()}." in ours[0]
+        assert remove_stale_temporaries(tmp_path) == []  # ...which is running
+    build = temporary_dir(tmp_path / "cache")
+    assert build.is_dir() and build.name.startswith(f".cache.{host}-{os.getpid()}.")
+    stale_file = tmp_path / f".last.pt.{host}-{dead_pid}.ab12cd_z.tmp"
+    stale_dir = tmp_path / f".cache.{host}-{dead_pid}.k3j4h5g6.tmp"
+    kept = [
+        tmp_path / f".last.pt.{host}-{os.getppid()}.ab12cd34.tmp",  # the parent runs
+        tmp_path / f".last.pt.other-machine-{dead_pid}.ab12cd34.tmp",  # maybe alive there
+        tmp_path / f".notes.{host}-{dead_pid}.txt",  # not a temporary name
+        tmp_path / f"last.pt.{host}-{dead_pid}.ab12cd34.tmp",  # not hidden
+    ]
+    for path in [stale_file, *kept]:
+        path.write_bytes(b"partial")
+    (stale_dir / "_work").mkdir(parents=True)
+    (stale_dir / "_work" / "0_keep.npy").write_bytes(b"partial")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([stale_file, stale_dir])
+    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "mine.bin", build, *kept])
+    assert remove_stale_temporaries(tmp_path / "missing") == []

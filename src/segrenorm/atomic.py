@@ -3,13 +3,20 @@
 Files are written to a temporary sibling and renamed over the target with
 ``os.replace`` (atomic on POSIX within one filesystem); folders are built under a
 temporary sibling name and swapped into place, the old one removed only afterwards.
+
+Temporary siblings are hidden and named ``.NAME.HOST-PID.XXXXXXXX.tmp`` after the process
+writing them, so that what a killed process left behind can be told from the work of one
+still running: :func:`remove_stale_temporaries` deletes the former (each command that writes
+into a folder calls it once), so reruns after a ``kill -9`` do not pile them up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +30,9 @@ __all__ = [
     "atomic_named_path",
     "atomic_path",
     "new_file_mode",
+    "remove_stale_temporaries",
     "replace_dir",
+    "temporary_dir",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -41,6 +50,73 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _host() -> str:
+    """This machine's name as it appears in temporary names (file-name safe)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "host"
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.NAME.HOST-PID.``: how every temporary sibling of ``target`` of this process starts."""
+    return f".{target.name}.{_host()}-{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (when unsure, say yes)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate it on Windows: never guess there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process (PermissionError): alive
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary siblings in ``folder`` left by processes of this machine that died.
+
+    Only names this module gives (``.NAME.HOST-PID.XXXXXXXX.tmp``) with this machine's host
+    name and the id of a process that no longer runs are removed: a killed write leaves its
+    partial file or folder behind, and nothing else ever renames or reads it. Temporaries of
+    running processes, of other machines sharing the folder, and every other file are kept.
+
+    Args:
+        folder: the folder to clean; a missing folder is fine.
+
+    Returns:
+        The paths removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    pattern = re.compile(rf"^\..+\.{re.escape(_host())}-(\d+)\.[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    for entry in root.iterdir():
+        match = pattern.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def temporary_dir(target: str | Path) -> Path:
+    """Create an empty hidden folder beside ``target`` to build it in (see :func:`replace_dir`).
+
+    Args:
+        target: the folder that will be built; its parent must exist.
+
+    Returns:
+        The new folder, ``.NAME.HOST-PID.XXXXXXXX.tmp`` beside ``target``.
+    """
+    target = Path(target)
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Give a temporary path beside ``target`` to fill; rename it over ``target`` on success.
@@ -54,7 +130,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp_name)
@@ -85,7 +161,7 @@ def atomic_named_path(target: str | Path, *, overwrite: bool = True) -> Iterator
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    workdir = temporary_dir(target)
     try:
         yield workdir / target.name
         written = sorted(workdir.iterdir(), key=lambda p: p.name == target.name)  # target last

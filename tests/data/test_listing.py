@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from segrenorm.data.listing import (
     SubjectRecord,
     assign_splits,
+    check_distinct,
     read_listing,
     records_from_inputs,
     subject_id,
@@ -34,17 +36,20 @@ def _touch_subject(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("subject,site\nsub-1,A\n", r"missing column\(s\) image"),
+        ("subject,site\nsub-1,A\n", r"missing column\(s\) image \(the header has subject, site\)"),
         ("subject,site,image\n", "has a header but no subject rows"),
         ("subject,site,image\nsub-1,,img.nii.gz\n", r"line 2: empty value for site"),
-        ("subject,site,image\nsub-1,A,nowhere.nii.gz\n", r"line 2: file .*nowhere.nii.gz does not"),
+        (
+            "subject,site,image\nsub-1,A,nowhere.nii.gz\n",
+            r"line 2: image file .*nowhere.nii.gz does",
+        ),
         (
             "subject,site,image,split\nsub-1,A,img.nii.gz,dev\n",
             "line 2: split 'dev' must be 'train', 'val', 'test' or empty",
         ),
         (
             "subject,site,image\nsub-1,A,img.nii.gz\nsub-1,A,img.nii.gz\n",
-            "line 3: subject 'sub-1' is listed twice for site 'A'",
+            r"line 3: subject 'sub-1' is listed twice for site 'A' \(first at line 2\)",
         ),
     ],
 )
@@ -63,27 +68,24 @@ def test_records_from_inputs_pairs_labels_by_subject_id(tmp_path: Path) -> None:
         _touch_subject(tmp_path / "a", f"sub-{k}", 1.0, k)
         _touch_subject(tmp_path / "b", f"sub-{k + 5}", 1.0, k, label_name=f"sub-{k + 5}_label")
     records = records_from_inputs(
-        [str(tmp_path / "a" / "*_T1w.nii.gz")],
-        [str(tmp_path / "b" / "*_T1w.nii.gz")],
-        [str(tmp_path / "a" / "*_dseg.nii.gz")],
-        [str(tmp_path / "b" / "*_label.nii.gz")],
-        site_names=("1.5T", "3T"),
-    )
+        [("1.5T", [str(tmp_path / "a" / "*_T1w.nii.gz")]),
+         ("3T", [str(tmp_path / "b" / "*_T1w.nii.gz")])],
+        {"1.5T": [str(tmp_path / "a" / "*_dseg.nii.gz")],
+         "3T": [str(tmp_path / "b" / "*_label.nii.gz")]},
+    )  # fmt: skip
     assert [(r.site, r.subject) for r in records] == [
         ("1.5T", "sub-0"), ("1.5T", "sub-1"), ("3T", "sub-5"), ("3T", "sub-6")
     ]  # fmt: skip
     assert all(r.label is not None and subject_id(r.label) == r.subject for r in records)
     assert subject_id("x/sub-02_T1w.mha") == "sub-02" and subject_id("s_LABELS.nrrd") == "s"
     unlabelled = records_from_inputs(
-        [tmp_path / "a" / "sub-0_T1w.nii.gz"], [str(tmp_path / "b" / "*T1w*")]
+        [("A", [tmp_path / "a" / "sub-0_T1w.nii.gz"]), ("B", [str(tmp_path / "b" / "*T1w*")])]
     )
     assert unlabelled[0].label is None
     # Images and labels in one folder: the files given as labels are not taken as images.
     together = records_from_inputs(
-        [tmp_path / "a"],
-        [tmp_path / "b"],
-        [str(tmp_path / "a" / "*_dseg.nii.gz")],
-        [str(tmp_path / "b" / "*_label.nii.gz")],
+        [("A", [tmp_path / "a"]), ("B", [tmp_path / "b"])],
+        {"A": [str(tmp_path / "a" / "*_dseg.nii.gz")], "B": [str(tmp_path / "b" / "*_label*")]},
     )
     assert [r.subject for r in together] == ["sub-0", "sub-1", "sub-5", "sub-6"]
 
@@ -94,17 +96,102 @@ def test_records_from_inputs_errors(tmp_path: Path) -> None:
     images = [str(tmp_path / "a" / "*_T1w.nii.gz")]
     labels = [str(tmp_path / "a" / "*_dseg.nii.gz")]
     with pytest.raises(
-        InputError, match=r"no label map for .*sub-1_T1w.nii.gz \(subject id 'sub-1'\)"
+        InputError, match=r"site B: no label map for .*sub-1_T1w.nii.gz \(subject id 'sub-1'\)"
     ):
-        records_from_inputs(images, images, labels, labels)
-    with pytest.raises(InputError, match="labels were given for one site only"):
-        records_from_inputs(images, images, labels, None)
+        records_from_inputs([("A", [tmp_path / "a" / "sub-0_T1w.nii.gz"]),
+                             ("B", images)], {"B": labels})  # fmt: skip
     with pytest.raises(InputError, match="both have subject id 'sub-0'"):
-        records_from_inputs([str(tmp_path / "a" / "sub-0*")], images)
+        records_from_inputs([("A", [str(tmp_path / "a" / "sub-0*")]), ("B", images)])
     with pytest.raises(InputError, match="site A: every image given was also given as a label"):
-        records_from_inputs([tmp_path / "a"], images, [tmp_path / "a"], labels)
-    with pytest.raises(ConfigError, match="must be two different names"):
-        records_from_inputs(images, images, site_names=("X", "X"))
+        records_from_inputs([("A", [tmp_path / "a"]), ("B", images)], {"A": [tmp_path / "a"]})
+    with pytest.raises(ConfigError, match=r"site name\(s\) \['X'\] given more than once"):
+        records_from_inputs([("X", images), ("X", images)])
+    with pytest.raises(ConfigError, match=r"labels given for site\(s\) \['C'\] that are not"):
+        records_from_inputs([("A", images), ("B", images)], {"C": labels})
+
+
+def test_records_from_inputs_takes_n_sites_with_labels_for_some(tmp_path: Path) -> None:
+    for site in ("x", "y", "z"):
+        for k in range(2):
+            _touch_subject(tmp_path / site, f"sub-{site}{k}", 1.0, k)
+    records = records_from_inputs(
+        [(name, [str(tmp_path / name / "*_T1w*")]) for name in ("z", "x", "y")],
+        {"x": [str(tmp_path / "x" / "*_dseg*")]},
+    )
+    assert [(r.site, r.subject) for r in records] == [
+        ("z", "sub-z0"), ("z", "sub-z1"), ("x", "sub-x0"), ("x", "sub-x1"), ("y", "sub-y0"),
+        ("y", "sub-y1"),
+    ]  # fmt: skip
+    # Labels only where given: the listing stays permissive, prepare decides (--auto-labels).
+    assert [r.label is not None for r in records] == [False, False, True, True, False, False]
+    assert records[2].label == (tmp_path / "x" / "sub-x0_dseg.nii.gz").resolve()
+
+
+def test_read_listing_reports_every_bad_row_at_once(tmp_path: Path) -> None:
+    (tmp_path / "img.nii.gz").write_bytes(b"")
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "subject,site,image,label,split\n"
+        "s1,A,img.nii.gz,,train\n"  # line 2: fine
+        "s2,,gone.nii.gz,,\n"  # line 3: two problems
+        "s1,A,img.nii.gz,,\n"  # line 4: a duplicate row
+        "s3,B,img.nii.gz,nolabel.nii.gz,dev\n"  # line 5: a missing label and a bad split
+        "s4,B,img.nii.gz,,\n"  # line 6: fine
+    )
+    with pytest.raises(InputError) as info:
+        read_listing(listing)
+    message = str(info.value)
+    assert message.startswith(f"{listing}: 3 bad row(s); fix them and run again: ")
+    parts = message.split(": ", 2)[2].split("; ")
+    assert [p.split(":")[0] for p in parts] == ["line 3", "line 4", "line 5"]
+    assert parts[0].startswith("line 3: empty value for site, image file ")
+    assert parts[0].endswith("gone.nii.gz does not exist")
+    assert parts[1] == "line 4: subject 's1' is listed twice for site 'A' (first at line 2)"
+    assert "label file " in parts[2] and "nolabel.nii.gz does not exist" in parts[2]
+    assert parts[2].endswith("split 'dev' must be 'train', 'val', 'test' or empty")
+
+
+def _record(subject: str, site: str, image: Path, split: str | None = None) -> SubjectRecord:
+    return SubjectRecord(subject, site, image, None, split)
+
+
+def test_check_distinct_refuses_one_file_at_two_sites(tmp_path: Path) -> None:
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    os.link(tmp_path / "b.nii.gz", tmp_path / "hard.nii.gz")
+    check_distinct(
+        [_record("s1", "A", tmp_path / "a.nii.gz"), _record("s2", "B", tmp_path / "b.nii.gz")]
+    )
+    for other in ("link.nii.gz", "hard.nii.gz", "a.nii.gz"):
+        first = "a.nii.gz" if other != "hard.nii.gz" else "b.nii.gz"
+        records = [_record("s1", "A", tmp_path / first), _record("s2", "B", tmp_path / other)]
+        with pytest.raises(InputError) as info:
+            check_distinct(records)
+        message = str(info.value)
+        assert message.startswith("the same image file is listed more than once")
+        assert f"{tmp_path / first} (site 'A', subject 's1') and {tmp_path / other}" in message
+        assert f"{tmp_path / other} (site 'B', subject 's2') are the same image file" in message
+        assert message.endswith("Give each site its own files")
+
+
+def test_check_distinct_allows_one_subject_id_only_as_a_paired_held_out_subject(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    for path in (a, b):
+        path.write_bytes(b"x")
+    for split in ("val", "test"):  # a travelling subject, held out at both sites
+        check_distinct([_record("t1", "A", a, split), _record("t1", "B", b, split)])
+    for splits in ((None, None), ("train", "train"), ("test", "val"), ("test", None)):
+        records = [_record("t1", "A", a, splits[0]), _record("t1", "B", b, splits[1])]
+        with pytest.raises(InputError) as info:
+            check_distinct(records)
+        message = str(info.value)
+        assert message.startswith(
+            f"one subject id at two sites: subject 't1' is at site 'A' ({a}) and at site 'B' ({b})"
+        )
+        assert "with the same split 'val' or 'test'" in message
 
 
 def _site(n: int, splits: dict[int, str] | None = None, site: str = "1.5T") -> list[SubjectRecord]:
@@ -133,8 +220,7 @@ def _old_test_draw(n: int, test_fraction: float, seed: int, site_idx: int) -> se
 @pytest.mark.parametrize(
     ("n", "counts"),
     # (train, val, test) by hand: round half up of 0.3 n and 0.15 n.
-    [(20, (11, 3, 6)), (10, (5, 2, 3)), (5, (2, 1, 2)), (4, (2, 1, 1)), (3, (2, 0, 1)),
-     (2, (1, 0, 1)), (1, (1, 0, 0))],
+    [(20, (11, 3, 6)), (10, (5, 2, 3)), (5, (2, 1, 2)), (4, (2, 1, 1))],
 )  # fmt: skip
 def test_assign_splits_counts_and_keeps_the_old_test_subjects(
     n: int, counts: tuple[int, int, int]
@@ -202,3 +288,39 @@ def test_read_listing_accepts_a_val_split(tmp_path: Path) -> None:
     assert [r.split for r in read_listing(listing)] == ["val", None]
     with pytest.raises(InputError, match="split 'dev' is not 'train', 'val' or 'test'"):
         SubjectRecord("s", "A", listing, None, split="dev")
+
+
+@pytest.mark.parametrize(
+    ("n", "test_fraction", "val_fraction", "empty"),
+    # round half up: 0.15 x 3 = 0.45 -> 0 val; 0.3 x 1 = 0.3 -> 0 test; 0.1 x 4 = 0.4 -> 0 test.
+    [(3, 0.3, 0.15, "val"), (2, 0.3, 0.15, "val"), (1, 0.3, 0.0, "test"), (4, 0.1, 0.0, "test"),
+     (1, 0.3, 0.1, "test and val")],
+)  # fmt: skip
+def test_assign_splits_refuses_a_requested_split_that_rounds_to_nothing(
+    n: int, test_fraction: float, val_fraction: float, empty: str
+) -> None:
+    with pytest.raises(InputError) as info:
+        assign_splits(_site(n, site="3T"), test_fraction, 5, 0, 1, val_fraction=val_fraction)
+    message = str(info.value)
+    assert message.startswith(f"site '3T' has {n} subject(s) without a listed split, too few")
+    assert f"so the {empty} split would be empty at this site" in message
+    for split in empty.split(" and "):
+        assert f"--{split}-fraction 0 for no {split} split" in message
+    assert "Add subjects to the site, raise the fraction" in message
+    assert message.endswith("or list each subject's split in a CSV 'split' column (--csv)")
+
+
+def test_assign_splits_without_a_requested_split_or_with_listed_ones_passes() -> None:
+    # Fractions of 0 ask for no split: two subjects give one train, one test.
+    assert sorted(s for s, _ in assign_splits(_site(2), 0.3, 5, 0, 0, val_fraction=0.0)) == [
+        "test",
+        "train",
+    ]
+    assert [s for s, _ in assign_splits(_site(1), 0.0, 5, 0, 0)] == ["train"]
+    # A listed val subject fills the val split, so the free ones need not.
+    listed = _site(3, {0: "val"})
+    splits = dict(_by_subject(listed, assign_splits(listed, 0.3, 5, 0, 0, val_fraction=0.15)))
+    assert splits["sub-00"][0] == "val"
+    assert sorted(splits[k][0] for k in ("sub-01", "sub-02")) == ["test", "train"]
+    # Every subject listed: exempt, however few.
+    assert [s for s, _ in assign_splits(_site(1, {0: "train"}), 0.3, 5, 0, 0, 0.15)] == ["train"]

@@ -52,11 +52,14 @@ def _write_subject(
 
 
 def _records(tmp_path: Path, n_per_site: int = 3, labels: bool = True) -> list[SubjectRecord]:
+    # Sites too small for the default val and test fractions list their subjects as train.
+    split = "train" if n_per_site < 4 else None
     records = []
     for site, scale in (("siteA", 1.0), ("siteB", 2.5)):
         for k in range(n_per_site):
-            image, label = _write_subject(tmp_path / "data" / site, f"sub-{site}{k}", scale, k)
-            records.append(SubjectRecord(f"sub-{k}", site, image, label if labels else None))
+            name = f"sub-{site}{k}"
+            image, label = _write_subject(tmp_path / "data" / site, name, scale, k)
+            records.append(SubjectRecord(name, site, image, label if labels else None, split))
     return records
 
 
@@ -109,7 +112,7 @@ def _biased_records(tmp_path: Path) -> list[SubjectRecord]:
         image = load_image(record.image)
         path = save_image(image.data * field, tmp_path / f"biased-{record.site}.nii.gz",
                           geometry=image.geometry)  # fmt: skip
-        records.append(SubjectRecord(record.subject, record.site, path, record.label))
+        records.append(SubjectRecord(record.subject, record.site, path, record.label, "train"))
     return records
 
 
@@ -213,7 +216,8 @@ def test_csv_listing_and_split_column(tmp_path: Path) -> None:
     read = read_listing(listing)
     assert [r.split for r in read] == ["test", None, "test", None]
     assert read[0].image == records[0].image.resolve()
-    out = prepare_cache(read, tmp_path / "cache", test_fraction=0.0, progress=False)
+    out = prepare_cache(read, tmp_path / "cache", test_fraction=0.0, val_fraction=0.0,
+                        progress=False)  # fmt: skip
     manifest = open_manifest(out)
     assert [s["split"] for s in manifest["subjects"]] == ["test", "train", "test", "train"]
 
@@ -221,16 +225,17 @@ def test_csv_listing_and_split_column(tmp_path: Path) -> None:
 def test_prepare_refuses_bad_records_and_options(tmp_path: Path) -> None:
     records = _records(tmp_path, n_per_site=1)
     out = tmp_path / "cache"
-    third = SubjectRecord("sub-9", "siteC", records[0].image, records[0].label)
-    with pytest.raises(InputError, match="exactly two sites, the records have"):
-        prepare_cache([*records, third], out, progress=False)
+    with pytest.raises(
+        InputError, match=r"at least two sites, the subjects are all at \['siteA'\]"
+    ):
+        prepare_cache(records[:1], out, progress=False)
     with pytest.raises(InputError, match=r"no subject at \['siteX'\]"):
         prepare_cache(records, out, sites=("siteA", "siteX"), progress=False)
     mixed = [records[0], SubjectRecord("sub-0", "siteB", records[1].image, None)]
-    with pytest.raises(InputError, match="some subjects have label maps and others not"):
+    with pytest.raises(InputError, match=r"site\(s\) 'siteB' have no label maps while 'siteA'"):
         prepare_cache(mixed, out, progress=False)
     twice = [records[0], records[0], records[1]]
-    with pytest.raises(InputError, match=r"site 'siteA' lists subject\(s\) \['sub-0'\] more than"):
+    with pytest.raises(InputError, match=r"site 'siteA' lists subject\(s\) \['sub-siteA0'\] more"):
         prepare_cache(twice, out, progress=False)
     with pytest.raises(ConfigError, match="unknown slice axis 'oblique'"):
         prepare_cache(records, out, slice_axis="oblique", progress=False)
@@ -279,7 +284,7 @@ def test_prepare_refuses_bad_outputs_and_wide_labels(tmp_path: Path) -> None:
     wide = np.zeros(SHAPE, dtype=np.int16)
     wide[5:10, 5:10, 5:10] = 300
     label = save_label(wide, tmp_path / "wide.nii.gz", geometry=Geometry.from_affine(AFFINE, SHAPE))
-    records[1] = SubjectRecord("w", "siteB", records[1].image, label)
+    records[1] = SubjectRecord("w", "siteB", records[1].image, label, "train")
     with pytest.raises(InputError, match=r"wide.nii.gz: label value 300 does not fit the cache"):
         prepare_cache(records, tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() and not list(tmp_path.glob(".cache.*"))

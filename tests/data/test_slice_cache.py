@@ -42,7 +42,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[SubjectRecord]:
     for site in ("1.5T", "3T"):
         for k in range(6):
             image, label = _subject(root / site, f"sub-{k}", len(out))
-            out.append(SubjectRecord(f"sub-{k}", site, image, label))
+            out.append(SubjectRecord(f"sub-{site}-{k}", site, image, label))
     return out
 
 
@@ -124,8 +124,13 @@ def test_listed_paired_val_subjects_keep_their_split(
     records: list[SubjectRecord], tmp_path: Path
 ) -> None:
     # A simulated benchmark lists each held-out subject on both sites with its split.
+    # Only held-out subjects share an id across sites (segrenorm.data.listing.check_distinct).
     listed = {"sub-0": "val", "sub-1": "test"}
-    paired = [replace(r, split=listed.get(r.subject, "train")) for r in records]
+    paired = []
+    for r in records:
+        shared = f"sub-{r.subject.rsplit('-', 1)[1]}"
+        paired.append(replace(r, subject=shared, split=listed[shared]) if shared in listed
+                      else replace(r, split="train"))  # fmt: skip
     cache = SliceCache.open(prepare_cache(paired, tmp_path / "c", val_fraction=0.5, progress=False))
     for site in ("A", "B"):
         assert _subjects(cache, site, cache.rows(site, "val")) == {"sub-0"}

@@ -144,7 +144,7 @@ def test_recipe_reproduces_the_prepared_cache(tmp_path: Path, tiny_kit: SimpleNa
         path = tmp_path / site / "sub-0.nii.gz"
         path.parent.mkdir()
         save_image(_image(tiny_kit, seed=len(site)).data, path, geometry=_image(tiny_kit).geometry)
-        records.append(SubjectRecord("sub-0", site, path, None))
+        records.append(SubjectRecord(f"sub-{site}", site, path, None, "train"))
     out = prepare_cache(
         records, tmp_path / "cache", spacing=(3.0, 3.0, 2.0), min_foreground=0.0, progress=False
     )

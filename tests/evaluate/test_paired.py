@@ -251,7 +251,7 @@ def test_a_listed_clean_render_must_exist(tmp_path: Path) -> None:
     listing.write_text(
         "subject,site,image,clean\nsub-1,A,img.nii.gz,gone.nii.gz\nsub-2,A,img.nii.gz,\n"
     )
-    with pytest.raises(InputError, match=r"list.csv, line 2: file .*gone.nii.gz does not exist"):
+    with pytest.raises(InputError, match=r"list.csv: 1 bad row.*line 2: clean file .*gone.nii.gz"):
         read_listing(listing)
     listing.write_text("subject,site,image,clean\nsub-2,A,img.nii.gz,\n")
     assert read_listing(listing)[0].clean is None

@@ -36,7 +36,7 @@ def _biased_sites(tmp_path: Path, kit: SimpleNamespace) -> list[SubjectRecord]:
     for site, gain in (("a", 1.0), ("b", 2.0)):
         data = kit.phantom(SHAPE, seed=len(site) + int(gain)) * field * gain
         path = save_image(data, tmp_path / site / "sub-0.nii.gz", geometry=geometry)
-        records.append(SubjectRecord("sub-0", site, path, None))
+        records.append(SubjectRecord(f"sub-{site}", site, path, None, "train"))
     return records
 
 

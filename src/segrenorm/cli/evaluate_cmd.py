@@ -85,6 +85,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "whole slices, auto overlapping tiles of the training crop size for a run trained "
         "on crops, N tiles of N pixels",
     )
+    for flag, role in (("--source", "source"), ("--target", "target")):
+        parser.add_argument(
+            flag,
+            metavar="SITE",
+            help=f"the {role} site of a cache of more than two sites, for --harmonized folders "
+            "without a --model (runs bring the pair they were trained on)",
+        )
     parser.set_defaults(func=run)
 
 
@@ -151,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     paths, results = evaluate_cache(
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
-        split=args.split, tiles=args.tiles,
+        split=args.split, tiles=args.tiles, source=args.source, target=args.target,
     )  # fmt: skip
     for line in check_lines(results):
         print(line)

@@ -28,21 +28,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "Volumes unlike the training data: every volume is reoriented to RAS (lossless) "
-            "and back; an oblique grid (over 20 degrees) gives a warning; an in-plane voxel "
-            "size more than --spacing-tolerance off the training spacing is resampled to it "
-            "and back (linear, with a warning); more than 8x off is refused. Outputs are "
+            "and back; an oblique grid (over 20 degrees) gives a warning; a volume whose voxel "
+            "size is more than --spacing-tolerance off the model's training grid is resampled "
+            "to it and its output back onto the input's grid (linear, with a warning): the "
+            "in-plane axes count for a 2D model, the through-plane axis too for a 2.5-D one "
+            "(data.context_slices > 1); more than 8x off is refused. Outputs are "
             "float32 unless --dtype says otherwise; voxels outside the input's foreground "
             "mask are set to --background."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volumes, folders or globs")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="volumes, folders or globs")
+    parser.add_argument(
+        "--csv",
+        metavar="LISTING",
+        help="instead of INPUTs: a listing with subject,site,image columns (as prepare reads); "
+        "each row is harmonized by the --model trained on its site, rows at the models' "
+        "target site are left as they are, and OUT/harmonize-by-site.json records which "
+        "model translated which row",
+    )
     parser.add_argument(
         "--model",
         action="append",
         required=True,
         metavar="RUN_OR_CKPT",
         help="run directory or checkpoint; repeat as PLANE=RUN (axial=..., coronal=...) to "
-        "use one model per view",
+        "use one model per view; with --csv, repeat it once per source site (a folder "
+        "holding several runs gives all its finished runs)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
@@ -76,9 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--spacing-tolerance",
         type=float,
-        default=0.2,
+        default=0.05,
         metavar="FRACTION",
-        help="relative voxel-size difference from training tolerated without resampling (0.2)",
+        help="relative voxel-size difference from the model's training grid tolerated "
+        "without resampling; within it a volume is translated as it is (default: 0.05)",
     )
     parser.add_argument(
         "--tiles",
@@ -132,26 +144,32 @@ def run(args: argparse.Namespace) -> int:
     """
     from segrenorm.harmonize.files import harmonize_paths
     from segrenorm.harmonize.harmonizer import HarmonizeOptions
+    from segrenorm.harmonize.sites import harmonize_listing
 
-    summary = harmonize_paths(
-        args.inputs,
-        args.out,
-        parse_models(args.model),
-        options=HarmonizeOptions(
-            direction=args.direction,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            background=args.background,
-            spacing_tolerance=args.spacing_tolerance,
-            tiles=args.tiles,
-        ),
-        views=args.views,
-        device=args.device,
-        compile=args.compile,
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+    if bool(args.csv) == bool(args.inputs):
+        raise ConfigError(
+            "give the volumes to harmonize either as INPUT arguments or as a --csv listing "
+            "(subject,site,image), not both and not neither"
+        )
+    options = HarmonizeOptions(
+        direction=args.direction,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        background=args.background,
+        spacing_tolerance=args.spacing_tolerance,
+        tiles=args.tiles,
     )
+    common = {
+        "options": options, "views": args.views, "device": args.device,
+        "compile": args.compile, "skip_existing": args.skip_existing,
+        "overwrite": args.overwrite, "progress": not args.no_progress,
+    }  # fmt: skip
+    if args.csv:
+        if any(parse_models([m]) != m for m in args.model):
+            raise ConfigError("--csv picks a model per site: give --model RUN, not PLANE=RUN")
+        summary = harmonize_listing(args.csv, args.out, args.model, **common)
+    else:
+        summary = harmonize_paths(args.inputs, args.out, parse_models(args.model), **common)
     if summary.is_main:
         print(summary.table())
     return 1 if summary.failed else 0

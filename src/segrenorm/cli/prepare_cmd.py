@@ -1,10 +1,12 @@
-"""``segrenorm prepare``: slice two sites' volumes into a training cache."""
+"""``segrenorm prepare``: slice two or more sites' volumes into a training cache."""
 
 from __future__ import annotations
 
 import argparse
 
-from segrenorm.data.listing import read_listing, records_from_inputs
+from segrenorm.data.autolabels import AUTO_LABEL_METHODS
+from segrenorm.data.layouts import DATASET_LAYOUTS, records_from_layout
+from segrenorm.data.listing import SubjectRecord, read_listing, records_from_inputs
 from segrenorm.data.manifest import open_manifest, summarize
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import ConfigError
@@ -22,12 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """
     parser = subparsers.add_parser(
         "prepare",
-        help="slice two sites' volumes into a training cache",
+        help="slice two or more sites' volumes into a training cache",
         description=(
             "Reorient volumes to RAS, correct their bias field (N4), scale each to [-1, 1] "
-            "from its foreground percentiles, cut them into 2D slices and store both sites in "
-            "one cache folder (docs/cache-format.md). Give subjects with --csv or with "
-            "--site-a/--site-b."
+            "from its foreground percentiles, cut them into 2D slices and store every site in "
+            "one cache folder (docs/cache-format.md). Give the subjects one way: --csv, "
+            "--dataset (docs/studies.md), --site (repeated, one per site) or --site-a/--site-b."
         ),
     )
     inputs = parser.add_argument_group("inputs")
@@ -35,6 +37,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--csv",
         metavar="LISTING",
         help="CSV: subject,site,image[,label][,split][,clean]; paths relative to the CSV",
+    )
+    inputs.add_argument(
+        "--dataset",
+        nargs=2,
+        metavar=("NAME", "ROOT"),
+        help=f"read a dataset's own layout ({', '.join(DATASET_LAYOUTS)}): sites, subjects and "
+        "labels from its file names (docs/studies.md)",
+    )
+    inputs.add_argument(
+        "--site",
+        action="append",
+        nargs="+",
+        metavar=("NAME", "PATH"),
+        help="one site: its name, then its images/folders/globs; repeat per site, in cache "
+        "order (two sites: source, then target)",
+    )
+    inputs.add_argument(
+        "--labels",
+        action="append",
+        nargs="+",
+        metavar=("NAME", "PATH"),
+        help="with --site: a site's name, then its label maps, paired to images by name "
+        "(repeat per labelled site; sites without labels need --auto-labels); with --dataset: "
+        "the folder of label maps (bids: one derivatives pipeline folder)",
+    )
+    inputs.add_argument(
+        "--site-column",
+        metavar="COLUMN",
+        help="with --dataset bids: the participants.tsv column of the site (default: site)",
     )
     inputs.add_argument(
         "--site-a", nargs="+", metavar="PATH", help="source-site images/folders/globs"
@@ -52,9 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="cache folder to create")
     parser.add_argument(
         "--sites",
-        nargs=2,
-        metavar=("NAME_A", "NAME_B"),
-        help="source and target site names (default: CSV order, or A B for --site-a/--site-b)",
+        nargs="+",
+        metavar="NAME",
+        help="every site name in cache order (default: order of first appearance); with "
+        "--site-a/--site-b the two sites' names (default: A B)",
     )
     parser.add_argument("--n-classes", type=int, help="label classes (default: max label + 1)")
     parser.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class")
@@ -64,7 +96,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         type=float,
         metavar=("X", "Y", "Z"),
-        help="resample to this spacing (mm)",
+        help="the cache's one grid: resample every volume to this voxel size (mm, RAS axes; "
+        "default: the target site's median voxel size)",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="NAME",
+        help="the site whose median voxel size is the grid (default: the second of two sites; "
+        "needed with more than two sites unless --spacing is given)",
     )
     parser.add_argument(
         "--percentiles",
@@ -123,6 +162,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fit the N4 field on the volume shrunk N times along each axis, for speed "
         "(1 to 8; default: 4)",
     )
+    parser.add_argument(
+        "--auto-labels",
+        choices=list(AUTO_LABEL_METHODS),
+        help="pseudo-label the sites without label maps: gmm (3-class tissue mixture inside the "
+        "foreground, smoothed) or segnet (the labelled site's segmentation net after histogram "
+        "matching). Written to CACHE/pseudo_labels/; the manifest records each label's source",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -136,21 +182,9 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success (errors are raised as ``SegrenormError``).
     """
-    from_folders = args.site_a is not None or args.site_b is not None
-    if args.csv is not None and (from_folders or args.labels_a or args.labels_b):
-        raise ConfigError("give either --csv LISTING or --site-a/--site-b, not both")
-    if args.csv is not None:
-        records = read_listing(args.csv)
-    elif args.site_a is not None and args.site_b is not None:
-        records = records_from_inputs(
-            args.site_a,
-            args.site_b,
-            args.labels_a,
-            args.labels_b,
-            site_names=tuple(args.sites) if args.sites else ("A", "B"),
-        )
-    else:
-        raise ConfigError("no subjects given: pass --csv LISTING, or both --site-a and --site-b")
+    from segrenorm.workflows.autolabel import auto_labeller  # imports torch: not for --help
+
+    records, notes = _records(args)
     out = prepare_cache(
         records,
         args.out,
@@ -159,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         class_names=args.class_names,
         slice_axis=args.axis,
         spacing=tuple(args.spacing) if args.spacing else None,
+        target=args.target,
         lower_pct=args.percentiles[0],
         upper_pct=args.percentiles[1],
         min_foreground=args.min_foreground,
@@ -170,7 +205,84 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         use_mask=not args.no_mask,
         bias_correction=BiasCorrection(method=args.bias_correction, shrink=args.bias_shrink),
+        auto_labels=auto_labeller(args.auto_labels, seed=args.seed),
         progress=not args.quiet,
     )
     print(summarize(open_manifest(out), str(out)))
+    for note in notes:
+        print(f"note: {note}")
     return 0
+
+
+def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, ...]]:
+    """The subjects of the one input route given, and notes on what a layout skipped."""
+    two_site = [args.site_a, args.site_b, args.labels_a, args.labels_b]
+    routes = {
+        "--csv": args.csv is not None,
+        "--dataset": args.dataset is not None,
+        "--site": args.site is not None,
+        "--site-a/--site-b": any(value is not None for value in two_site),
+    }
+    given = [name for name, present in routes.items() if present]
+    if len(given) > 1:
+        raise ConfigError(
+            f"give the subjects one way, not {' and '.join(given)}: --csv LISTING, "
+            "--dataset NAME ROOT, --site NAME PATH... (repeated) or --site-a/--site-b"
+        )
+    if not given:
+        raise ConfigError(
+            "no subjects given: pass --csv LISTING, --dataset NAME ROOT, one --site NAME "
+            "PATH... per site, or both --site-a and --site-b"
+        )
+    if args.labels is not None and given[0] not in ("--site", "--dataset"):
+        raise ConfigError(
+            "--labels goes with --site or --dataset; a CSV lists label maps in its label "
+            "column, and --site-a/--site-b take --labels-a/--labels-b"
+        )
+    if args.site_column is not None and given[0] != "--dataset":
+        raise ConfigError("--site-column goes with --dataset bids")
+    if given[0] == "--csv":
+        return read_listing(args.csv), ()
+    if given[0] == "--dataset":
+        if args.labels is not None and (len(args.labels) > 1 or len(args.labels[0]) > 1):
+            raise ConfigError("with --dataset, give --labels once, with one folder: --labels DIR")
+        listing = records_from_layout(
+            args.dataset[0],
+            args.dataset[1],
+            labels=None if args.labels is None else args.labels[0][0],
+            site_column=args.site_column,
+        )
+        return listing.records, listing.notes
+    if given[0] == "--site":
+        if args.sites is not None:
+            raise ConfigError("--sites goes with --csv, --dataset or --site-a/--site-b; the "
+                              "--site options give the cache order themselves")  # fmt: skip
+        sites = [_named(values, "--site") for values in args.site]
+        labels = [_named(values, "--labels") for values in args.labels or []]
+        named = [name for name, _ in labels]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ConfigError(f"--labels given more than once for site(s) {twice}")
+        return records_from_inputs(sites, dict(labels)), ()
+    if args.site_a is None or args.site_b is None:
+        raise ConfigError("give both --site-a and --site-b (or one --site NAME PATH... per site)")
+    names = tuple(args.sites) if args.sites else ("A", "B")
+    if len(names) != 2:
+        raise ConfigError(f"--site-a/--site-b are two sites: give --sites two names, not {names}")
+    labels_by_site = {
+        name: value
+        for name, value in zip(names, (args.labels_a, args.labels_b), strict=True)
+        if value is not None
+    }
+    return records_from_inputs(list(zip(names, (args.site_a, args.site_b), strict=True)),
+                               labels_by_site), ()  # fmt: skip
+
+
+def _named(values: list[str], option: str) -> tuple[str, list[str]]:
+    """``(NAME, [PATH, ...])`` of one ``--site``/``--labels`` option."""
+    if len(values) < 2:
+        raise ConfigError(
+            f"{option} takes a site name and then its files: {option} NAME PATH [PATH ...]; "
+            f"got only {values[0]!r}"
+        )
+    return values[0], values[1:]

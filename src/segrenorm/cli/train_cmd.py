@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segrenorm.config.presets import PRESETS
 from segrenorm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segrenorm.config.schema import Config
 
 __all__ = ["add_parser", "run"]
 
@@ -26,6 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "log.jsonl, TensorBoard scalars, image grids and checkpoints. Ctrl-C saves "
             "checkpoints/last.pt; --resume continues exactly where it stopped. For several "
             "GPUs: torchrun --nproc_per_node N -m segrenorm train ..."
+        ),
+        epilog=(
+            "Caches of more than two sites: train one pair with --set data.source=NAME --set "
+            "data.target=NAME (the run folder is then named ...-<source>-to-<target>), or "
+            "every other site toward one target, one model per pair, with --to NAME."
         ),
     )
     parser.add_argument(
@@ -64,9 +74,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="stop after global step N, keeping the learning-rate schedule (resume to go on)",
     )
     parser.add_argument(
+        "--to",
+        metavar="SITE",
+        help="train every other site of the cache toward SITE, one model and run folder per "
+        "pair, one after the other; a pair that already finished in --out is reused",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved config as JSON, check it against the cache, and exit",
+        help="print the resolved config as JSON (with --to: the pairs and which are already "
+        "trained), check it against the cache, and exit",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -89,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.iterations is not None and args.iterations < 1:
         raise ConfigError(f"--iterations {args.iterations} must be >= 1.")
+    if args.to is not None:
+        return _train_toward(args, plan.config, plan.cache, plan.out)
     if args.dry_run:
-        check_against_cache(plan.config, SliceCache.open(plan.cache))
+        pair = (plan.config.data.source, plan.config.data.target)
+        check_against_cache(plan.config, SliceCache.open(plan.cache, pair=pair))
         print(plan.config.to_json())
         return 0
     try:
@@ -106,4 +126,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"segrenorm train: {exc}", file=sys.stderr)
         return 130
     print(run_dir)
+    return 0
+
+
+def _train_toward(args: argparse.Namespace, config: Config, cache: Path, out: Path) -> int:
+    """``train --to SITE``: one run per pair toward SITE; prints each run folder."""
+    from segrenorm.training.trainer import TrainingInterrupted
+    from segrenorm.workflows.pairs import train_toward
+
+    if args.resume or args.iterations is not None:
+        raise ConfigError(
+            "--to trains whole pairs and reuses the finished ones: it cannot be combined with "
+            "--resume or --iterations (resume one pair's run by itself with --resume RUN)"
+        )
+
+    def say(text: str) -> None:
+        print(f"segrenorm train: {text}", file=sys.stderr, flush=True)
+
+    try:
+        runs = train_toward(
+            config, cache, out, args.to, dry_run=args.dry_run, progress=not args.no_progress,
+            say=say,
+        )  # fmt: skip
+    except TrainingInterrupted as exc:
+        print(f"segrenorm train: {exc}; the finished pairs are reused next time", file=sys.stderr)
+        return 130
+    for run in runs:
+        if run.run_dir is not None:
+            print(run.run_dir)
     return 0

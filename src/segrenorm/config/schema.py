@@ -207,7 +207,8 @@ class DataConfig:
         foreground_bias: probability that a crop is centred on the foreground.
         semantic_dropout: SemGAN's probability of masking a random subset of classes.
         num_workers: DataLoader worker processes.
-        direction: ``AB`` translates cache site A to B as G; ``BA`` swaps the sites.
+        direction: ``AB`` translates site A to B as G; ``BA`` swaps the sites (within the
+            pair that ``source`` and ``target`` choose).
         fold: leave-one-subject-out / k-fold: train on every subject whose fold in the
             cache differs from this one (None uses the cache's train/test split).
         context_slices: 2.5-D input: k (odd) neighbouring slices of the same subject as
@@ -217,6 +218,11 @@ class DataConfig:
             stack, the discriminators judge k-channel stacks and the segmentation nets
             predict the centre slice's labels; inference keeps the centre output. 1 is the
             2D model.
+        source: the cache site (by name; a key ``A``, ``B``, ``C``, ... also works) trained
+            on as site A, the source; None: the cache's first site. A cache of more than
+            two sites needs both ``source`` and ``target``.
+        target: the cache site trained on as site B, the target; None: the cache's second
+            site (of two), or the other one when only ``source`` is given.
     """
 
     crop_size: int = 128
@@ -228,6 +234,8 @@ class DataConfig:
     direction: str = "AB"
     fold: int | None = None
     context_slices: int = 1
+    source: str | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,13 @@ class Config:
                 "3, 5, ... for 2.5-D input."
             )
         check_direction(d.direction, name="data.direction")
+        for name in ("source", "target"):
+            if getattr(d, name) is not None and not str(getattr(d, name)).strip():
+                raise ConfigError(f"data.{name} is empty: give a site name of the cache or none")
+        if d.source is not None and d.source == d.target:
+            raise ConfigError(
+                f"data.source and data.target are both {d.source!r}: choose two different sites"
+            )
         if d.semantic_dropout > 0 and m.translator is not TranslatorKind.SEMGAN:
             raise ConfigError(
                 f"data.semantic_dropout={d.semantic_dropout} only applies to the semgan "

@@ -194,8 +194,8 @@ class UnpairedSliceDataset(Dataset[dict[str, torch.Tensor]]):
         n = self.cache.n_classes
         if label.size and int(label.max()) >= n:
             raise CacheError(
-                f"{self.cache.path / site / 'labels.npy'} row {row} holds label "
-                f"{int(label.max())} but the manifest declares {n} classes; {RUN_PREPARE}"
+                f"{self.cache.path / self.cache.folders[site] / 'labels.npy'} row {row} holds "
+                f"label {int(label.max())} but the manifest declares {n} classes; {RUN_PREPARE}"
             )
         # Draw even when unused so the split does not shift later draws.
         if rng.random() < self.semantic_dropout and self.split == "train":

@@ -52,7 +52,9 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
     Each site's intensity scale is the median ``low``/``high`` over its training subjects
     (every subject when the cache has no training split); the training spacing is the
-    cache's resampling spacing, or else the per-axis median of its subjects' spacings.
+    cache's grid (``"spacing"``: every cache ``prepare`` writes now has one), or, for a cache
+    from before the one grid (``"spacing": null``, volumes cut at their own voxel sizes), the
+    per-axis median of its subjects' spacings.
 
     Args:
         manifest: a validated ``manifest.json`` (see ``docs/cache-format.md``).
@@ -100,11 +102,14 @@ class TrainingFacts:
 
     Args:
         slice_axis: plane the model was trained on (``axial``, ``coronal`` or ``sagittal``).
-        spacing: canonical (RAS) voxel size in mm of the training volumes.
+        spacing: canonical (RAS) voxel size in mm of the training volumes: the model's grid,
+            which harmonize puts its inputs on.
         percentiles: foreground percentiles mapped to -1 and 1.
         use_mask: whether scaling used a foreground mask (background -1).
         pad_multiple: the cache's padding multiple.
-        site_names: human names of cache sites ``A`` and ``B``.
+        site_names: human names of sites ``A`` and ``B`` of the training cache or, for a
+            cache of more than two sites, of the pair trained on (``data.source``,
+            ``data.target``).
         scaling: a typical :class:`IntensityScaling` per cache site key.
         train_direction: the run's ``data.direction``: which cache site was the model's
             source domain (``"AB"``: site A; ``"BA"``: site B).
@@ -157,6 +162,40 @@ class TrainingFacts:
         """
         key = self.target_site(direction)
         return str(self.site_names.get(key, key))
+
+    def source_name(self, direction: str) -> str:
+        """Human name of the site ``direction``'s generator translates from.
+
+        Args:
+            direction: ``"AB"`` or ``"BA"``.
+        """
+        return self.target_name("BA" if direction == "AB" else "AB")
+
+    def site_notes(self, site: str | None, direction: str, *, model: str | Path) -> list[str]:
+        """Warnings for harmonizing a volume of ``site`` with this model in ``direction``.
+
+        The one check ``Harmonizer.harmonize(..., site=...)`` and ``segrenorm harmonize
+        --csv`` share: a site the model never saw is translated anyway, with a warning.
+
+        Args:
+            site: the volume's site name, or None when unknown (no warning).
+            direction: ``"AB"`` or ``"BA"``.
+            model: the checkpoint, named in the warning.
+
+        Returns:
+            No note for the direction's source site; one note otherwise.
+        """
+        source, target = self.source_name(direction), self.target_name(direction)
+        if site is None or site == source:
+            return []
+        if site == target:
+            return [
+                f"site {site!r} is already the target site of {model} ({source} -> "
+                f"{target}); translated anyway"
+            ]
+        return [
+            f"{model} never saw site {site!r}; trained on {source} -> {target}; results may be off"
+        ]
 
     @classmethod
     def from_dict(cls, facts: Mapping[str, Any], train_direction: str = "AB") -> TrainingFacts:

@@ -1,27 +1,33 @@
 """Subject listings: which volumes belong to which subject and site, and their splits.
 
-Listings come from a CSV (:func:`read_listing`) or from two sites' files, folders or globs
-(:func:`records_from_inputs`); :func:`segrenorm.data.prepare.prepare_cache` turns them into a slice
-cache, drawing the subjects' train/val/test splits and folds with :func:`assign_splits`.
+Listings come from a CSV (:func:`read_listing`), from each site's files, folders or globs
+(:func:`records_from_inputs`) or from a dataset layout (``segrenorm.data.layouts``);
+:func:`segrenorm.data.prepare.prepare_cache` checks them with :func:`check_distinct` and turns
+them into a slice cache, drawing the subjects' train/val/test splits and folds with
+:func:`assign_splits`.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.paths import find_images, image_stem
 
 __all__ = [
+    "HELD_OUT_SPLITS",
     "SUBJECT_SPLITS",
     "SubjectRecord",
     "assign_splits",
+    "check_distinct",
     "read_listing",
     "records_from_inputs",
     "site_order",
@@ -30,7 +36,11 @@ __all__ = [
 
 #: The subject-level splits a listing may give and ``prepare`` draws.
 SUBJECT_SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Splits in which one subject may appear at several sites (a travelling, paired subject).
+HELD_OUT_SPLITS: tuple[str, ...] = ("val", "test")
 _ID_SUFFIX = re.compile(r"_(t1w|dseg|seg|labels?)$", re.IGNORECASE)
+_REQUIRED = ("subject", "site", "image")
+_FILES = ("image", "label", "clean")
 
 
 @dataclass(frozen=True)
@@ -79,104 +89,108 @@ def read_listing(csv_path: str | Path) -> list[SubjectRecord]:
 
     Relative paths are relative to the CSV's folder; an empty ``label`` means no label map and an
     empty ``split`` lets :func:`prepare_cache` draw it. ``clean`` (optional, may be empty) is a
-    noise-free render of the subject on its site's scanner, the clean paired truth.
+    noise-free render of the subject on its site's scanner, the clean paired truth. Every row is
+    checked before anything is reported, so one error lists every bad row.
 
     Args:
         csv_path: the listing file.
 
     Raises:
-        InputError: naming the file and line for a missing column, an empty value, a missing
-            file, an unknown split or a subject listed twice at one site.
+        InputError: naming the file for missing columns or no rows, or listing every bad row
+            (its line and what is wrong: an empty value, a missing file, an unknown split, a
+            subject listed twice at one site).
     """
     path = Path(csv_path)
     if not path.is_file():
         raise InputError(f"subject listing {path} does not exist")
+    folder = path.parent.absolute()  # relative paths in the listing are relative to it
+    records: list[SubjectRecord] = []
+    problems: list[str] = []
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
-        missing = [c for c in ("subject", "site", "image") if c not in columns]
+        missing = [c for c in _REQUIRED if c not in columns]
         if missing:
             raise InputError(
-                f"{path}: missing column(s) {', '.join(missing)}; the header must list "
+                f"{path}: missing column(s) {', '.join(missing)} (the header has "
+                f"{', '.join(columns) or 'no columns'}); the header must list "
                 "subject,site,image[,label][,split][,clean]"
             )
-        records: list[SubjectRecord] = []
-        seen: set[tuple[str, str]] = set()
+        first_line: dict[tuple[str, str], int] = {}
         for row in reader:
-            where = f"{path}, line {reader.line_num}"
+            line = reader.line_num
             values = {
                 (k or "").strip().lower(): (v or "").strip()
                 for k, v in row.items()
                 if isinstance(v, str | None)
             }
-            empty = [c for c in ("subject", "site", "image") if not values.get(c)]
-            if empty:
-                raise InputError(f"{where}: empty value for {', '.join(empty)}")
-            image = _listed_path(values["image"], path.parent, where)
-            label = (
-                _listed_path(values["label"], path.parent, where) if values.get("label") else None
-            )
-            clean = (
-                _listed_path(values["clean"], path.parent, where) if values.get("clean") else None
-            )
+            empty = [c for c in _REQUIRED if not values.get(c)]
+            wrong = [f"empty value for {', '.join(empty)}"] if empty else []
+            # An absolute listed path stays absolute: Path("/csv/dir") / "/data/x" is /data/x.
+            files = {c: folder / Path(values[c]).expanduser() for c in _FILES if values.get(c)}
+            wrong += [f"{c} file {f} does not exist" for c, f in files.items() if not f.exists()]
             split = values.get("split", "").lower() or None
             if split is not None and split not in SUBJECT_SPLITS:
-                raise InputError(
-                    f"{where}: split {split!r} must be 'train', 'val', 'test' or empty"
+                wrong.append(f"split {split!r} must be 'train', 'val', 'test' or empty")
+            key = (values.get("site", ""), values.get("subject", ""))
+            if all(key) and key in first_line:
+                wrong.append(
+                    f"subject {key[1]!r} is listed twice for site {key[0]!r} "
+                    f"(first at line {first_line[key]})"
                 )
-            key = (values["site"], values["subject"])
-            if key in seen:
-                raise InputError(f"{where}: subject {key[1]!r} is listed twice for site {key[0]!r}")
-            seen.add(key)
+            elif all(key):
+                first_line[key] = line
+            if wrong:
+                problems.append(f"line {line}: {', '.join(wrong)}")
+                continue
+            resolved = {c: f.resolve() for c, f in files.items()}
             records.append(
-                SubjectRecord(values["subject"], values["site"], image, label, split, clean)
-            )
+                SubjectRecord(key[1], key[0], resolved["image"], resolved.get("label"), split,
+                              resolved.get("clean"))
+            )  # fmt: skip
+    if problems:
+        raise InputError(
+            f"{path}: {len(problems)} bad row(s); fix them and run again: " + "; ".join(problems)
+        )
     if not records:
         raise InputError(f"subject listing {path} has a header but no subject rows")
     return records
 
 
-def _listed_path(value: str, folder: Path, where: str) -> Path:
-    candidate = Path(value).expanduser()
-    resolved = candidate if candidate.is_absolute() else folder / candidate
-    if not resolved.exists():
-        raise InputError(f"{where}: file {resolved} does not exist")
-    return resolved.resolve()
-
-
 def records_from_inputs(
-    site_a: Sequence[str | Path],
-    site_b: Sequence[str | Path],
-    labels_a: Sequence[str | Path] | None = None,
-    labels_b: Sequence[str | Path] | None = None,
-    site_names: tuple[str, str] = ("A", "B"),
+    sites: Sequence[tuple[str, Sequence[str | Path]]],
+    labels: Mapping[str, Sequence[str | Path]] | None = None,
 ) -> list[SubjectRecord]:
-    """Build records from two sites' files, folders or globs, pairing labels by subject id.
+    """Build records from each site's files, folders or globs, pairing labels by subject id.
 
     Images and labels are paired by :func:`subject_id`; labels without an image are ignored,
-    and files given as labels are not taken as images, so one folder may hold both.
+    and files given as labels are not taken as images, so one folder may hold both. Labels may
+    be given for some sites only: the others' records have no label map (``prepare`` decides
+    what an unlabelled site needs).
 
     Args:
-        site_a: image files/folders/globs of the first (source) site.
-        site_b: the same for the second (target) site.
-        labels_a: label maps of the first site, or None for no labels.
-        labels_b: label maps of the second site (given exactly when ``labels_a`` is).
-        site_names: names of the two sites.
+        sites: ``(site name, image files/folders/globs)`` per site, in cache order.
+        labels: label maps per site name, for any subset of the sites; None for none.
 
     Raises:
-        InputError: for labels given for one site only, an image without a label, or two
-            images with one subject id.
+        ConfigError: for a site named twice or labels of a site that is not given.
+        InputError: for an image without a label at a site given labels, two images with one
+            subject id at one site, or a site whose every image was given as a label map.
     """
-    if (labels_a is None) != (labels_b is None):
-        raise InputError("labels were given for one site only: give label maps for both or none")
-    if len(site_names) != 2 or site_names[0] == site_names[1]:
-        raise ConfigError(f"site names {site_names!r} must be two different names")
+    names = [name for name, _ in sites]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"site name(s) {twice} given more than once: name each site once")
+    labels = dict(labels or {})
+    unknown = [name for name in labels if name not in names]
+    if unknown:
+        raise ConfigError(
+            f"labels given for site(s) {unknown} that are not among the sites {names}"
+        )
     records: list[SubjectRecord] = []
-    for name, images, labels in (
-        (site_names[0], site_a, labels_a),
-        (site_names[1], site_b, labels_b),
-    ):
-        label_files = [p.resolve() for p in find_images(labels)] if labels is not None else []
+    for name, images in sites:
+        given = labels.get(name)
+        label_files = [p.resolve() for p in find_images(given)] if given is not None else []
         label_by_id: dict[str, Path] = {}
         for label in label_files:
             label_by_id.setdefault(subject_id(label), label)
@@ -192,7 +206,7 @@ def records_from_inputs(
                     "rename one or list the subjects in a CSV (--csv)"
                 )
             seen[sid] = image
-            if labels is not None and sid not in label_by_id:
+            if given is not None and sid not in label_by_id:
                 raise InputError(
                     f"site {name}: no label map for {image} (subject id {sid!r}); label files "
                     "pair with images by name without suffix and without _T1w/_dseg/_seg/_label"
@@ -206,32 +220,96 @@ def records_from_inputs(
     return records
 
 
-def site_order(records: Sequence[SubjectRecord], sites: tuple[str, str] | None) -> tuple[str, str]:
-    """The (source, target) site names of ``records``.
+def check_distinct(records: Sequence[SubjectRecord]) -> None:
+    """Refuse one image file listed twice, or one subject id at two sites outside val/test.
+
+    Files are compared by identity (``os.path.samefile``: the same resolved path, a symbolic
+    or a hard link), so the same folder given as two sites is caught. A subject id may appear
+    at several sites only as a travelling subject held out for paired evaluation: listed with
+    the same split, ``val`` or ``test``, at each of them (as ``segrenorm simulate`` writes).
 
     Args:
-        records: subjects of exactly two sites.
-        sites: the two names in the wanted order, or None for the order of first appearance.
+        records: the subjects of every site, from any listing route.
 
     Raises:
-        ConfigError: if ``sites`` is not two different names.
-        InputError: if the records do not hold exactly those (or exactly two) sites.
+        InputError: naming both paths (and sites) of every clash, and what to do.
+    """
+    by_file: dict[object, SubjectRecord] = {}
+    clashes: list[str] = []
+    for record in records:
+        key = _file_key(record.image)
+        other = by_file.setdefault(key, record)
+        if other is not record:
+            clashes.append(
+                f"{other.image} (site {other.site!r}, subject {other.subject!r}) and "
+                f"{record.image} (site {record.site!r}, subject {record.subject!r}) are the "
+                "same image file"
+            )
+    if clashes:
+        raise InputError(
+            "the same image file is listed more than once, so a subject would train against "
+            "itself: " + "; ".join(clashes) + ". Give each site its own files"
+        )
+    by_subject: dict[str, SubjectRecord] = {}
+    for record in records:
+        other = by_subject.setdefault(record.subject, record)
+        if other is record or other.site == record.site:
+            continue  # duplicates within one site are refused by prepare, naming the site
+        if other.split == record.split and record.split in HELD_OUT_SPLITS:
+            continue
+        clashes.append(
+            f"subject {record.subject!r} is at site {other.site!r} ({other.image}) and at "
+            f"site {record.site!r} ({record.image})"
+        )
+    if clashes:
+        raise InputError(
+            "one subject id at two sites: " + "; ".join(clashes) + ". Rename the subjects if "
+            "they are different people; a travelling subject scanned at several sites may be "
+            "listed at each only as a held-out subject, with the same split 'val' or 'test' "
+            "in a CSV's split column"
+        )
+
+
+def _file_key(path: Path) -> object:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return Path(path).resolve()
+    return (stat.st_dev, stat.st_ino)
+
+
+def site_order(records: Sequence[SubjectRecord], sites: Sequence[str] | None) -> tuple[str, ...]:
+    """The site names of ``records``, in cache order (keys ``A``, ``B``, ...).
+
+    Args:
+        records: subjects of two or more sites.
+        sites: the names in the wanted order (every site of the records, once), or None for
+            the order of first appearance.
+
+    Raises:
+        ConfigError: if ``sites`` names a site twice.
+        InputError: if the records do not hold exactly those sites, or fewer than two.
     """
     present = list(dict.fromkeys(r.site for r in records))
     if sites is not None:
-        if len(sites) != 2 or sites[0] == sites[1]:
-            raise ConfigError(f"sites {sites!r} must be two different site names")
-        unknown = [s for s in present if s not in sites]
-        absent = [s for s in sites if s not in present]
+        names = list(sites)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"sites {names!r} name a site more than once")
+        unknown = [s for s in present if s not in names]
+        absent = [s for s in names if s not in present]
         if unknown or absent:
             raise InputError(
-                f"sites {list(sites)} do not match the records' sites {present}: "
+                f"sites {names} do not match the records' sites {present}: "
                 + (f"no subject at {absent}" if absent else f"unexpected {unknown}")
             )
-        return sites[0], sites[1]
-    if len(present) != 2:
-        raise InputError(f"harmonization needs exactly two sites, the records have {present}")
-    return present[0], present[1]
+        present = names
+    if len(present) < 2:
+        raise InputError(
+            f"harmonization needs at least two sites, the subjects are all at {present}; "
+            "list subjects of a source and a target site"
+        )
+    site_keys(len(present))  # refuses more sites than the cache has keys for
+    return tuple(present)
 
 
 def _round_half_up(value: float) -> int:
@@ -252,20 +330,22 @@ def assign_splits(
     These are sorted by subject id and shuffled with ``seed``; the first
     ``round(test_fraction * n_free)`` (rounded half up, leaving at least one free record for
     training) are test and the next ``round(val_fraction * n_free)`` are val, so the test
-    subjects and the folds do not depend on ``val_fraction``. A fraction that rounds to zero
-    subjects gives an empty split. Every record gets a fold ``0..n_folds-1``.
+    subjects and the folds do not depend on ``val_fraction``. A fraction above 0 must give its
+    split at least one subject (listed or drawn); a site whose subjects all have a listed split
+    is exempt. Every record gets a fold ``0..n_folds-1``.
 
     Args:
         records: the subjects of one site.
         test_fraction: fraction of the subjects without a split to draw as test.
         n_folds: number of cross-validation folds.
         seed: seed of the draws.
-        site_idx: the site's index (0 or 1), so that the two sites draw differently.
+        site_idx: the site's index in cache order (0, 1, ...), so that sites draw differently.
         val_fraction: fraction of the subjects without a split to draw as val.
 
     Raises:
         InputError: if the drawn val subjects would leave the site without a training
-            subject; the message names the site and says how to change the fractions.
+            subject, or a fraction above 0 gives its split no subject at the site; the message
+            names the site and the empty split and says how to change the fractions.
     """
     order = sorted(range(len(records)), key=lambda i: records[i].subject)
     rng = np.random.default_rng([seed, site_idx])
@@ -275,8 +355,8 @@ def assign_splits(
     n_test = min(n_test, max(len(free) - 1, 0))  # keep at least one drawn training subject
     n_val = _round_half_up(val_fraction * len(free))
     n_listed_train = sum(records[i].split == "train" for i in order)
+    site = records[0].site if records else "?"
     if n_val > 0 and n_test + n_val >= len(free) and n_listed_train == 0:
-        site = records[0].site
         raise InputError(
             f"site {site!r} has {len(free)} subject(s) without a listed split: drawing "
             f"{n_test} test (test_fraction {test_fraction}) and {n_val} val (val_fraction "
@@ -285,6 +365,9 @@ def assign_splits(
             "or add subjects to the site"
         )
     n_val = min(n_val, len(free) - n_test)
+    if free:
+        _check_not_empty(records, site, len(free), {"test": (test_fraction, n_test),
+                                                    "val": (val_fraction, n_val)})  # fmt: skip
     drawn = {i: "test" for i in shuffled[:n_test]}
     drawn.update({i: "val" for i in shuffled[n_test : n_test + n_val]})
     folds = rng.permutation(len(order))
@@ -293,3 +376,24 @@ def assign_splits(
         split = records[i].split or drawn.get(i, "train")
         result.append((split, int(folds[order.index(i)] % n_folds)))
     return result
+
+
+def _check_not_empty(
+    records: Sequence[SubjectRecord], site: str, n_free: int, drawn: dict[str, tuple[float, int]]
+) -> None:
+    """Refuse a requested split (fraction > 0) that neither the listing nor the draw fills."""
+    empty = [
+        (split, fraction)
+        for split, (fraction, n_drawn) in drawn.items()
+        if fraction > 0 and n_drawn == 0 and not any(r.split == split for r in records)
+    ]
+    if not empty:
+        return
+    what = " and ".join(f"{s} split (--{s}-fraction {f})" for s, f in empty)
+    fixes = ", ".join(f"--{s}-fraction 0 for no {s} split" for s, _ in empty)
+    raise InputError(
+        f"site {site!r} has {n_free} subject(s) without a listed split, too few for the "
+        f"requested {what}: it rounds to 0 subjects, so the {' and '.join(s for s, _ in empty)} "
+        f"split would be empty at this site. Add subjects to the site, raise the fraction, pass "
+        f"{fixes}, or list each subject's split in a CSV 'split' column (--csv)"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import CacheError, ConfigError
-from segrenorm.vocabulary import SITES
+from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.bias import BiasCorrection
 
 __all__ = [
@@ -101,9 +101,15 @@ def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
     try:
         height, width = (int(v) for v in manifest["slice_shape"])
         subjects = manifest["subjects"]
-        for key in SITES:
-            if key not in manifest["sites"]:
-                raise CacheError(f"{path} names no site {key!r}; {RUN_PREPARE}")
+        keys = list(manifest["sites"])
+        if keys != list(site_keys(len(keys))):
+            raise CacheError(
+                f"{path} names sites {keys}, not the keys A, B, ... in order; {RUN_PREPARE}"
+            )
+        stray = sorted({str(s["site"]) for s in subjects} - set(keys))
+        if stray:
+            raise CacheError(f"{path}: subjects at unknown site key(s) {stray}; {RUN_PREPARE}")
+        for key in keys:
             rows = [s for s in subjects if s["site"] == key]
             n_rows = sum(int(s["n_slices"]) for s in rows)
             starts = [int(s["first_row"]) for s in rows]
@@ -165,9 +171,17 @@ def check_fields(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def _grid_text(grid: dict[str, Any]) -> str:
+    """The cache's one grid and where it came from (its manifest's ``"grid"``)."""
+    size = "x".join(f"{float(s):.4g}" for s in grid["spacing"])
+    if grid.get("from") == "target-median":
+        return f", grid {size} mm (median voxel size of target site {grid.get('target')})"
+    return f", grid {size} mm (given)"
+
+
 def summarize(manifest: dict[str, Any], where: str) -> str:
-    """A few lines describing a cache: slices per site and split, slice shape, classes, and
-    the bias correction when there is one.
+    """A few lines describing a cache: slices per site and split, slice shape, classes, the
+    bias correction when there is one, and the grid; a pseudo-labelled site says so.
 
     The val split is listed only when the cache has val subjects (older caches have none).
 
@@ -187,6 +201,7 @@ def summarize(manifest: dict[str, Any], where: str) -> str:
         f"{manifest['n_classes']} classes"
         + ("" if manifest["has_labels"] else " (no labels)")
         + (f", bias-corrected ({bias.method}, shrink {bias.shrink})" if bias.enabled else "")
+        + (_grid_text(manifest["grid"]) if manifest.get("grid") else "")  # none in old caches
     ]
     has_val = any(subject["split"] == "val" for subject in manifest["subjects"])
     shown = ("train", "val", "test") if has_val else ("train", "test")
@@ -195,5 +210,9 @@ def summarize(manifest: dict[str, Any], where: str) -> str:
             f"{split} {slices[key, split]} slices / {subjects[key, split]} subjects"
             for split in shown
         ]
+        sources = {s.get("label_source") for s in manifest["subjects"] if s["site"] == key}
+        pseudo = sorted(str(m) for m in sources - {"file", None})  # older caches have none
+        if pseudo:
+            parts.append(f"pseudo-labels ({', '.join(pseudo)}; pseudo_labels/{key}/)")
         lines.append(f"  {key} ({name}): " + ", ".join(parts))
     return "\n".join(lines)

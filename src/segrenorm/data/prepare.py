@@ -11,9 +11,9 @@ Listings are read by ``segrenorm.data.listing``; the manifest format is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,12 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 from segrenorm._version import __version__
-from segrenorm.atomic import replace_dir
-from segrenorm.data.listing import SubjectRecord, assign_splits, site_order
+from segrenorm.atomic import remove_stale_temporaries, replace_dir, temporary_dir
+from segrenorm.data.autolabels import PseudoLabeller, pseudo_label_name, write_pseudo_label
+from segrenorm.data.grid import canonical_spacing, choose_grid
+from segrenorm.data.labelplan import plan_auto_labels
+from segrenorm.data.listing import SubjectRecord, assign_splits, check_distinct, site_order
 from segrenorm.data.manifest import ARRAY_DTYPES, FORMAT_VERSION
-from segrenorm.data.slicing import SliceRecipe
+from segrenorm.data.slicing import ScaledVolume, SliceRecipe
 from segrenorm.errors import CacheError, ConfigError, InputError
-from segrenorm.vocabulary import SITES
+from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.readwrite import load_image, load_label
 from segrenorm.volumes.spatial import pad_to_shape
@@ -72,10 +75,15 @@ def _process_subject(
     recipe: SliceRecipe,
     n_classes: int | None,
     min_foreground: float,
+    labeller: PseudoLabeller | None = None,
+    pseudo_name: str = "",
 ) -> dict[str, Any]:
     """Load, canonicalize, resample, bias-correct, scale and slice one subject into unpadded
-    work arrays."""
+    work arrays; a subject without labels gets ``labeller``'s, also written to the cache's
+    ``pseudo_name``."""
     original = load_image(record.image)
+    own_grid = original.geometry
+    original_spacing = canonical_spacing(original.geometry)
     label = None
     if record.label is not None:
         # load_label checks the label's grid against the image's before either is reoriented.
@@ -85,6 +93,14 @@ def _process_subject(
     scaled, found, scaling = recipe.scale(image.data, spacing=image.geometry.spacing)
     mask = np.ones(image.data.shape, dtype=bool) if found is None else found
     labels = np.zeros(image.data.shape, np.uint8) if label is None else label.data
+    source, label_path = ("file", str(record.label)) if label is not None else (None, None)
+    if label is None and labeller is not None:
+        labels = write_pseudo_label(
+            labeller, ScaledVolume(scaled, found, scaling), recipe, grid=image.geometry,
+            image=own_grid, path=work.parent / pseudo_name, subject=record.subject,
+            n_classes=n_classes,
+        )  # fmt: skip
+        source, label_path = labeller.method, pseudo_name
     max_label = int(labels.max())
     if max_label > 255:
         raise InputError(f"{record.label}: label value {max_label} does not fit the cache (0..255)")
@@ -103,9 +119,12 @@ def _process_subject(
         "scaling": scaling.to_dict(),
         "shape": list(image.data.shape),
         "spacing": [float(s) for s in image.geometry.spacing],
+        "original_spacing": [float(s) for s in original_spacing],
         "n_slices": int(keep.size),
         "plane": tuple(int(n) for n in mask_slices.shape[1:]),
         "max_label": max_label,
+        "label": label_path,
+        "label_source": source,
     }
 
 
@@ -145,11 +164,12 @@ def prepare_cache(
     records: Sequence[SubjectRecord],
     out_dir: str | Path,
     *,
-    sites: tuple[str, str] | None = None,
+    sites: Sequence[str] | None = None,
     n_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     slice_axis: str = "axial",
     spacing: tuple[float, float, float] | None = None,
+    target: str | None = None,
     lower_pct: float = 0.5,
     upper_pct: float = 99.5,
     min_foreground: float = 0.05,
@@ -161,12 +181,13 @@ def prepare_cache(
     overwrite: bool = False,
     use_mask: bool = True,
     bias_correction: BiasCorrection = DEFAULT_BIAS_CORRECTION,
+    auto_labels: str | PseudoLabeller | None = None,
     progress: bool = True,
 ) -> Path:
-    """Slice two sites' volumes into a cache folder (layout: ``docs/cache-format.md``).
+    """Slice two or more sites' volumes into one cache folder (layout: ``docs/cache-format.md``).
 
-    Each volume is reoriented to RAS+, optionally resampled, bias-corrected inside its
-    foreground (N4 by default), scaled to ``[-1, 1]`` from its own foreground percentiles
+    Each volume is reoriented to RAS+, resampled to the cache's one grid, bias-corrected
+    inside its foreground (N4 by default), scaled to ``[-1, 1]`` from its own foreground percentiles
     (background -1) and sliced along ``slice_axis``; slices whose foreground fraction is below
     ``min_foreground`` are skipped and the rest are padded to one shared ``(H, W)`` (a multiple
     of ``pad_multiple``). Label maps are only reoriented, resampled with
@@ -177,14 +198,19 @@ def prepare_cache(
     ``0..n_folds-1``.
 
     Args:
-        records: the subjects of exactly two sites.
+        records: the subjects of two or more sites.
         out_dir: cache folder to create.
-        sites: (source, target) site names; default: order of first appearance.
+        sites: every site name, in cache order (keys ``A``, ``B``, ``C``, ...; for two sites
+            source then target); default: order of first appearance.
         n_classes: number of label classes; default: the number of ``class_names`` if given,
             else max label + 1 (at least 2), or 1 without labels. At most 256 (uint8 labels).
         class_names: one name per class; default ``background, class_1, ...``.
         slice_axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        spacing: resample every volume to this spacing (mm, canonical axes) first.
+        spacing: the cache's grid: every volume is resampled to this spacing (mm, canonical
+            axes) first; default the per-axis median voxel size of the ``target`` site's
+            images (``segrenorm.data.grid``). Volumes already on the grid are not resampled.
+        target: the site whose median voxel size is the grid; default the second site when
+            there are two. With more sites, give ``target`` or ``spacing``.
         lower_pct: intensity percentile mapped to -1.
         upper_pct: intensity percentile mapped to 1.
         min_foreground: minimum fraction of a slice inside the foreground mask to keep it.
@@ -200,6 +226,10 @@ def prepare_cache(
         bias_correction: the bias-field correction of every volume of both sites, stored in
             the manifest (and so in every checkpoint trained on the cache, which harmonize
             applies); ``BiasCorrection(method="none")`` for OCT or already-corrected data.
+        auto_labels: pseudo-labels for the sites without label maps (every subject of a site
+            has one, or none has): ``"gmm"``, a :class:`~segrenorm.data.autolabels.PseudoLabeller`
+            (``segnet``: :func:`segrenorm.workflows.autolabel.auto_labeller`), or None, which
+            refuses unlabelled sites beside labelled ones (``segrenorm.data.autolabels``).
         progress: show a progress bar.
 
     Returns:
@@ -207,7 +237,8 @@ def prepare_cache(
 
     Raises:
         InputError: for unusable records or volumes; CacheError if ``out_dir`` exists and
-            ``overwrite`` is False or it is not a cache; ConfigError for bad options.
+            ``overwrite`` is False or it is not a cache; ConfigError for bad options, an
+            unknown ``target``, or more than two sites without ``target`` or ``spacing``.
             InputError also when a site has too few subjects for the fractions.
     """
     recipe = SliceRecipe(
@@ -228,16 +259,17 @@ def prepare_cache(
             )
         n_classes = len(class_names)  # io then refuses label values beyond the named classes
     site_names = site_order(records, sites)
+    check_distinct(records)
     by_site = [[r for r in records if r.site == name] for name in site_names]
     for name, group in zip(site_names, by_site, strict=True):
         dupes = sorted({r.subject for r in group if sum(s.subject == r.subject for s in group) > 1})
         if dupes:
             raise InputError(f"site {name!r} lists subject(s) {dupes} more than once")
-    has_labels = records[0].label is not None
-    if any((r.label is not None) != has_labels for r in records):
-        raise InputError(
-            "some subjects have label maps and others not: give labels for all or none"
-        )
+    plan = plan_auto_labels(
+        site_names, by_site, auto_labels, n_classes=n_classes, class_names=class_names,
+        use_mask=use_mask,
+    )  # fmt: skip
+    has_labels, n_classes, class_names = plan.has_labels, plan.n_classes, plan.class_names
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
         if not overwrite:
@@ -249,31 +281,37 @@ def prepare_cache(
             )
     if not out.parent.is_dir():
         raise InputError(f"the folder {out.parent} for cache {out.name} does not exist")
+    grid = choose_grid(records, site_names, spacing=spacing, target=target)
+    recipe = dataclasses.replace(recipe, spacing=grid.spacing)
 
-    ordered = by_site[0] + by_site[1]
+    ordered = [record for group in by_site for record in group]
     splits = [
         pair
         for i, group in enumerate(by_site)
         for pair in assign_splits(group, test_fraction, n_folds, seed, i, val_fraction)
     ]
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(out.parent)  # partial caches of killed runs: never read again
+    tmp = temporary_dir(out)
     try:
         work = tmp / "_work"
         work.mkdir(parents=True)
-        infos = []
-        for index, record in enumerate(
-            tqdm(ordered, desc="prepare", unit="subject", disable=not progress)
-        ):
-            infos.append(
-                _process_subject(
-                    record,
-                    work,
-                    index,
-                    recipe=recipe,
-                    n_classes=n_classes,
-                    min_foreground=min_foreground,
-                )
+        infos: list[dict[str, Any]] = [{} for _ in ordered]
+        keys = site_keys(len(site_names))
+        # Labelled subjects first (cache order if all are): the pseudo-labeller learns from them.
+        order = sorted(range(len(ordered)), key=lambda i: ordered[i].label is None)
+        for index in tqdm(order, desc="prepare", unit="subject", disable=not progress):
+            record = ordered[index]
+            if record.label is None:  # fits the labeller once, on the labelled subjects' slices
+                plan.fit(work, ordered, splits, infos, site_names=site_names, keys=keys)
+            infos[index] = _process_subject(
+                record,
+                work,
+                index,
+                recipe=recipe,
+                n_classes=n_classes,
+                min_foreground=min_foreground,
+                labeller=plan.labeller,
+                pseudo_name=pseudo_label_name(keys[site_names.index(record.site)], record.subject),
             )
         max_label = max(info["max_label"] for info in infos)
         if n_classes is None:
@@ -285,12 +323,13 @@ def prepare_cache(
         )
         slice_shape = recipe.slice_shape(info["plane"] for info in infos)
         subjects = []
-        for key, group_start, group in zip(SITES, (0, len(by_site[0])), by_site, strict=True):
+        starts = np.cumsum([0] + [len(group) for group in by_site]).tolist()
+        for key, name, group_start, group in zip(keys, site_names, starts, by_site, strict=False):
             rows = list(range(group_start, group_start + len(group)))
             n_rows = sum(infos[i]["n_slices"] for i in rows)
             if n_rows == 0:
                 raise InputError(
-                    f"site {site_names[SITES.index(key)]!r}: no slice has "
+                    f"site {name!r}: no slice has "
                     f"{min_foreground:.0%} foreground; lower min_foreground (--min-foreground)"
                 )
             _assemble(tmp / key, work, rows, n_rows, slice_shape)
@@ -302,13 +341,15 @@ def prepare_cache(
                         "subject": record.subject,
                         "site": key,
                         "image": str(record.image),
-                        "label": None if record.label is None else str(record.label),
+                        "label": info["label"],
+                        "label_source": info["label_source"],
                         "clean": None if record.clean is None else str(record.clean),
                         "split": splits[i][0],
                         "fold": splits[i][1],
                         "scaling": info["scaling"],
                         "shape": info["shape"],
                         "spacing": info["spacing"],
+                        "original_spacing": info["original_spacing"],
                         "n_slices": info["n_slices"],
                         "first_row": first_row,
                     }
@@ -320,13 +361,15 @@ def prepare_cache(
             "complete": True,
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "segrenorm_version": __version__,
-            "sites": dict(zip(SITES, site_names, strict=True)),
+            "sites": dict(zip(keys, site_names, strict=True)),
             "n_classes": n_classes,
             "class_names": names,
             "has_labels": has_labels,
+            "auto_labels": plan.manifest_entry(keys),
             "slice_axis": slice_axis,
             "canonical_orientation": "RAS",
-            "spacing": None if spacing is None else [float(s) for s in spacing],
+            "spacing": list(grid.spacing),
+            "grid": grid.to_dict(),
             "slice_shape": list(slice_shape),
             "pad_multiple": pad_multiple,
             "percentiles": [lower_pct, upper_pct],

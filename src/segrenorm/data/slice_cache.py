@@ -5,14 +5,24 @@ writes it and ``segrenorm.data.manifest`` validates its ``manifest.json``. This 
 cache only through that manifest and ``numpy.load(..., mmap_mode="r")``, and imports neither
 torch nor the preprocessing code.
 
+A cache of more than two sites is read as a *pair view*: ``SliceCache.open(path,
+pair=(source, target))`` shows the two named sites as ``"A"`` (source) and ``"B"`` (target),
+with a projected manifest holding only their subjects, so that training, evaluation and
+checkpoints keep their two-site vocabulary while the arrays are read from the sites' own
+folders.
+
 Example:
     >>> cache = SliceCache.open("cache/")  # doctest: +SKIP
     >>> cache.images("A").shape  # (N, H, W) float32 in [-1, 1]  # doctest: +SKIP
+    >>> pair = SliceCache.open("cache/", pair=("IOP", "Guys"))  # doctest: +SKIP
+    >>> pair.site_names  # doctest: +SKIP
+    ('IOP', 'Guys')
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,7 @@ import numpy as np
 
 from segrenorm.data.context import check_context, context_positions
 from segrenorm.data.manifest import RUN_PREPARE, SPLITS, check_fields, open_manifest
+from segrenorm.data.pairs import choose_pair, project_manifest
 from segrenorm.errors import CacheError, ConfigError
 from segrenorm.vocabulary import SITES
 
@@ -40,13 +51,17 @@ class SliceCache:
 
     Args:
         path: the cache folder.
-        manifest: its validated ``manifest.json``. Use :meth:`open` rather than the
-            constructor.
+        manifest: its validated ``manifest.json`` (for a pair view, the projected one). Use
+            :meth:`open` rather than the constructor.
+        folders: the site folder read for ``A`` and ``B`` (default ``A/`` and ``B/``).
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], folders: Mapping[str, str] | None = None
+    ) -> None:
         self.path = path
         self._manifest = manifest
+        self._folders = {site: str((folders or {}).get(site, site)) for site in SITES}
         # Per site: subject indices in row order and their first rows, for row -> subject.
         self._owners: dict[str, list[int]] = {}
         self._starts: dict[str, np.ndarray] = {}
@@ -61,25 +76,42 @@ class SliceCache:
         self._pid = os.getpid()
 
     @classmethod
-    def open(cls, path: str | Path) -> SliceCache:
-        """Open and validate a cache folder.
+    def open(
+        cls, path: str | Path, pair: tuple[str | None, str | None] | None = None
+    ) -> SliceCache:
+        """Open and validate a cache folder, or a pair of its sites.
 
         Args:
-            path: folder holding ``manifest.json`` and the ``A/`` and ``B/`` arrays.
+            path: folder holding ``manifest.json`` and one array folder per site key.
+            pair: ``(source, target)`` site names (keys ``"A"``, ``"C"``, ... are accepted
+                too) shown as sites ``A`` and ``B``; see
+                :func:`~segrenorm.data.pairs.choose_pair`. None reads a two-site cache as it is.
 
         Raises:
             CacheError: the folder, manifest or arrays are missing or inconsistent; the
                 message names the path and says to run ``segrenorm prepare``.
+            ConfigError: a cache of more than two sites without a pair, an unknown site
+                name, or the same site twice; the message lists the sites.
         """
         root = Path(path)
         manifest = open_manifest(root)
         check_fields(root, manifest)
-        return cls(root, manifest)
+        keys = choose_pair(root, manifest["sites"], pair)
+        if keys == SITES and len(manifest["sites"]) == 2:
+            return cls(root, manifest)  # a two-site cache in its own order: as it is
+        return cls(root, project_manifest(manifest, keys), dict(zip(SITES, keys, strict=True)))
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The parsed ``manifest.json``."""
+        """The parsed ``manifest.json``; for a pair view, projected onto the pair: only its
+        subjects, at site keys ``A`` and ``B``, with the folders read under ``"pair"``."""
         return self._manifest
+
+    @property
+    def folders(self) -> dict[str, str]:
+        """The cache folder (site key) read for ``A`` and ``B``: ``{"A": "A", "B": "B"}``
+        unless this is a pair view."""
+        return dict(self._folders)
 
     @property
     def n_classes(self) -> int:
@@ -179,6 +211,27 @@ class SliceCache:
         k = int(np.searchsorted(self._starts[site], row, side="right")) - 1
         return str(self._manifest["subjects"][self._owners[site][k]]["subject"])
 
+    def subjects_of(self, site: str, rows: np.ndarray) -> np.ndarray:
+        """Subject identifiers owning each of ``rows`` of ``site`` (object array of str).
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+            rows: row indices into the site's arrays.
+
+        Raises:
+            ConfigError: unknown site or a row out of range.
+        """
+        wanted = np.asarray(rows, dtype=np.int64)
+        n = self.n_rows(site)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+            raise ConfigError(
+                f"rows {wanted.min()}..{wanted.max()} are out of range for site {site} ({n} rows)"
+            )
+        owners = np.searchsorted(self._starts[site], wanted, side="right") - 1
+        subjects = self._manifest["subjects"]
+        names = [str(subjects[self._owners[site][k]]["subject"]) for k in owners.tolist()]
+        return np.asarray(names, dtype=object)
+
     def context_rows(self, site: str, rows: np.ndarray | int, k: int) -> np.ndarray:
         """The rows of each row's k-slice context stack (2.5-D input), centre row in the middle.
 
@@ -202,7 +255,7 @@ class SliceCache:
         k, key = check_context(k), (_check_site(site), int(k))
         if key not in self._contexts:
             table = np.tile(np.arange(self.n_rows(site), dtype=np.int64)[:, None], (1, k))
-            index = self._array(site, "slices")
+            index = self.slices(site)
             for subject in self._owners[site]:
                 entry = self._manifest["subjects"][subject]
                 first, count = int(entry["first_row"]), int(entry["n_slices"])
@@ -211,9 +264,9 @@ class SliceCache:
                 try:
                     positions = context_positions(index[first : first + count, 1], k)
                 except ConfigError as exc:
+                    where = self.path / self._folders[site] / "slices.npy"
                     raise CacheError(
-                        f"{self.path / site / 'slices.npy'}, subject {entry['subject']}: {exc}; "
-                        f"{RUN_PREPARE}"
+                        f"{where}, subject {entry['subject']}: {exc}; {RUN_PREPARE}"
                     ) from None
                 table[first : first + count] = first + positions
             self._contexts[key] = table
@@ -230,7 +283,8 @@ class SliceCache:
             self._maps, self._pid = {}, os.getpid()
         key = (_check_site(site), name)
         if key not in self._maps:
-            self._maps[key] = np.load(self.path / site / f"{name}.npy", mmap_mode="r")
+            folder = self._folders[site]
+            self._maps[key] = np.load(self.path / folder / f"{name}.npy", mmap_mode="r")
         return self._maps[key]
 
     def images(self, site: str) -> np.ndarray:
@@ -240,6 +294,16 @@ class SliceCache:
             site: ``"A"`` or ``"B"``.
         """
         return self._array(site, "images")
+
+    def slices(self, site: str) -> np.ndarray:
+        """Memory-mapped int32 ``(N, 2)`` of ``site``: column 1 is each row's slice index in
+        its canonical volume (column 0 indexes the whole cache's manifest: use
+        :meth:`subjects_of` for a row's subject).
+
+        Args:
+            site: ``"A"`` or ``"B"``.
+        """
+        return self._array(site, "slices")
 
     def labels(self, site: str) -> np.ndarray:
         """Memory-mapped uint8 label maps ``(N, H, W)`` of ``site``.

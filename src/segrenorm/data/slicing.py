@@ -5,7 +5,8 @@ volume into such slices follows one :class:`SliceRecipe`:
 
 1. reorient to RAS+ (:func:`~segrenorm.volumes.spatial.to_canonical`), so plane names mean the
    same anatomy for every input;
-2. resample to the recipe's spacing, when it has one (labels nearest-neighbour);
+2. resample to the recipe's spacing, when it has one and the volume is not already on it
+   (labels nearest-neighbour; :func:`~segrenorm.data.grid.on_grid`: within 0.1% per axis);
 3. find the foreground (:func:`~segrenorm.volumes.intensity.foreground_mask`), unless the
    recipe scales whole volumes;
 4. correct the bias field inside that foreground with the grid's voxel spacing
@@ -36,6 +37,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from segrenorm.data.facts import TrainingFacts
+from segrenorm.data.grid import on_grid
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
@@ -150,11 +152,14 @@ class SliceRecipe:
     def to_grid(self, volume: VolumeT) -> VolumeT:
         """Steps 1 and 2: the volume in RAS+ orientation, on the recipe's spacing if it has one.
 
+        A volume already on the spacing (:func:`~segrenorm.data.grid.on_grid`) is only
+        reoriented, so its voxels are exactly the stored ones.
+
         Args:
             volume: a ``ScalarImage`` (linear interpolation) or ``LabelMap`` (nearest).
         """
         canonical = to_canonical(volume)
-        if self.spacing is None:
+        if self.spacing is None or on_grid(canonical.geometry.spacing, self.spacing):
             return canonical
         return resample_to_spacing(canonical, self.spacing)
 

@@ -104,9 +104,7 @@ class SiteSlices:
 
 def _site_slices(cache: SliceCache, site: str, split: str) -> SiteSlices:
     rows = cache.rows(site, split)
-    index = np.load(cache.path / site / "slices.npy", mmap_mode="r")
-    subjects = cache.manifest["subjects"]
-    owners = np.asarray(index[rows, 0], dtype=np.int64)
+    index = cache.slices(site)  # a pair view reads its own site folder
     names = cache.site_names[0 if site == "A" else 1]
     return SiteSlices(
         site=site,
@@ -115,7 +113,7 @@ def _site_slices(cache: SliceCache, site: str, split: str) -> SiteSlices:
         images=np.asarray(cache.images(site)[rows], dtype=np.float32),
         labels=np.asarray(cache.labels(site)[rows], dtype=np.uint8),
         masks=np.asarray(cache.masks(site)[rows]).astype(bool),
-        subjects=np.asarray([str(subjects[k]["subject"]) for k in owners], dtype=object),
+        subjects=cache.subjects_of(site, rows),
         index=np.asarray(index[rows, 1], dtype=np.int64),
     )
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from segrenorm.atomic import remove_stale_temporaries
 from segrenorm.errors import ConfigError, InputError, SegrenormError, one_line
 from segrenorm.harmonize.fusion import BatchCallback
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer
@@ -36,6 +37,7 @@ __all__ = [
     "HarmonizeSummary",
     "gather_results",
     "harmonize_files",
+    "harmonize_one",
     "harmonize_paths",
     "plan_outputs",
     "summary_table",
@@ -141,36 +143,65 @@ def harmonize_files(
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     share = plan[rank::world]
     Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(Path(out_dir).expanduser())  # partial outputs of killed runs
     results: list[FileResult] = []
     for index, (src, dst) in enumerate(share):
         if on_file is not None:
             on_file(index, len(share), src)
-        if dst.exists() and skip_existing:
-            results.append(FileResult(src, dst, "skipped", 0.0, "output exists", rank))
-            continue
-        if dst.exists() and not overwrite:
-            message = "output exists; pass --skip-existing to keep it or --overwrite to replace it"
-            results.append(FileResult(src, dst, "failed", 0.0, message, rank))
-            continue
-        start = time.perf_counter()
-        try:
-            result = harmonizer.run(src, on_batch=on_batch)
-            image = result.image
-            save_image(image.data, dst, geometry=image.geometry, overwrite=overwrite)
-        except SegrenormError as exc:
-            results.append(_failure(src, dst, str(exc), start, rank))
-            continue
-        except (OSError, EOFError, ValueError, RuntimeError, MemoryError) as exc:
-            # Anything else from one file must not stop the others; the table shows it.
-            results.append(
-                _failure(src, dst, f"{type(exc).__name__}: {one_line(exc)}", start, rank)
-            )
-            continue
-        for note in result.notes:
-            log.warning("%s", note)
-        seconds = time.perf_counter() - start
-        results.append(FileResult(src, dst, "ok", seconds, " ".join(result.notes), rank))
+        result = harmonize_one(
+            harmonizer, src, dst, skip_existing=skip_existing, overwrite=overwrite,
+            rank=rank, on_batch=on_batch,
+        )  # fmt: skip
+        results.append(result)
     return results
+
+
+def harmonize_one(
+    harmonizer: Harmonizer,
+    src: Path,
+    dst: Path,
+    *,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    rank: int = 0,
+    on_batch: BatchCallback | None = None,
+    site: str | None = None,
+) -> FileResult:
+    """Harmonize one planned file (see :func:`plan_outputs`) and report how it went.
+
+    Args:
+        harmonizer: the loaded models and options.
+        src: the input volume.
+        dst: its output path.
+        skip_existing: leave an existing output as it is and report it as skipped.
+        overwrite: replace an existing output (never an input).
+        rank: the process handling it, recorded in the result.
+        on_batch: progress callback per slice batch.
+        site: the volume's site, when known: a site the model never saw gives a warning
+            (:meth:`~segrenorm.data.facts.TrainingFacts.site_notes`).
+
+    Returns:
+        The file's result; a failure of this file is reported in it, never raised.
+    """
+    if dst.exists() and skip_existing:
+        return FileResult(src, dst, "skipped", 0.0, "output exists", rank)
+    if dst.exists() and not overwrite:
+        message = "output exists; pass --skip-existing to keep it or --overwrite to replace it"
+        return FileResult(src, dst, "failed", 0.0, message, rank)
+    start = time.perf_counter()
+    try:
+        result = harmonizer.run(src, on_batch=on_batch, site=site)
+        image = result.image
+        save_image(image.data, dst, geometry=image.geometry, overwrite=overwrite)
+    except SegrenormError as exc:
+        return _failure(src, dst, str(exc), start, rank)
+    except (OSError, EOFError, ValueError, RuntimeError, MemoryError) as exc:
+        # Anything else from one file must not stop the others; the table shows it.
+        return _failure(src, dst, f"{type(exc).__name__}: {one_line(exc)}", start, rank)
+    for note in result.notes:
+        log.warning("%s", note)
+    seconds = time.perf_counter() - start
+    return FileResult(src, dst, "ok", seconds, " ".join(result.notes), rank)
 
 
 def _failure(src: Path, dst: Path, message: str, start: float, rank: int) -> FileResult:
@@ -210,7 +241,7 @@ def summary_table(results: Sequence[FileResult], *, width: int = 100) -> str:
     """
     rows = [("file", "status", "seconds", "output / message")]
     for r in results:
-        detail = r.message if r.status == "failed" else str(r.output or "")
+        detail = r.message if r.status == "failed" or r.output is None else str(r.output)
         if r.status == "ok" and r.message:
             detail += " (warning: " + r.message + ")"
         if len(detail) > width:
@@ -234,10 +265,12 @@ class HarmonizeSummary:
     Args:
         results: all files' results, in input order.
         is_main: whether this process is the one that reports (rank 0 under ``torchrun``).
+        notes: lines printed under the table (e.g. rows left as they were, and why).
     """
 
     results: tuple[FileResult, ...]
     is_main: bool = True
+    notes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -245,8 +278,8 @@ class HarmonizeSummary:
         return any(r.status == "failed" for r in self.results)
 
     def table(self) -> str:
-        """The plain-text summary table (see :func:`summary_table`)."""
-        return summary_table(self.results)
+        """The plain-text summary table (see :func:`summary_table`), then the notes."""
+        return "\n".join([summary_table(self.results), *self.notes])
 
 
 def harmonize_paths(

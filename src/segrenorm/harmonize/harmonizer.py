@@ -6,11 +6,15 @@ Each volume goes through the steps the training slices went through, then back:
    plane names mean what they meant in training. Oblique volumes (a voxel axis more than
    ``oblique_warn_deg`` from every world axis) are processed with a warning: the slice
    planes then only approximate the training planes.
-2. **Spacing.** If a voxel size used in a slice plane differs from the training spacing by
-   more than ``spacing_tolerance`` (relative), the volume is resampled (linear) to the
-   training spacing along those axes, translated, and resampled back onto its own grid,
-   with a warning. A ratio beyond ``max_spacing_ratio`` (e.g. a header in metres, or a
-   0.1 mm microscopy grid) is refused: that is not the data the model knows.
+2. **Spacing.** The model was trained on one physical grid (its cache's spacing). If a voxel
+   size the model sees differs from it by more than ``spacing_tolerance`` (relative, 5% by
+   default), the volume is resampled (linear) to the grid along those axes, translated, and
+   resampled back onto its own grid, with a warning; within the tolerance it is translated
+   as it is. A 2D model (``data.context_slices`` 1) sees the two in-plane axes of each view;
+   a 2.5-D model (``context_slices`` > 1) also the through-plane axis, since its input stacks
+   neighbouring slices (:func:`~segrenorm.harmonize.policy.grid_axes`). A ratio beyond
+   ``max_spacing_ratio`` (e.g. a header in metres, or a 0.1 mm microscopy grid) is refused:
+   that is not the data the model knows.
 3. **Intensity.** Bias-corrected inside the foreground exactly as the training volumes were
    (the checkpoint's :class:`~segrenorm.volumes.bias.BiasCorrection`, N4 by default: there is
    no option to differ), then scaled to ``[-1, 1]`` from the volume's own foreground
@@ -97,7 +101,8 @@ class HarmonizeOptions:
             resolution and dominates peak memory (ixi at batch 16: 1.46 -> 1.06 GB with 4).
         dtype: ``"float32"``, ``"input"`` (keep the input's on-disk type) or a type name.
         background: value outside the foreground: ``"zero"`` or ``"low"`` (target's low).
-        spacing_tolerance: relative spacing difference tolerated without resampling.
+        spacing_tolerance: relative voxel-size difference from the model's grid tolerated
+            without resampling (along the axes the model sees; see the module docstring).
         max_spacing_ratio: spacing ratio (either way) beyond which a volume is refused.
         oblique_warn_deg: obliquity (degrees) beyond which a warning is given.
         tiles: ``"none"`` (whole slices, the default), ``"auto"`` (tiles of the training
@@ -110,7 +115,7 @@ class HarmonizeOptions:
     seg_batch: int = 4
     dtype: str = "float32"
     background: str = "zero"
-    spacing_tolerance: float = 0.2
+    spacing_tolerance: float = 0.05
     max_spacing_ratio: float = 8.0
     oblique_warn_deg: float = 20.0
     tiles: str | int = "none"
@@ -325,35 +330,47 @@ class Harmonizer:
         """Name of the site volumes are harmonized to."""
         return self.primary.facts.target_name(self.options.direction)
 
-    def harmonize(self, volume: ScalarImage | str | Path) -> ScalarImage:
+    def harmonize(
+        self, volume: ScalarImage | str | Path, *, site: str | None = None
+    ) -> ScalarImage:
         """Harmonize one volume and return it in memory, on the input's grid.
 
-        Warnings (resampling, obliquity, clipping) are issued as :class:`HarmonizeWarning`.
+        Warnings (resampling, obliquity, clipping, a site the model never saw) are issued as
+        :class:`HarmonizeWarning`.
 
         Args:
             volume: a loaded :class:`ScalarImage` or a path to a 3D volume.
+            site: the volume's site name, when known; one other than the model's source
+                site is translated with a warning.
 
         Raises:
             InputError: unreadable, not 3D, or spacing far from the training data.
         """
-        result = self.run(volume)
+        result = self.run(volume, site=site)
         for note in result.notes:
             warnings.warn(note, HarmonizeWarning, stacklevel=2)
         return result.image
 
     def run(
-        self, volume: ScalarImage | str | Path, *, on_batch: BatchCallback | None = None
+        self,
+        volume: ScalarImage | str | Path,
+        *,
+        on_batch: BatchCallback | None = None,
+        site: str | None = None,
     ) -> HarmonizeResult:
         """Harmonize one volume, returning it with notes instead of issuing warnings.
 
         Args:
             volume: a loaded :class:`ScalarImage` or a path.
             on_batch: progress callback (slices done, slices in the current view).
+            site: the volume's site name, when known (see :meth:`harmonize`).
         """
         start = time.perf_counter()
         image = volume if isinstance(volume, ScalarImage) else load_image(volume)
         where = str(image.path) if image.path is not None else "the volume"
-        notes: list[str] = []
+        notes = self.primary.facts.site_notes(
+            site, self.options.direction, model=self.primary.source
+        )
         canonical = to_canonical(image)
         facts, opts = self.primary.facts, self.options
         recipe = SliceRecipe.from_facts(facts)
@@ -364,7 +381,7 @@ class Harmonizer:
             canonical,
             where,
             spacing=facts.spacing,
-            views=self.views,
+            views={view: m.translator.context_slices for view, m in self.models.items()},
             tolerance=opts.spacing_tolerance,
             max_ratio=opts.max_spacing_ratio,
         )

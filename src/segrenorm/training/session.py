@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from segrenorm.atomic import remove_stale_temporaries
 from segrenorm.config.schema import Config
 from segrenorm.errors import ConfigError
 from segrenorm.training.distributed import (
@@ -110,7 +111,7 @@ class TrainingSession:
         from segrenorm.models.translator import Translator
 
         self.config, self.ctx, self.device = config, ctx, ctx.device
-        self.cache = SliceCache.open(cache)
+        self.cache = SliceCache.open(cache, pair=(config.data.source, config.data.target))
         check_against_cache(config, self.cache)
         self.cache_info = describe_cache(self.cache)
         payload: dict[str, Any] | None = None
@@ -176,6 +177,9 @@ class TrainingSession:
         self.runlog = RunLog(self.run_dir, enabled=ctx.is_main)
         if payload is not None:
             self.runlog.truncate_after(self.step)
+            if ctx.is_main:  # partial checkpoints, grids or records of a killed process
+                for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "images"):
+                    remove_stale_temporaries(folder)
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults re-acquiring each iteration's activations
         self.runner = StepRunner(
@@ -194,6 +198,9 @@ class TrainingSession:
             run_dir = str(owner) if (owner / "config.json").is_file() else None
         if run_dir is None and self.ctx.is_main:
             kind = self.config.model.translator.value
+            if self.config.data.source is not None or self.config.data.target is not None:
+                source, target = self.cache.site_names  # a chosen pair shows in the name
+                kind += f"-{source}-to-{target}"
             run_dir = str(create_run_dir(out, self.config.name, kind))
         path = Path(broadcast_object(run_dir, self.ctx))
         if self.ctx.is_main:

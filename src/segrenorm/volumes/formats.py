@@ -2,14 +2,13 @@
 through SimpleITK.
 
 Used by ``segrenorm.volumes.readwrite``, which validates what these functions read and decides
-what they write. Everything here speaks ``(array, affine, header)`` with the affine in RAS+
-millimetres (NIfTI convention) and the array indexed ``[x, y, z, ...]``; ITK's LPS world and
-``[z, y, x]`` arrays are converted at this boundary.
+what they write. Headers are checked (``segrenorm.volumes.headers``) before any voxel is read.
+Affines are RAS+ millimetres (NIfTI convention) and arrays are indexed ``[x, y, z, ...]``; ITK's
+LPS world and ``[z, y, x]`` arrays are converted at this boundary.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,118 +16,76 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from nibabel.filebasedimages import ImageFileError
 
 from segrenorm.atomic import atomic_named_path
 from segrenorm.errors import InputError, one_line
+from segrenorm.volumes.headers import NIFTI_ERRORS, HeaderInfo, nifti_info, open_nifti
 from segrenorm.volumes.images import max_abs_diff
+from segrenorm.volumes.itk_headers import LPS_TO_RAS, itk_error, open_itk
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# ITK stores world points in LPS; NIfTI (and segrenorm) in RAS. Flipping x and y converts.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_file(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, Any | None, str, str]:
-    """Read any supported file with the library its suffix calls for.
+def read_header(path: Path, suffix: str) -> HeaderInfo:
+    """Read and check the grid a file declares, reading no voxel.
+
+    Args:
+        path: An existing image file.
+        suffix: Its lower-case image suffix (``segrenorm.volumes.paths.image_suffix``).
+
+    Raises:
+        InputError: If the header is corrupt or absurd (``segrenorm.volumes.headers``) or the
+            file is shorter than it declares.
+    """
+    if suffix in NIFTI_SUFFIXES:
+        return nifti_info(path, open_nifti(path))
+    return open_itk(path, suffix)[1]
+
+
+def read_file(path: Path, suffix: str) -> tuple[np.ndarray, HeaderInfo]:
+    """Read any supported file with the library its suffix calls for, header checked first.
 
     Args:
         path: An existing image file.
         suffix: Its lower-case image suffix (``segrenorm.volumes.paths.image_suffix``).
 
     Returns:
-        ``(array, affine, header, dtype, fmt)``: voxels in ``[x, y, z, ...]`` order, the RAS+
-        affine, the NIfTI header (None for ITK formats), the dtype to save with by default and
-        the format family ``"nifti"`` or ``"itk"``.
+        ``(array, info)``: voxels in ``[x, y, z, ...]`` order (NIfTI scaled by
+        scl_slope/scl_inter) and what the header declares (:func:`read_header`).
 
     Raises:
-        InputError: If the file is truncated, corrupt or not of its suffix's format.
+        InputError: If the header is refused, or the file is truncated, corrupt or not of its
+            suffix's format.
     """
     if suffix in NIFTI_SUFFIXES:
-        array, affine, header, dtype = read_nifti(path)
-        return array, affine, header, dtype, "nifti"
-    array, affine = read_itk(path, suffix)
-    return array, affine, None, array.dtype.name, "itk"
-
-
-def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any, str]:
-    """Read a NIfTI file: voxels (scaled by scl_slope/scl_inter), affine, header copy, dtype.
-
-    The dtype is the one to save with by default: the on-disk type, or ``"float32"`` when the
-    file stores scaled integers.
-
-    Args:
-        path: A ``.nii`` or ``.nii.gz`` file that exists.
-
-    Raises:
-        InputError: If the file is truncated, corrupt or not NIfTI.
-    """
+        image = open_nifti(path)
+        info = nifti_info(path, image)
+        try:
+            # nibabel reads lazily: a cut .nii.gz only fails once the voxels are decompressed.
+            array = np.asarray(np.asanyarray(image.dataobj))
+        except (*NIFTI_ERRORS, MemoryError) as exc:
+            raise _corrupt(path, exc) from exc
+        return array, info
+    reader, info = open_itk(path, suffix)
     try:
-        image = nib.load(str(path))
-    except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputError(
-            f"{path}: the file is truncated or corrupt, or not NIfTI ({one_line(exc)}). "
-            "Re-export or re-copy it."
-        ) from exc
-    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses it
-        raise InputError(f"{path}: read as {type(image).__name__}, not NIfTI; convert it.")
-    try:
-        # nibabel reads lazily: a cut .nii.gz only fails once the voxels are decompressed.
-        array = np.asanyarray(image.dataobj)
-    except (zlib.error, EOFError, OSError, ValueError) as exc:
-        raise InputError(
-            f"{path}: the file is truncated or corrupt ({one_line(exc)}). Re-export or re-copy it."
-        ) from exc
-    dtype = np.dtype(image.get_data_dtype()).name
-    proxy = image.dataobj
-    if float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0:
-        # Scaled integers are not whole numbers once scaled: default to saving floats.
-        dtype = "float32"
-    affine = np.asarray(image.affine, dtype=np.float64)
-    return np.asarray(array), affine, image.header.copy(), dtype
-
-
-def read_itk(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a SimpleITK-supported file: voxels in ``[x, y, z, ...]`` order and a RAS+ affine.
-
-    Images with fewer than three dimensions come back with an identity affine; the caller
-    refuses them by their shape.
-
-    Args:
-        path: A ``.mha``, ``.mhd`` or ``.nrrd`` file that exists.
-        suffix: Its image suffix, for the error message.
-
-    Raises:
-        InputError: If the file is truncated or corrupt, or its voxels are not scalars.
-    """
-    try:
-        image = sitk.ReadImage(str(path))
+        itk_image = reader.Execute()
     except RuntimeError as exc:
-        # ITK's messages run over several lines with source locations; the last says why.
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise InputError(
-            f"{path}: the file is truncated or corrupt, or not a {suffix} image "
-            f"({one_line(lines[-1])}). Re-export or re-copy it."
-        ) from exc
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path}: voxels have {image.GetNumberOfComponentsPerPixel()} components "
-            "(colour or vector image); segrenorm reads single-channel volumes."
-        )
-    dim = image.GetDimension()
+        raise itk_error(path, suffix, exc) from exc
+    except MemoryError as exc:
+        raise _corrupt(path, exc) from exc
     # SimpleITK arrays are indexed [t, z, y, x]; reverse to the NIfTI-style [x, y, z, t].
-    array = sitk.GetArrayFromImage(image).transpose(tuple(range(dim))[::-1])
-    if dim < 3:
-        return array, np.eye(4)  # refused as 2D by the caller
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:3]
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)[:3]
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = _LPS_TO_RAS @ origin
-    return array, affine
+    array = sitk.GetArrayFromImage(itk_image)
+    return array.transpose(tuple(range(array.ndim))[::-1]), info
+
+
+def _corrupt(path: Path, exc: BaseException) -> InputError:
+    return InputError(
+        f"{path}: the file is truncated or corrupt ({one_line(exc) or type(exc).__name__}). "
+        "Re-export or re-copy it."
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -235,9 +192,9 @@ def write_itk(array: np.ndarray, path: Path, affine: np.ndarray) -> None:
     """
     matrix = affine[:3, :3]
     spacing = np.linalg.norm(matrix, axis=0)
-    direction = _LPS_TO_RAS @ matrix @ np.diag(1.0 / spacing)
+    direction = LPS_TO_RAS @ matrix @ np.diag(1.0 / spacing)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
     image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetOrigin(tuple(float(v) for v in _LPS_TO_RAS @ affine[:3, 3]))
+    image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ affine[:3, 3]))
     image.SetDirection(tuple(float(v) for v in direction.ravel()))
     sitk.WriteImage(image, str(path))

@@ -19,15 +19,35 @@ from pathlib import Path
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
-from segrenorm.volumes.formats import read_file, write_file
+from segrenorm.volumes.formats import read_file, read_header, write_file
+from segrenorm.volumes.headers import HeaderInfo
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage, max_abs_diff
 from segrenorm.volumes.paths import image_suffix
 
-__all__ = ["load_image", "load_label", "save_image", "save_label"]
+__all__ = ["load_image", "load_label", "read_geometry", "save_image", "save_label"]
 
 _INT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
 _SAVE_DTYPES = (*_INT_DTYPES, "float32", "float64")
 _LABEL_TOL = 1e-3  # a stored label may carry float round-off from scl_slope
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """Read the grid of an image or label file from its header alone: no voxel is read.
+
+    The header passes the same checks as in :func:`load_image`, and the result equals
+    ``load_image(path).geometry`` for a file that loads.
+
+    Args:
+        path: A ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` or ``.nrrd`` file.
+
+    Raises:
+        InputError: If the file is missing, unsupported, not 3D (a 4D image with one volume
+            counts as 3D), declares an absurd grid, a degenerate or non-finite affine, an
+            unsupported voxel type, or more data than the file holds.
+    """
+    file = Path(path)
+    _check_file(file)
+    return _geometry(read_header(file, image_suffix(file)))
 
 
 def load_image(path: str | Path) -> ScalarImage:
@@ -167,26 +187,37 @@ def save_label(
 # --------------------------------------------------------------------------- reading helpers
 
 
-def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read voxels (native type, or float after NIfTI scaling) and geometry, squeezed to 3D."""
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path.")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image file.")
-    array, affine, header, dtype, fmt = read_file(path, image_suffix(path))
+
+
+def _geometry(info: HeaderInfo) -> Geometry:
+    return Geometry.from_affine(
+        info.affine, info.shape[:3], dtype=info.dtype, header=info.header, fmt=info.fmt
+    )
+
+
+def _read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read voxels (native type, or float after NIfTI scaling) and geometry, squeezed to 3D.
+
+    The header is checked before anything is read (``segrenorm.volumes.headers``): a file
+    declaring an absurd or 4D grid, or more data than it holds, is refused unread.
+    """
+    _check_file(path)
+    array, info = read_file(path, image_suffix(path))
     if array.dtype.kind not in "biuf":
         raise InputError(f"{path}: voxel type {array.dtype} is not a real scalar; convert it.")
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        what = f"{array.ndim}D with shape {array.shape}"
+    if array.shape != info.shape:
         raise InputError(
-            f"{path}: the image is {what}; segrenorm needs one 3D volume per file. "
-            "Split 4D series into volumes (e.g. fslsplit) and stack 2D slices into a volume."
+            f"{path}: holds voxels of shape {array.shape} but its header declares "
+            f"{info.shape}; the file is corrupt. Re-export or re-copy it."
         )
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{path}: the voxel-to-world affine is singular; fix the header.")
-    return array, Geometry.from_affine(affine, array.shape, dtype=dtype, header=header, fmt=fmt)
+    if array.ndim == 4:
+        array = array[..., 0]  # the header check let through only one volume
+    return array, _geometry(info)
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:

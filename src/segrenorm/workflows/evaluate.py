@@ -76,6 +76,8 @@ def evaluate_cache(
     extra: Mapping[str, Any] | None = None,
     split: str = "test",
     tiles: str | int = "none",
+    source: str | None = None,
+    target: str | None = None,
 ) -> tuple[ReportPaths, dict[str, Any]]:
     """Evaluate baselines, trained runs and harmonized folders on a cache's held-out data.
 
@@ -98,18 +100,24 @@ def evaluate_cache(
             default), ``"auto"`` (tiles of the training crop size for a run trained on
             crops) or a tile side. The tile of each run is recorded in ``results.json`` as
             ``tiles``. Robustness curves and the conditioning figure use whole slices.
+        source: the source site of a cache of more than two sites, for harmonized folders
+            without a run (runs bring their own pair: see
+            :func:`~segrenorm.workflows.pairs.evaluation_pair`).
+        target: the target site, likewise.
 
     Returns:
         ``(paths, results)``: the report's files and its numbers.
 
     Raises:
-        ConfigError: a method name used twice as a baseline, runs of mixed direction, a
-            split other than val or test, or a ``tiles`` value that is unknown, below 1 or
-            not a multiple of a run's stride.
+        ConfigError: a method name used twice as a baseline, runs of mixed direction or
+            site pair, a split other than val or test, or a ``tiles`` value that is
+            unknown, below 1 or not a multiple of a run's stride.
     """
     import torch
 
+    from segrenorm.data.slice_cache import SliceCache
     from segrenorm.models.checkpoint import load_translator
+    from segrenorm.workflows.pairs import evaluation_pair
 
     if split not in EVAL_SPLITS:
         raise ConfigError(
@@ -125,7 +133,8 @@ def evaluate_cache(
             "differently (e.g. after their translator)"
         )
     loaded = {name: load_translator(path, device) for name, path in models.items()}
-    data = EvalData.from_cache(cache, direction=_direction(loaded), split=split)
+    opened = SliceCache.open(cache, pair=evaluation_pair(cache, models, source, target))
+    data = EvalData.from_cache(opened, direction=_direction(loaded), split=split)
     config = config or EvaluationConfig()
     say = on_stage or (lambda text: log.info("%s", text))
     say("classical baselines")
