@@ -281,11 +281,10 @@ def test_write_text_and_bytes_atomic(tmp_path: Path, umask_027: int) -> None:
 
 
 def test_only_temporaries_of_dead_processes_of_this_machine_are_removed(tmp_path: Path) -> None:
-    import socket
     import subprocess
     import sys
 
-    host = socket.gethostname()
+    host = socket_host()  # as temporary names spell it
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     dead_pid = int(dead.stdout)  # reaped by run(): no such process any more
@@ -312,3 +311,85 @@ def test_only_temporaries_of_dead_processes_of_this_machine_are_removed(tmp_path
     assert sorted(removed) == sorted([stale_file, stale_dir])
     assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "mine.bin", build, *kept])
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)  # reaped by run(): no such process any more
+
+
+def test_a_host_name_ending_another_does_not_claim_its_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "b.c")
+    dead = _dead_pid()
+    kept = [
+        tmp_path / f".x.a_b_c-{dead}.ab12cd34.tmp",  # host a.b.c, as now written
+        tmp_path / f".x.a.b.c-{dead}.ab12cd34.tmp",  # host a.b.c, dots kept (older names)
+        tmp_path / f".x.b.c-{dead}.ab12cd34.tmp",  # b.c unsanitised: not a name we give
+    ]
+    ours = tmp_path / f".x.b.c-5.b_c-{dead}.ab12cd34.tmp"  # target ".x.b.c-5", host b_c
+    for path in [*kept, ours]:
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [ours]
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    with atomic_file(tmp_path / "f.bin") as handle:
+        handle.write(b"x")
+        assert any(p.name.startswith(f".f.bin.b_c-{os.getpid()}.") for p in tmp_path.iterdir())
+
+
+def test_a_kill_inside_replace_dir_leaves_the_old_folder_reported_not_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    _folder(tmp_path / "cache", "old")
+    _folder(tmp_path / "new", "new")
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from segrenorm.atomic import replace_dir\n"
+        "real = os.replace\n"
+        "def dying(src, dst):\n"
+        "    if Path(src).name == 'new':\n"
+        "        os._exit(9)  # killed between the two renames\n"
+        "    real(src, dst)\n"
+        "os.replace = dying\n"
+        "print(os.getpid(), flush=True)\n"
+        "replace_dir(Path(sys.argv[1]) / 'new', Path(sys.argv[1]) / 'cache')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 9, done.stderr
+    pid = int(done.stdout)
+    holders = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+    assert len(holders) == 1 and not (tmp_path / "cache").exists()
+    holder = holders[0]
+    host = socket_host()
+    assert holder.name.startswith(f".cache.{host}-{pid}.")
+    assert (holder / "cache" / "report.md").read_text() == "old"
+    empty = tmp_path / f".cache.{host}-{_dead_pid()}.zz99yy88.old"
+    empty.mkdir()
+    with caplog.at_level(logging.WARNING, logger="segrenorm.atomic"):
+        assert remove_stale_temporaries(tmp_path) == [empty]
+    assert (holder / "cache" / "report.md").read_text() == "old"  # kept
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert f"{holder} holds the folder {tmp_path / 'cache'} was before" in warned[0]
+    assert f"move {holder / 'cache'} back to {tmp_path / 'cache'}" in warned[0]
+    assert "does not exist" in warned[0]
+
+
+def socket_host() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"

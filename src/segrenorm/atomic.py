@@ -7,12 +7,22 @@ temporary sibling name and swapped into place, the old one removed only afterwar
 Temporary siblings are hidden and named ``.NAME.HOST-PID.XXXXXXXX.tmp`` after the process
 writing them, so that what a killed process left behind can be told from the work of one
 still running: :func:`remove_stale_temporaries` deletes the former (each command that writes
-into a folder calls it once), so reruns after a ``kill -9`` do not pile them up.
+into a folder calls it once), so reruns after a ``kill -9`` do not pile them up. The host
+part keeps letters, digits, ``_`` and ``-`` only (no dots), so one machine's name never ends
+another's. Processes are told apart by host name and process id: containers that share a
+host name and a folder but not a process-id namespace are not told apart (a temporary of a
+running process in one may be taken for a dead one's in the other).
+
+:func:`replace_dir` moves an old folder aside into ``.NAME.HOST-PID.XXXXXXXX.old`` while the
+new one is renamed into place. A kill between the two renames leaves the old folder there;
+:func:`remove_stale_temporaries` never deletes such a holder while it holds anything, and
+logs a warning saying where the old folder is.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +34,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from segrenorm.errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_file",
@@ -52,7 +64,7 @@ def new_file_mode() -> int:
 
 def _host() -> str:
     """This machine's name as it appears in temporary names (file-name safe)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "host"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
 
 
 def _temp_prefix(target: Path) -> str:
@@ -76,10 +88,13 @@ def _running(pid: int) -> bool:
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary siblings in ``folder`` left by processes of this machine that died.
 
-    Only names this module gives (``.NAME.HOST-PID.XXXXXXXX.tmp``) with this machine's host
-    name and the id of a process that no longer runs are removed: a killed write leaves its
-    partial file or folder behind, and nothing else ever renames or reads it. Temporaries of
-    running processes, of other machines sharing the folder, and every other file are kept.
+    Only names this module gives (``.NAME.HOST-PID.XXXXXXXX.tmp``, read from the right) with
+    this machine's host name and the id of a process that no longer runs are removed: a
+    killed write leaves its partial file or folder behind, and nothing else ever renames or
+    reads it. Temporaries of running processes, of other machines sharing the folder, and
+    every other file are kept. A dead process's :func:`replace_dir` holder
+    (``.NAME.HOST-PID.XXXXXXXX.old``) is removed when empty; one that still holds the old
+    folder is kept and reported (a warning naming where it is).
 
     Args:
         folder: the folder to clean; a missing folder is fine.
@@ -90,18 +105,46 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         return []
-    pattern = re.compile(rf"^\..+\.{re.escape(_host())}-(\d+)\.[A-Za-z0-9_]+\.tmp$")
+    # From the right: the random part and the host hold no dots, the target's name may.
+    pattern = re.compile(r"^\.(.+)\.([A-Za-z0-9_-]+)-(\d+)\.[A-Za-z0-9_]+\.(tmp|old)$")
     removed = []
     for entry in root.iterdir():
         match = pattern.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+        if match is None or match.group(2) != _host():
             continue
-        if entry.is_dir() and not entry.is_symlink():
+        pid = int(match.group(3))
+        if pid == os.getpid() or _running(pid):
+            continue
+        if match.group(4) == "old":
+            if not _remove_empty_holder(entry, match.group(1)):
+                continue
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def _remove_empty_holder(holder: Path, name: str) -> bool:
+    """Remove a dead process's empty :func:`replace_dir` holder; report one holding a folder.
+
+    Returns:
+        Whether ``holder`` was removed.
+    """
+    if not holder.is_dir() or holder.is_symlink():
+        return False
+    if any(holder.iterdir()):
+        target = holder.parent / name
+        now = f"{target} exists now" if target.exists() else f"{target} does not exist"
+        log.warning(
+            "%s holds the folder %s was before a killed segrenorm run replaced it (%s): "
+            "move %s back to %s, or delete %s once you do not need it",
+            holder, target, now, holder / name, target, holder,
+        )  # fmt: skip
+        return False
+    holder.rmdir()
+    return True
 
 
 def temporary_dir(target: str | Path) -> Path:
@@ -220,12 +263,14 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder ``tmp`` to ``out``, replacing an old ``out`` only now.
 
-    If the final rename fails, the old folder is put back.
+    If the final rename fails, the old folder is put back. Meanwhile the old folder waits in
+    ``.NAME.HOST-PID.XXXXXXXX.old`` beside ``out`` (see :func:`remove_stale_temporaries`,
+    which reports one a killed process left holding it).
     """
     if not out.exists():
         os.replace(tmp, out)
         return
-    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    holder = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=".old", dir=out.parent))
     old = holder / out.name
     os.replace(out, old)
     try:

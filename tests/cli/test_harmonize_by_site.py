@@ -82,12 +82,13 @@ def test_each_row_goes_through_its_sites_model(
         assert row["site"] == r.site
         if r.site == "siteA":
             assert row["status"] == "skipped" and row["model"] is None
-            assert not (out / r.image.name).exists()
+            assert not (out / r.site).exists() and not (out / r.image.name).exists()
             continue
         model = models["b" if r.site == "siteB" else "c"]
         assert row["status"] == "ok" and row["model_source"] == r.site
         assert Path(row["model"]) == model / "final.pt"
-        written = np.asarray(nib.load(out / r.image.name).dataobj)
+        assert Path(row["output"]) == out / r.site / r.image.name
+        written = np.asarray(nib.load(out / r.site / r.image.name).dataobj)
         np.testing.assert_allclose(written, expected(model, r.image), atol=1e-5)
         other = models["c" if r.site == "siteB" else "b"]
         assert not np.allclose(written, expected(other, r.image), atol=1e-3)
@@ -217,3 +218,123 @@ def test_inputs_and_csv_together_are_refused(
                       str(tmp_path / "out")]) == 2  # fmt: skip
     assert "neither a run" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_sites_with_the_same_file_names_write_a_folder_each(
+    three_sites: SimpleNamespace,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """site1/T1.nii.gz and site2/T1.nii.gz do not collide; target rows are planned nothing."""
+    by_site = {r.site: r for r in three_sites.records}  # one subject per site
+    rows = []
+    for site, record in by_site.items():
+        copy = tmp_path / "study" / site / "T1.nii.gz"
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(record.image.read_bytes())
+        rows.append((f"{site}-x", site, copy))
+    csv = listing(tmp_path, rows)
+    out = tmp_path / "out"
+    # A stale temporary of a killed run in a site folder is cleaned up.
+    (out / "siteB").mkdir(parents=True)
+    stale = out / "siteB" / ".T1.nii.gz.somehost-1.abcd1234.tmp"
+    stale_name = stale.name.replace("somehost", _this_host()).replace("-1.", f"-{_dead_pid()}.")
+    stale = stale.with_name(stale_name)
+    stale.write_bytes(b"partial")
+    argv = ["--csv", str(csv), "--model", str(models["b"]), "--model", str(models["c"]),
+            "--out", str(out)]  # fmt: skip
+    assert harmonize(argv) == 0
+    assert "3 file(s): 2 harmonized, 1 skipped" in capsys.readouterr().out
+    assert not stale.exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        RECORD_NAME, "siteB/T1.nii.gz", "siteC/T1.nii.gz",
+    ]  # fmt: skip
+    for site, model in (("siteB", models["b"]), ("siteC", models["c"])):
+        written = np.asarray(nib.load(out / site / "T1.nii.gz").dataobj)
+        np.testing.assert_allclose(written, expected(model, by_site[site].image), atol=1e-5)
+    outputs = {r["site"]: r["output"] for r in json.loads((out / RECORD_NAME).read_text())["rows"]}
+    assert outputs == {"siteA": None, "siteB": str(out / "siteB" / "T1.nii.gz"),
+                       "siteC": str(out / "siteC" / "T1.nii.gz")}  # fmt: skip
+
+
+def test_two_rows_of_a_site_with_one_file_name_are_refused(
+    three_sites: SimpleNamespace,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = [r.image for r in three_sites.records if r.site == "siteB"][:2]
+    rows = []
+    for k, image in enumerate(images):
+        copy = tmp_path / f"s{k}" / "T1.nii.gz"
+        copy.parent.mkdir()
+        copy.write_bytes(image.read_bytes())
+        rows.append((f"s{k}", "siteB", copy))
+    csv = listing(tmp_path, rows)
+    out = tmp_path / "out"
+    assert harmonize(["--csv", str(csv), "--model", str(models["b"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "subjects 's0'" in err and "'s1'" in err and "of site 'siteB' have the same file" in err
+    assert f"collide in {out / 'siteB'}" in err
+    assert not out.exists()
+
+
+def test_site_folders_are_file_name_safe() -> None:
+    from segrenorm.harmonize.sites import site_folder
+
+    assert site_folder("Guy's Hospital") == "Guy_s_Hospital"
+    assert site_folder("../etc") == ".._etc" and site_folder("..") == "_"
+    assert site_folder("IOP-3T_v2.1") == "IOP-3T_v2.1"
+
+
+def test_unfinished_runs_are_named_and_one_checkpoint_counts_once(
+    three_sites: SimpleNamespace,
+    models: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from segrenorm.harmonize.sites import expand_models
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("b", "c"):
+        (runs / models[name].name).mkdir()
+        (runs / models[name].name / "final.pt").write_bytes(
+            (models[name] / "final.pt").read_bytes()
+        )
+    stopped = runs / "00009-stopped" / "checkpoints"
+    stopped.mkdir(parents=True)
+    (stopped / "last.pt").write_bytes((models["b"] / "final.pt").read_bytes())
+    (runs / "notes").mkdir()  # not a run: not named
+    found, notes = expand_models([runs])
+    assert found == [runs / models["b"].name / "final.pt", runs / models["c"].name / "final.pt"]
+    assert len(notes) == 1
+    assert "skipped 1 unfinished run(s) without final.pt (00009-stopped)" in notes[0]
+    # RUN and RUN/final.pt are one model, not two toward one site.
+    b = models["b"]
+    assert expand_models([b, b / "final.pt", str(b) + "/"]) == ([b / "final.pt"], [])
+    out = tmp_path / "out"
+    argv = ["--csv", str(three_sites.csv), "--model", str(runs), "--model",
+            str(runs / models["b"].name / "final.pt"), "--out", str(out)]  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        assert harmonize(argv) == 0
+    table = capsys.readouterr().out
+    assert "6 harmonized, 3 skipped" in table
+    assert "skipped 1 unfinished run(s) without final.pt (00009-stopped)" in table
+
+
+def _this_host() -> str:
+    from segrenorm.atomic import _host
+
+    return _host()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)

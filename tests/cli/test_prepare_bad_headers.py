@@ -13,7 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segrenorm.atomic import temporary_dir
 from segrenorm.cli import main
+from segrenorm.data import prepare
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.readwrite import save_image
 
@@ -43,13 +45,23 @@ def write_site(folder: Path, scale: float) -> None:
         save_image(data, folder / f"sub-{folder.name}{k}_T1w.nii.gz", geometry=geometry)
 
 
+@pytest.mark.parametrize("at", ["b", "a"])
 def test_prepare_refuses_a_1kb_file_declaring_4000_cubed_voxels(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], at: str
 ) -> None:
+    """At the target site (b) the grid's header read refuses it before any temporary exists;
+    at the source site (a) the build refuses it with its temporary cache already written."""
     write_site(tmp_path / "a", 1.0)
     write_site(tmp_path / "b", 3.0)
-    bomb = header_bomb(tmp_path / "b" / "sub-b9_T1w.nii", (4000, 4000, 4000))
+    bomb = header_bomb(tmp_path / at / f"sub-{at}9_T1w.nii", (4000, 4000, 4000))
     assert bomb.stat().st_size == 1024
+    temporaries: list[Path] = []
+
+    def spy(out: Path) -> Path:
+        temporaries.append(temporary_dir(out))
+        return temporaries[-1]
+
+    monkeypatch.setattr(prepare, "temporary_dir", spy)
     argv = [
         "prepare", "--site-a", str(tmp_path / "a"), "--site-b", str(tmp_path / "b"),
         "--out", str(tmp_path / "cache"), "--bias-correction", "none", "--val-fraction", "0",
@@ -60,6 +72,8 @@ def test_prepare_refuses_a_1kb_file_declaring_4000_cubed_voxels(
     assert err.startswith("segrenorm prepare: error: ")
     assert f"{bomb}: the header declares the grid (4000, 4000, 4000), 64,000,000,000 voxels" in err
     assert "re-export or re-copy the file" in err
+    assert len(temporaries) == (1 if at == "a" else 0)
+    assert not any(t.exists() for t in temporaries)
     assert not (tmp_path / "cache").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -158,6 +158,18 @@ def test_prepare_from_csv(sites: Path, capsys: pytest.CaptureFixture[str]) -> No
         (["--site", "x", "a", "--sites", "x"], "--sites goes with --csv, --dataset or --site-a"),
         (["--dataset", "ixi", "a", "--labels", "a", "b"], "give --labels once, with one folder"),
         (["--dataset", "adni", "a"], "dataset layout 'adni' is unknown; known layouts: ixi, bids"),
+        # A forgotten site name: the first file (a shell-expanded glob) is not taken as one.
+        (
+            ["--site", "a/sub-a0_T1w.nii.gz", "a/sub-a1_T1w.nii.gz", "--site", "y", "b"],
+            "--site a/sub-a0_T1w.nii.gz ...: 'a/sub-a0_T1w.nii.gz' looks like a file, not a site "
+            "name; give the site's name first: --site NAME PATH [PATH ...] (e.g. --site guys ",
+        ),
+        (["--site", "x", "a", "--site", "sub-b0_T1w.nii", "b"], "'sub-b0_T1w.nii' looks like a"),
+        (["--site", "x", "a", "--site", "notes", "b"], "'notes' looks like a file, not a site"),
+        (
+            ["--site", "x", "a", "--site", "y", "b", "--labels", "/data/b", "b"],
+            "--labels /data/b ...: '/data/b' looks like a file",
+        ),
         (["--site-a", "a"], "give both --site-a and --site-b (or one --site NAME PATH... per"),
         ([*LABELLED, "--sites", "p", "q", "r"], "give --sites two names, not ('p', 'q', 'r')"),
         (["--csv", "missing.csv"], "subject listing missing.csv does not exist"),
@@ -184,6 +196,7 @@ def test_prepare_usage_errors(
     message: str,
 ) -> None:
     monkeypatch.chdir(sites)
+    (sites / "notes").write_text("a file without an image suffix")
     assert main(["prepare", "--out", "cache", "--quiet", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("segrenorm prepare: error: ")
@@ -213,7 +226,7 @@ def test_bad_volume_fails_cleanly(sites: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_prepare_n_sites_from_folders_in_the_given_order(
-    sites: Path, capsys: pytest.CaptureFixture[str]
+    sites: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _write_site(sites / "c", 2, 2.0, "sub-c")
     out = sites / "cache"
@@ -221,6 +234,8 @@ def test_prepare_n_sites_from_folders_in_the_given_order(
     for name in ("c", "a", "b"):
         argv += ["--site", f"site-{name}", str(sites / name / "*_T1w.nii.gz")]
         argv += ["--labels", f"site-{name}", str(sites / name / "*_dseg.nii.gz")]
+    (sites / "site-a").mkdir()  # a name that is also a folder is still a name
+    monkeypatch.chdir(sites)
     assert main(argv) == 0
     summary = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in summary[1:4]] == [
@@ -317,14 +332,14 @@ def _csv(root: Path, rows: list[str], header: str = "subject,site,image,label") 
         (
             lambda root: ["--site-a", "a/*T1w*", "--site-b", "a/*T1w*"],
             "the same image file is listed more than once, so a subject would train against "
-            "itself: {root}/a/sub-a0_T1w.nii.gz (site 'A', subject 'sub-a0') and "
-            "{root}/a/sub-a0_T1w.nii.gz (site 'B', subject 'sub-a0') are the same image file",
+            "itself: sites 'A' and 'B' are given the same files (3 image(s), e.g. "
+            "{root}/a/sub-a0_T1w.nii.gz). Give each site its own files",
         ),
         (
             lambda root: ["--site", "x", "a/*T1w*", "--site", "y", "b/*T1w*", "--site", "z",
                           "a/sub-a1_T1w.nii.gz"],
-            "{root}/a/sub-a1_T1w.nii.gz (site 'x', subject 'sub-a1') and "
-            "{root}/a/sub-a1_T1w.nii.gz (site 'z', subject 'sub-a1') are the same image file",
+            "every image of site 'z' is also given to site 'x' (1 image(s), e.g. "
+            "{root}/a/sub-a1_T1w.nii.gz)",
         ),
         # One subject id at two sites, different files, not a held-out travelling subject.
         (
@@ -345,8 +360,9 @@ def _csv(root: Path, rows: list[str], header: str = "subject,site,image,label") 
         (
             lambda root: [*_csv(root, ["s1,A,a/sub-a0_T1w.nii.gz", "s2,B,b/sub-b0_T1w.nii.gz"]),
                           "--val-fraction", "0"],
-            "site 'A' has 1 subject(s) without a listed split, too few for the requested test "
-            "split (--test-fraction 0.3)",
+            "site 'A' has only one subject without a listed split: it must train, so the "
+            "requested test split (--test-fraction 0.3) would be empty at this site. Add "
+            "subjects to the site, pass --test-fraction 0 for no test split, or list",
         ),
         # A CSV with missing columns, or several bad rows: one error lists every bad row.
         (

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 import segrenorm.data.prepare as prepare_module
 from segrenorm.cli import main
+from segrenorm.data.facts import inference_facts
 from segrenorm.data.grid import GridChoice, canonical_spacing, choose_grid, on_grid
 from segrenorm.data.listing import SubjectRecord
 from segrenorm.data.manifest import open_manifest, summarize
@@ -70,19 +71,26 @@ def site(root: Path, name: str, spacings: list[tuple[float, float, float]]) -> l
 
 
 def sitk_resample(
-    volume: np.ndarray, spacing: float, new_spacing: float, shape: tuple[int, ...], *, linear: bool
+    volume: np.ndarray,
+    spacing: float | tuple[float, float, float],
+    new_spacing: float | tuple[float, float, float],
+    shape: tuple[int, ...],
+    *,
+    linear: bool,
 ) -> np.ndarray:
     """``volume`` (RAS voxels) resampled so the grids' outer corners coincide, by SimpleITK."""
+    have = spacing if isinstance(spacing, tuple) else (spacing,) * 3
+    want = new_spacing if isinstance(new_spacing, tuple) else (new_spacing,) * 3
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
-    image.SetSpacing((spacing,) * 3)
-    image.SetOrigin((spacing / 2,) * 3)  # voxel 0's centre, so the corner sits at 0
+    image.SetSpacing(have)
+    image.SetOrigin(tuple(s / 2 for s in have))  # voxel 0's centre, so the corner sits at 0
     out = sitk.Resample(
         image,
         [int(shape[0]), int(shape[1]), int(shape[2])],
         sitk.Transform(),
         sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
-        (new_spacing / 2,) * 3,
-        (new_spacing,) * 3,
+        tuple(s / 2 for s in want),
+        want,
         (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0),
         0.0,
         image.GetPixelID(),
@@ -139,6 +147,42 @@ def test_mixed_voxel_sizes_are_cut_on_the_target_grid(tmp_path: Path) -> None:
     assert first.endswith(", grid 1x1x1 mm (median voxel size of target site tgt)")
 
 
+def test_a_thick_slice_volume_is_resampled_along_all_three_axes(tmp_path: Path) -> None:
+    """A 1x1x2 mm source volume is held on the target's 1 mm grid along R, A *and* S (the
+    rule harmonize follows too), equal to SimpleITK's linear resampling of it."""
+    thick = (1.0, 1.0, 2.0)
+    records = site(tmp_path, "src", [thick, (1.0,) * 3]) + site(tmp_path, "tgt", [(1.0,) * 3] * 2)
+    cache = prepare_cache(records, tmp_path / "cache", **QUICK)
+    manifest = open_manifest(cache)
+    assert manifest["spacing"] == [1.0, 1.0, 1.0]
+    entry, arrays = subject_rows(cache, manifest, "src0")
+    assert entry["original_spacing"] == [1.0, 1.0, 2.0]
+    assert entry["spacing"] == [1.0, 1.0, 1.0] and entry["shape"] == [24, 24, 16]
+    image, _ = world_phantom(thick)
+    assert image.shape == (24, 24, 8)
+    linear = sitk_resample(image, thick, (1.0, 1.0, 1.0), (24, 24, 16), linear=True)
+    scaled = IntensityScaling.from_dict(entry["scaling"]).apply(linear)
+    assert sorted(arrays["slices"][:, 1]) == list(range(16))  # 16 axial slices of 1 mm
+    inside = arrays["masks"].astype(bool)
+    assert inside.sum() > 1000
+    want = np.moveaxis(scaled, 2, 0)[arrays["slices"][:, 1]][inside]
+    np.testing.assert_allclose(arrays["images"][inside], want, atol=1e-5)
+    assert inference_facts(manifest)["resampled"] is True
+
+
+def test_inference_facts_say_whether_any_volume_was_resampled(tmp_path: Path) -> None:
+    on = site(tmp_path, "src", [(1.0,) * 3, (1.0005,) * 3]) + site(tmp_path, "tgt", [(1.0,) * 3])
+    manifest = open_manifest(prepare_cache(on, tmp_path / "on", **QUICK))
+    assert inference_facts(manifest)["resampled"] is False  # every volume cut as stored
+    off = site(tmp_path / "o", "src", [(1.0,) * 3, (1.0, 1.0, 1.2)]) + on[2:]
+    manifest = open_manifest(prepare_cache(off, tmp_path / "off", **QUICK))
+    assert inference_facts(manifest)["resampled"] is True
+    legacy = {**manifest, "subjects": [{k: v for k, v in s.items() if k != "original_spacing"}
+                                       for s in manifest["subjects"]]}  # fmt: skip
+    assert inference_facts(legacy)["resampled"] is True  # a grid, no record: as before
+    assert inference_facts({**legacy, "spacing": None})["resampled"] is False
+
+
 def test_default_grid_is_the_target_median_on_canonical_axes(tmp_path: Path) -> None:
     # tgt2 is stored with x and y swapped: pixdim (1.1, 0.8, 1.3) is (0.8, 1.1, 1.3) in RAS.
     target = site(tmp_path, "tgt", [(1.0, 1.0, 1.0), (1.2, 0.9, 1.5), (0.8, 1.1, 1.3)])
@@ -189,8 +233,13 @@ def test_more_than_two_sites_need_a_target(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=message):
         prepare_cache(records, out, **QUICK)
     assert not out.exists() and not list(tmp_path.glob(".cache*"))
-    with pytest.raises(ConfigError, match=r"target site 'delta' is not among .*'gamma'"):
+    with pytest.raises(ConfigError) as info:
         prepare_cache(records, out, target="delta", **QUICK)
+    # The one site lookup of data.target and train --to, with its one message.
+    assert str(info.value) == (
+        "target site 'delta' is not in the cache being prepared: its sites are alpha (A), "
+        "beta (B), gamma (C); choose with --target NAME (target=)"
+    )
     assert not out.exists() and not list(tmp_path.glob(".cache*"))
     manifest = open_manifest(prepare_cache(records, out, target="gamma", **QUICK))
     assert manifest["grid"] == {"spacing": [1.0, 1.0, 2.0], "from": "target-median",
@@ -199,6 +248,10 @@ def test_more_than_two_sites_need_a_target(tmp_path: Path) -> None:
     assert {tuple(s["shape"]) for s in manifest["subjects"]} == {(24, 24, 8)}
     user = choose_grid(records, ("alpha", "beta", "gamma"), spacing=(3.0, 3.0, 3.0))
     assert user == GridChoice((3.0, 3.0, 3.0), "user", None)
+    # A cache key names a site as data.target and train --to accept it; the grid records names.
+    names = ("alpha", "beta", "gamma")
+    assert choose_grid(records, names, target="C") == choose_grid(records, names, target="gamma")
+    assert choose_grid(records, names, spacing=(3.0,) * 3, target="B").target == "beta"
 
 
 def test_cli_prepare_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

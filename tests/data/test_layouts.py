@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from segrenorm.data.layouts import DATASET_LAYOUTS, records_from_layout
+from segrenorm.data.layouts import DATASET_LAYOUTS, NO_DESC, records_from_layout
 from segrenorm.errors import ConfigError, InputError
 
 
@@ -198,6 +198,14 @@ def test_bids_without_derivatives_has_no_labels_and_no_notes(tmp_path: Path) -> 
         ("participant_id\tsite\nsub-01\tx\n", ["sub-01/anat/sub-01_run-2_T1w.nii.gz"],
          r"several T1w volumes for one subject and session: sub-01 \(sub-01_T1w.nii.gz, "
          r"sub-01_run-2_T1w.nii.gz\); the bids layout takes one per session"),
+        # A row with more fields than the header (a stray tab): every such line, the file named.
+        ("participant_id\tsite\nsub-01\tx\textra\nsub-02\ty\nsub-03\tz\t\t\n", [],
+         r"participants.tsv: line\(s\) 2, 4 have more fields than the header \(2 columns\); "
+         r"remove the extra tabs or name the extra columns in the header"),
+        # One participant twice (also as 01 and sub-01): refused with both lines.
+        ("participant_id\tsite\nsub-01\tx\nsub-02\ty\n01\tz\nsub-02\ty\n", [],
+         r"participants.tsv: participant_id listed more than once: sub-01 \(lines 2 and 4\), "
+         r"sub-02 \(lines 3 and 5\); keep one row per participant"),
     ],
 )  # fmt: skip
 def test_bids_errors(tmp_path: Path, tsv: str | None, files: list[str], message: str) -> None:
@@ -207,3 +215,54 @@ def test_bids_errors(tmp_path: Path, tsv: str | None, files: list[str], message:
         _participants(root, tsv)
     with pytest.raises(InputError, match=message):
         records_from_layout("bids", root)
+
+
+def test_bids_sessions_of_one_participant_share_a_group(bids: Path) -> None:
+    listing = records_from_layout("bids", bids)
+    assert [(r.subject, r.group) for r in listing.records] == [
+        ("sub-01", "sub-01"), ("sub-02_ses-01", "sub-02"), ("sub-02_ses-02", "sub-02"),
+        ("sub-03", "sub-03"),
+    ]  # fmt: skip
+
+
+def test_bids_label_desc_picks_one_map_of_a_pipeline_that_writes_several(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _participants(root, "participant_id\tsite\nsub-01\tx\nsub-02\ty\n")
+    anat = "derivatives/fmriprep/sub-{0}/anat/sub-{0}_"
+    for sub in ("01", "02"):
+        _touch(root, f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz", *(anat.format(sub) + name for name in
+               ("dseg.nii.gz", "desc-aseg_dseg.nii.gz", "desc-aparcaseg_dseg.nii.gz")))  # fmt: skip
+    with pytest.raises(InputError) as info:
+        records_from_layout("bids", root)
+    message = str(info.value)
+    assert "sub-01_T1w.nii.gz: several label maps match it (" in message
+    assert message.endswith(
+        "pick one derivatives pipeline with --labels ROOT/derivatives/PIPELINE, or one kind of "
+        "map with --label-desc DESC (here: aparcaseg, aseg, none)"
+    )
+    fmriprep = root / "derivatives" / "fmriprep"
+    for desc, name in (("aseg", "desc-aseg_dseg"), (NO_DESC, "dseg")):
+        listing = records_from_layout("bids", root, label_desc=desc)
+        assert [r.label for r in listing.records] == [
+            (fmriprep / f"sub-{sub}/anat/sub-{sub}_{name}.nii.gz").resolve() for sub in ("01", "02")
+        ]
+    listing = records_from_layout("bids", root, label_desc="tissue")
+    assert [r.label for r in listing.records] == [None, None]
+    assert listing.notes == ("2 of 2 T1w volume(s) have no _dseg label map",)
+    with pytest.raises(ConfigError, match="--label-desc is for the bids layout; ixi pairs labels"):
+        records_from_layout("ixi", root, label_desc="aseg")
+
+
+def test_ixi_labels_beside_the_images_without_labels_point_to_labels(tmp_path: Path) -> None:
+    _touch(tmp_path, "IXI002-Guys-0828-T1.nii.gz", "IXI002-Guys-0828-T1_seg.nii.gz",
+           "IXI012-HH-1211-T1.nii.gz", "IXI012-HH-1211-T1_dseg.nii.gz", "notes.nii")  # fmt: skip
+    with pytest.raises(InputError) as info:
+        records_from_layout("ixi", tmp_path)
+    assert str(info.value).endswith(
+        "IXI002-Guys-0828-T1_seg.nii.gz, IXI012-HH-1211-T1_dseg.nii.gz, notes.nii; move them out "
+        f"of the folder or list the subjects in a CSV (--csv); 2 of them look like label maps: "
+        f"pass --labels {tmp_path}"
+    )
+    (tmp_path / "notes.nii").unlink()
+    listing = records_from_layout("ixi", tmp_path, labels=tmp_path)  # what the message advises
+    assert [r.label is not None for r in listing.records] == [True, True]

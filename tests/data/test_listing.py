@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -11,12 +12,12 @@ import pytest
 
 from segrenorm.data.listing import (
     SubjectRecord,
-    assign_splits,
     check_distinct,
     read_listing,
     records_from_inputs,
     subject_id,
 )
+from segrenorm.data.splits import assign_splits
 from segrenorm.errors import ConfigError, InputError
 
 
@@ -170,9 +171,41 @@ def test_check_distinct_refuses_one_file_at_two_sites(tmp_path: Path) -> None:
             check_distinct(records)
         message = str(info.value)
         assert message.startswith("the same image file is listed more than once")
-        assert f"{tmp_path / first} (site 'A', subject 's1') and {tmp_path / other}" in message
-        assert f"{tmp_path / other} (site 'B', subject 's2') are the same image file" in message
+        both = "" if other == first else f" and {tmp_path / other}"
+        assert f"(1 image(s), e.g. {tmp_path / first}{both}). Give each site" in message
         assert message.endswith("Give each site its own files")
+
+
+def test_check_distinct_sums_up_a_folder_given_twice_and_lists_a_few_pairs(
+    tmp_path: Path,
+) -> None:
+    images = [tmp_path / f"s{k:03d}.nii.gz" for k in range(200)]
+    for image in images:
+        image.write_bytes(b"x")
+    site_a = [_record(f"a{k}", "A", image) for k, image in enumerate(images)]
+    site_b = [_record(f"b{k}", "B", image) for k, image in enumerate(images)]
+    with pytest.raises(InputError) as info:
+        check_distinct(site_a + site_b)
+    assert str(info.value) == (
+        "the same image file is listed more than once, so a subject would train against "
+        f"itself: sites 'A' and 'B' are given the same files (200 image(s), e.g. {images[0]}). "
+        "Give each site its own files"
+    )
+    # One site's images all among another's: said once; a partial overlap: five pairs and a count.
+    site_c = [_record("c0", "C", images[7])]
+    site_d = [_record(f"d{k}", "D", tmp_path / f"d{k}.nii.gz") for k in range(3)]
+    site_d += [_record(f"d{k}", "D", image) for k, image in enumerate(images[100:108], 3)]
+    with pytest.raises(InputError) as info:
+        check_distinct(site_a + site_c + site_d)
+    message = str(info.value)
+    assert f"every image of site 'C' is also given to site 'A' (1 image(s), e.g. {images[7]})" in (
+        message
+    )
+    assert message.count("are the same image file") == 5
+    assert f"{images[104]} (site 'A', subject 'a104') and {images[104]} (site 'D', subject " in (
+        message
+    )
+    assert "are the same image file; and 3 more. Give each site its own files" in message
 
 
 def test_check_distinct_allows_one_subject_id_only_as_a_paired_held_out_subject(
@@ -292,9 +325,9 @@ def test_read_listing_accepts_a_val_split(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("n", "test_fraction", "val_fraction", "empty"),
-    # round half up: 0.15 x 3 = 0.45 -> 0 val; 0.3 x 1 = 0.3 -> 0 test; 0.1 x 4 = 0.4 -> 0 test.
-    [(3, 0.3, 0.15, "val"), (2, 0.3, 0.15, "val"), (1, 0.3, 0.0, "test"), (4, 0.1, 0.0, "test"),
-     (1, 0.3, 0.1, "test and val")],
+    # round half up: 0.15 x 3 = 0.45 -> 0 val; 0.1 x 4 = 0.4 -> 0 test; 0.2 x 2 = 0.4 -> 0 test.
+    [(3, 0.3, 0.15, "val"), (2, 0.3, 0.15, "val"), (4, 0.1, 0.0, "test"),
+     (2, 0.2, 0.2, "test and val")],
 )  # fmt: skip
 def test_assign_splits_refuses_a_requested_split_that_rounds_to_nothing(
     n: int, test_fraction: float, val_fraction: float, empty: str
@@ -324,3 +357,69 @@ def test_assign_splits_without_a_requested_split_or_with_listed_ones_passes() ->
     assert sorted(splits[k][0] for k in ("sub-01", "sub-02")) == ["test", "train"]
     # Every subject listed: exempt, however few.
     assert [s for s, _ in assign_splits(_site(1, {0: "train"}), 0.3, 5, 0, 0, 0.15)] == ["train"]
+
+
+@pytest.mark.parametrize(
+    ("test_fraction", "val_fraction", "listed", "what"),
+    # One free subject: test is clipped to 0 whatever the fraction (0.3 rounds to 0, 0.9 to 1);
+    # val too without a listed training subject.
+    [(0.3, 0.0, {}, "test split (--test-fraction 0.3)"),
+     (0.9, 0.0, {}, "test split (--test-fraction 0.9)"),
+     (0.3, 0.1, {}, "test split (--test-fraction 0.3) and val split (--val-fraction 0.1)"),
+     (0.9, 0.0, {0: "train"}, "test split (--test-fraction 0.9)")],
+)  # fmt: skip
+def test_assign_splits_one_free_subject_must_train(
+    test_fraction: float, val_fraction: float, listed: dict[int, str], what: str
+) -> None:
+    records = _site(len(listed) + 1, listed, site="3T")
+    with pytest.raises(InputError) as info:
+        assign_splits(records, test_fraction, 5, 0, 1, val_fraction=val_fraction)
+    message = str(info.value)
+    assert message.startswith(
+        f"site '3T' has only one subject without a listed split: it must train, so the "
+        f"requested {what} would be empty at this site. Add subjects to the site, pass --test-"
+    )
+    assert "raise the fraction" not in message
+    assert message.endswith("or list each subject's split in a CSV 'split' column (--csv)")
+    # With a listed training subject, one free subject can be val: raising that fraction helps.
+    with pytest.raises(InputError, match=r"too few for the requested val split .* raise the frac"):
+        assign_splits(_site(2, {0: "train"}), 0.0, 5, 0, 1, val_fraction=0.2)
+    assert [s for s, _ in assign_splits(_site(2, {0: "train"}), 0.0, 5, 0, 1, 0.5)] == [
+        "val", "train"
+    ]  # fmt: skip
+
+
+def _sessions(splits: dict[str, str] | None = None) -> list[SubjectRecord]:
+    """Twelve BIDS participants of one site, three of them with two sessions."""
+    splits = splits or {}
+    records = []
+    for k in range(12):
+        sessions = ("ses-01", "ses-02") if k % 4 == 0 else (None,)
+        for ses in sessions:
+            sid = f"sub-{k:02d}" + (f"_{ses}" if ses else "")
+            records.append(
+                SubjectRecord(sid, "A", Path(f"/x/{sid}.nii"), None, splits.get(sid),
+                              group=f"sub-{k:02d}")
+            )  # fmt: skip
+    return records
+
+
+def test_assign_splits_draws_per_person_not_per_session() -> None:
+    records = _sessions()
+    for seed in range(20):
+        drawn = assign_splits(records, 0.3, 5, seed, 0, val_fraction=0.15)
+        by_group: dict[str | None, set[tuple[str, int]]] = {}
+        for record, pair in zip(records, drawn, strict=True):
+            by_group.setdefault(record.group, set()).add(pair)
+        assert all(len(pairs) == 1 for pairs in by_group.values())  # one split and one fold
+        # Twelve people, not fifteen records: round(3.6) = 4 test and round(1.8) = 2 val people.
+        people = [next(iter(pairs))[0] for pairs in by_group.values()]
+        assert (people.count("test"), people.count("val")) == (4, 2)
+    # One record per group draws exactly as no groups (the draw before groups existed).
+    own = [dataclasses.replace(r, group=r.subject) for r in _site(7)]
+    assert assign_splits(own, 0.3, 5, 3, 1, 0.15) == assign_splits(_site(7), 0.3, 5, 3, 1, 0.15)
+    # A split listed for one session holds for the person's other session too.
+    listed = assign_splits(_sessions({"sub-04_ses-02": "test"}), 0.3, 5, 0, 0)
+    assert [s for s, _ in listed[5:7]] == ["test", "test"]
+    with pytest.raises(InputError, match=r"the records of 'sub-00' are listed in different split"):
+        assign_splits(_sessions({"sub-00_ses-01": "train", "sub-00_ses-02": "test"}), 0.3, 5, 0, 0)

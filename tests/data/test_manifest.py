@@ -31,6 +31,10 @@ def test_open_manifest_refuses_broken_caches(tmp_path: Path, tiny_kit: SimpleNam
     subjects = [{**good["subjects"][0], "first_row": 3}, good["subjects"][1]]
     expect({**good, "subjects": subjects}, "first_row values are not contiguous")
     expect([1, 2], "does not hold a JSON object")
+    one_site = {**good, "sites": {"A": good["sites"]["A"]}}
+    expect(one_site, r"names 1 site\(s\) \['A'\]; a cache holds 2 to 26; re-run segrenorm")
+    many = {**good, "sites": {f"K{i}": f"s{i}" for i in range(27)}}
+    expect(many, r"names 27 site\(s\) .*a cache holds 2 to 26; re-run segrenorm prepare")
     expect(
         {**good, "bias_correction": {"method": "n3"}},
         r"invalid bias_correction \(bias correction 'n3' is unknown: use one of n4, none\); re-run",

@@ -1,5 +1,6 @@
-"""Harmonize onto the model's grid and back: inputs at 1 mm, 1x1x1.2 mm and 2 mm given to a
-model whose training cache is on a 1 mm grid.
+"""Harmonize onto the model's grid and back: inputs at 1 mm, 1x1x1.2 mm, 1x1x2 mm and 2 mm given
+to a model whose training cache is on a 1 mm grid. The rule is prepare's: any axis off the grid
+(by more than the 5% tolerance) and all three are resampled, for 2D and 2.5-D models alike.
 
 The model is a tiny random translator saved with the inference facts of a real 1 mm cache made
 by ``prepare`` (no training steps: the grid policy does not depend on the weights).
@@ -21,7 +22,6 @@ from segrenorm.data.manifest import open_manifest
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import InputError
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer
-from segrenorm.harmonize.policy import grid_axes
 from segrenorm.volumes.bias import BiasCorrection
 from segrenorm.volumes.images import Geometry, ScalarImage
 from segrenorm.volumes.intensity import foreground_mask
@@ -101,93 +101,94 @@ def same_grid_and_header(out: ScalarImage, path: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(written.header.get_sform(), source.header.get_sform(), atol=1e-6)
 
 
+@pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize(
-    ("name", "spacing", "resampled"),
-    [("one.nii.gz", (1.0, 1.0, 1.0), False), ("thick.nii.gz", (1.0, 1.0, 1.2), False),
-     ("two.nii.gz", (2.0, 2.0, 2.0), True)],
+    ("name", "spacing", "off"),
+    [("one.nii.gz", (1.0, 1.0, 1.0), None), ("thick.nii.gz", (1.0, 1.0, 1.2), "S"),
+     ("slab.nii.gz", (1.0, 1.0, 2.0), "S"), ("two.nii.gz", (2.0, 2.0, 2.0), "R, A, S")],
 )  # fmt: skip
-def test_2d_model_output_is_on_the_input_grid(
+def test_output_is_on_the_input_grid(
     models: dict[int, Path],
     tmp_path: Path,
+    k: int,
     name: str,
     spacing: tuple[float, float, float],
-    resampled: bool,
+    off: str | None,
 ) -> None:
-    path = write_input(tmp_path / "in", name, spacing, flip_x=resampled)
-    result = Harmonizer.load(models[1]).run(path)
+    path = write_input(tmp_path / "in", name, spacing, flip_x=off is not None)
+    result = Harmonizer.load(models[k]).run(path)
     same_grid_and_header(result.image, path, tmp_path)
-    # A 2D axial model sees the in-plane voxel size only: 1.2 mm slices are translated as is.
-    if resampled:
+    # 2D or 2.5-D: one axis off the grid and all three are resampled to 1 mm, as prepare does.
+    if off is not None:
         (note,) = result.notes
-        assert note.startswith(f"{path}: voxel size 2x2x2 mm differs from the training data's")
-        assert "more than 5% (along R, A); resampled to 1x1x2 mm" in note
+        assert note.startswith(f"{path}: voxel size {'x'.join(f'{v:g}' for v in spacing)} mm "
+                               "differs from the training data's 1x1x1 mm")  # fmt: skip
+        assert f"more than 5% (along {off}); resampled to 1x1x1 mm" in note
     else:
         assert result.notes == ()
+    assert result.n_slices == 16  # the axial slices of the 16 mm field of view at 1 mm
     assert np.all(np.isfinite(result.image.data)) and result.image.data.max() > 100
 
 
-def test_2p5d_model_also_sees_the_through_plane_spacing(
-    models: dict[int, Path], tmp_path: Path
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_spacing_far_off_along_any_axis_is_refused(
+    models: dict[int, Path], tmp_path: Path, k: int
 ) -> None:
-    assert grid_axes({"axial": 1}) == [0, 1] and grid_axes({"axial": 3}) == [0, 1, 2]
-    assert grid_axes({"axial": 1, "coronal": 3}) == [0, 1, 2]
-    assert grid_axes({"sagittal": 3}) == [0, 1, 2] and grid_axes({"sagittal": 1}) == [1, 2]
-    harmonizer = Harmonizer.load(models[3])
-    thick = write_input(tmp_path / "in", "thick.nii.gz", (1.0, 1.0, 1.2))
-    result = harmonizer.run(thick)
-    (note,) = result.notes
-    assert "by more than 5% (along S); resampled to 1x1x1 mm" in note
-    same_grid_and_header(result.image, thick, tmp_path)
-    assert harmonizer.run(write_input(tmp_path / "in", "one.nii.gz", (1.0, 1.0, 1.0))).notes == ()
-    # Beyond max_spacing_ratio along S: refused for the 2.5-D model, naming the file.
+    # Beyond max_spacing_ratio along S only: refused for the 2D model too, naming the file.
     slab = write_input(tmp_path / "in", "slab.nii.gz", (1.0, 1.0, 8.0 * 1.01))
     with pytest.raises(InputError, match=r"slab\.nii\.gz: voxel size 1x1x8\.08 mm is too far.*S\)"):
-        harmonizer.run(slab)
-    assert Harmonizer.load(models[1]).run(slab).notes == ()
+        Harmonizer.load(models[k]).run(slab)
 
 
 def test_the_default_tolerance_is_five_percent(models: dict[int, Path], tmp_path: Path) -> None:
     assert HarmonizeOptions().spacing_tolerance == 0.05
     harmonizer = Harmonizer.load(models[1])
-    close = write_input(tmp_path / "in", "close.nii.gz", (1.04, 1.04, 1.0))
-    assert harmonizer.run(close).notes == ()  # within 5%: translated as it is
-    off = write_input(tmp_path / "in", "off.nii.gz", (1.07, 1.0, 1.0))
-    (note,) = harmonizer.run(off).notes
-    assert "off.nii.gz: voxel size 1.07x1x1 mm" in note and "(along R)" in note
-    loose = Harmonizer.load(models[1], spacing_tolerance=0.1)
-    assert loose.run(off).notes == ()
+    close = write_input(tmp_path / "in", "close.nii.gz", (1.04, 1.04, 1.04))
+    assert harmonizer.run(close).notes == ()  # within 5% on every axis: translated as it is
+    for name, spacing, along in (("off.nii.gz", (1.07, 1.0, 1.0), "R"),
+                                 ("offs.nii.gz", (1.0, 1.0, 1.07), "S")):  # fmt: skip
+        off = write_input(tmp_path / "in", name, spacing)
+        (note,) = harmonizer.run(off).notes
+        assert f"{name}: voxel size {'x'.join(f'{v:g}' for v in spacing)} mm" in note
+        assert f"(along {along}); resampled to 1x1x1 mm" in note
+        loose = Harmonizer.load(models[1], spacing_tolerance=0.1)
+        assert loose.run(off).notes == ()
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_2mm_input_equals_translation_on_the_grid_and_back(
-    models: dict[int, Path], tmp_path: Path, k: int
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (1.0, 1.0, 2.0)])
+def test_input_equals_translation_on_the_grid_and_back(
+    models: dict[int, Path], tmp_path: Path, k: int, spacing: tuple[float, float, float]
 ) -> None:
-    """Resample to the 1 mm grid (SimpleITK; in-plane only for the 2D model, which keeps the
-    2 mm slices), translate that volume as the model's own whole-volume path does, average
-    each block of 2 voxels per resampled axis back (linear back-resampling onto 2 mm voxels,
-    whose centres fall halfway between two 1 mm centres): the harmonizer's output."""
-    path = write_input(tmp_path / "in", "two.nii.gz", (2.0, 2.0, 2.0), flip_x=True)
+    """Resample to the 1 mm grid along all three axes (SimpleITK; 2D and 2.5-D models alike),
+    translate that volume as the model's own whole-volume path does, average each block of
+    ``spacing`` voxels back (linear back-resampling onto 2 mm voxels, whose centres fall halfway
+    between two 1 mm centres): the harmonizer's output, on the input's own grid."""
+    path = write_input(tmp_path / "in", "coarse.nii.gz", spacing, flip_x=True)
     harmonizer = Harmonizer.load(models[k])
-    got = nib.as_closest_canonical(
-        nib.Nifti1Image(harmonizer.run(path).image.data, nib.load(str(path)).affine)
-    )
+    result = harmonizer.run(path)
+    assert result.n_slices == 16  # translated on 1 mm axial slices, not the input's 8
+    same_grid_and_header(result.image, path, tmp_path)
+    got = nib.as_closest_canonical(nib.Nifti1Image(result.image.data, nib.load(str(path)).affine))
     canonical = nib.as_closest_canonical(nib.load(str(path)))
     coarse = np.asarray(canonical.dataobj, dtype=np.float32)
-    assert coarse.shape == (12, 12, 8)
-    z = 1.0 if k == 1 else 0.5  # the resampled S spacing, in 2 mm voxels
+    factor = [round(s) for s in spacing]  # 1 mm voxels per input voxel, per axis
+    assert coarse.shape == tuple(round(f / s) for f, s in zip(FOV, spacing, strict=True))
     image = sitk.GetImageFromArray(np.ascontiguousarray(coarse.transpose(2, 1, 0)))
-    image.SetSpacing((2.0, 2.0, 2.0))
-    fine_grid = sitk.Image([24, 24, round(8 / z)], sitk.sitkFloat32)
-    fine_grid.SetSpacing((1.0, 1.0, 2.0 * z))
-    fine_grid.SetOrigin((-0.5, -0.5, z - 1.0))  # corners coincide with the 2 mm grid's
+    image.SetSpacing(spacing)
+    fine_grid = sitk.Image([24, 24, 16], sitk.sitkFloat32)
+    fine_grid.SetSpacing((1.0, 1.0, 1.0))
+    fine_grid.SetOrigin(tuple(0.5 - s / 2 for s in spacing))  # corners coincide with the input's
     fine = sitk.Resample(image, fine_grid, sitk.Transform(), sitk.sitkLinear, 0.0)
     fine_data = sitk.GetArrayFromImage(fine).transpose(2, 1, 0)
-    affine = canonical.affine @ np.array([[0.5, 0, 0, -0.25], [0, 0.5, 0, -0.25],
-                                          [0, 0, z, (z - 1) / 2], [0, 0, 0, 1]])  # fmt: skip
-    on_grid = ScalarImage(fine_data, Geometry.from_affine(affine, fine_data.shape), path=None)
+    to_fine = np.diag([*(1.0 / f for f in factor), 1.0])
+    to_fine[:3, 3] = [(1.0 / f - 1.0) / 2 for f in factor]
+    on_grid = ScalarImage(
+        fine_data, Geometry.from_affine(canonical.affine @ to_fine, fine_data.shape), path=None
+    )
     translated = harmonizer.run(on_grid)
-    assert translated.notes == ()
-    blocks = (12, 2, 12, 2, 8, round(1 / z))
+    assert translated.notes == () and translated.n_slices == 16
+    blocks = tuple(n for c, f in zip(coarse.shape, factor, strict=True) for n in (c, f))
     back = translated.image.data.reshape(blocks).mean(axis=(1, 3, 5))
     fine_mask = foreground_mask(fine_data).reshape(blocks).all(axis=(1, 3, 5))
     mask = foreground_mask(coarse)

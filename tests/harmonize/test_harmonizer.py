@@ -107,10 +107,10 @@ def test_spacing_off_training_is_resampled_with_a_warning(
     core = ndimage.binary_erosion(load_image(fine).data > 650, iterations=2)
     assert core.sum() > 100
     assert np.median(np.abs(out.data - want)[core]) < 80  # 5% of B's range
-    # Through-plane spacing does not matter for an axial-only model: no resampling.
+    # The through-plane spacing counts for an axial 2D model too (prepare's rule): resampled.
     thick = write_phantom("thick.nii.gz", spacing=(2.0, 2.0, 5.0))
-    result = harmonizer.run(thick)
-    assert result.notes == ()
+    (note,) = harmonizer.run(thick).notes
+    assert "(along S); resampled to 2x2x2 mm" in note
 
 
 def test_spacing_far_from_training_is_refused(

@@ -42,6 +42,26 @@ def facts_of(run_dir: Path) -> TrainingFacts:
     return TrainingFacts.from_checkpoint(load_checkpoint(run_dir / "final.pt"), run_dir)
 
 
+def held_out(cache: Path, site: str) -> dict[str, Any]:
+    """From the manifest: the test subjects of ``site`` (a name) and their slice count."""
+    manifest = json.loads((cache / "manifest.json").read_text())
+    key = next(k for k, name in manifest["sites"].items() if name == site)
+    rows = [s for s in manifest["subjects"] if s["site"] == key and s["split"] == "test"]
+    return {"subjects": [s["subject"] for s in rows], "n_slices": sum(s["n_slices"] for s in rows)}
+
+
+def check_pair(results: dict[str, Any], cache: Path, source: str, target: str) -> None:
+    """The report scored exactly ``source``'s and ``target``'s held-out rows of ``cache``."""
+    src, tgt = held_out(cache, source), held_out(cache, target)
+    assert results["sites"] == {"source": source, "target": target}
+    assert results["n_slices"] == {"source": src["n_slices"], "target": tgt["n_slices"]}
+    n_subjects = {"source": len(src["subjects"]), "target": len(tgt["subjects"])}
+    assert results["n_subjects"] == n_subjects
+    rows = results["segmentation"]["rows"]
+    assert rows["source→source"]["subjects"] == src["subjects"]
+    assert rows["target→target"]["subjects"] == tgt["subjects"]
+
+
 def test_training_on_a_chosen_pair_reads_its_sites(
     three_sites: SimpleNamespace,
     tmp_path: Path,
@@ -130,11 +150,17 @@ def test_train_to_refusals(
     base = ["train", "--config", "cpu", "--data", str(three_sites.cache), "--out",
             str(tmp_path / "runs")]  # fmt: skip
     assert main([*base, "--to", "siteZ", "--dry-run"]) == 2
-    assert "target site 'siteZ' is not in the cache" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "target site 'siteZ' is not in the cache" in err and "choose with --to NAME" in err
     assert main([*base, "--to", "siteA", "--set", "data.source=siteB", "--dry-run"]) == 2
     assert "data.source='siteB' picks one pair" in capsys.readouterr().err
     assert main([*base, "--to", "siteA", "--iterations", "1"]) == 2
     assert "cannot be combined with --resume or --iterations" in capsys.readouterr().err
+    assert main([*base, "--to", "siteA", "--set", "data.direction=BA", "--dry-run"]) == 2
+    assert "data.direction='BA' with --to siteA" in capsys.readouterr().err
+    config_ba = load_config("cpu", overrides=["data.direction=BA"])
+    with pytest.raises(ConfigError, match=r"data\.direction='BA' with --to siteA: .*drop"):
+        train_toward(config_ba, three_sites.cache, tmp_path / "runs", "siteA", dry_run=True)
     config = load_config("cpu", overrides=["data.target=siteB"])
     with pytest.raises(ConfigError, match=r"data\.target='siteB' differs from --to siteA"):
         train_toward(config, three_sites.cache, tmp_path / "runs", "siteA", dry_run=True)
@@ -186,6 +212,17 @@ def test_evaluation_pair_follows_the_runs(
     # A two-site cache of other site names is read as it is (as before pairs existed).
     two = tiny_kit.cache(tmp_path / "two")
     assert evaluation_pair(two, {"x": c_to_a}) is None
+    # One sharing only one name with the runs' pair lacks the other site: refused.
+    names = list(json.loads((two / "manifest.json").read_text())["sites"].values())
+    x_to_b = save(tmp_path / "xb.pt", site_names={"A": "siteX", "B": names[1]})
+    with pytest.raises(ConfigError, match=rf"trained on siteX -> {names[1]}, .*lacks site siteX"):
+        evaluation_pair(two, {"x": x_to_b})
+    b_to_x = save(tmp_path / "bx.pt", site_names={"A": names[1], "B": "siteX"})
+    with pytest.raises(ConfigError, match="lacks site siteX"):
+        evaluation_pair(two, {"x": b_to_x})
+    # The runs' pair the other way round on that cache is its pair, swapped.
+    swapped = save(tmp_path / "swapped.pt", site_names={"A": names[1], "B": names[0]})
+    assert evaluation_pair(two, {"x": swapped}) == (names[1], names[0])
 
 
 def test_evaluate_on_a_many_site_cache_uses_the_runs_pair(
@@ -204,7 +241,8 @@ def test_evaluate_on_a_many_site_cache_uses_the_runs_pair(
     )  # fmt: skip
     text = json.dumps(results)
     assert "siteC" in text and "siteA" in text and "siteB" not in text
-    with pytest.raises(ConfigError, match=r"holds 3 sites"):
+    check_pair(results, three_sites.cache, "siteC", "siteA")
+    with pytest.raises(ConfigError, match=r"holds 3 sites .*choose them with --model RUN"):
         evaluate_cache(three_sites.cache, tmp_path / "none", harmonized={}, baselines=[])
     assert not (tmp_path / "none").exists()
     # A harmonized folder without a run: --source/--target pick the pair (here siteB's test
@@ -220,6 +258,7 @@ def test_evaluate_on_a_many_site_cache_uses_the_runs_pair(
     )  # fmt: skip
     text = json.dumps(results)
     assert "siteB" in text and "siteC" in text and "siteA" not in text
+    check_pair(results, three_sites.cache, "siteB", "siteC")
 
 
 def test_evaluate_cli_source_and_target_choose_the_pair(
@@ -228,7 +267,15 @@ def test_evaluate_cli_source_and_target_choose_the_pair(
     base = ["evaluate", "--cache", str(three_sites.cache), "--out", str(tmp_path / "report"),
             "--baselines", "none"]  # fmt: skip
     assert main(base) == 2
-    assert "holds 3 sites (siteA (A), siteB (B), siteC (C))" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds 3 sites (siteA (A), siteB (B), siteC (C))" in err
+    assert "--model RUN (its pair) or --source NAME --target NAME" in err
+    assert "data.source" not in err  # train's flags are no help here
     assert main([*base, "--source", "siteX", "--target", "siteA"]) == 2
-    assert "source site 'siteX' is not in the cache" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "source site 'siteX' is not in the cache" in err
+    assert "choose with --model RUN (its pair) or --source NAME --target NAME" in err
+    assert main([*base, "--source", "siteB"]) == 2
+    err = capsys.readouterr().err
+    assert "name the target site too (--model RUN (its pair) or --source" in err
     assert not (tmp_path / "report").exists()

@@ -29,10 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "Volumes unlike the training data: every volume is reoriented to RAS (lossless) "
             "and back; an oblique grid (over 20 degrees) gives a warning; a volume whose voxel "
-            "size is more than --spacing-tolerance off the model's training grid is resampled "
-            "to it and its output back onto the input's grid (linear, with a warning): the "
-            "in-plane axes count for a 2D model, the through-plane axis too for a 2.5-D one "
-            "(data.context_slices > 1); more than 8x off is refused. Outputs are "
+            "along any axis is more than --spacing-tolerance off the model's training grid "
+            "is resampled to it along all three axes, as prepare does, and its output back "
+            "onto the input's grid (linear, with a warning); more than 8x off along any axis "
+            "is refused. Outputs are "
             "float32 unless --dtype says otherwise; voxels outside the input's foreground "
             "mask are set to --background."
         ),
@@ -43,8 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LISTING",
         help="instead of INPUTs: a listing with subject,site,image columns (as prepare reads); "
         "each row is harmonized by the --model trained on its site, rows at the models' "
-        "target site are left as they are, and OUT/harmonize-by-site.json records which "
-        "model translated which row",
+        "target site are left as they are; outputs go to OUT/SITE/FILE_NAME, and "
+        "OUT/harmonize-by-site.json records which model translated which row",
     )
     parser.add_argument(
         "--model",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from segrenorm.data.autolabels import AUTO_LABEL_METHODS
 from segrenorm.data.layouts import DATASET_LAYOUTS, records_from_layout
@@ -12,6 +13,7 @@ from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.bias import BIAS_METHODS, BiasCorrection
+from segrenorm.volumes.paths import SUPPORTED_SUFFIXES
 
 __all__ = ["add_parser", "run"]
 
@@ -68,6 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --dataset bids: the participants.tsv column of the site (default: site)",
     )
     inputs.add_argument(
+        "--label-desc",
+        metavar="DESC",
+        help="with --dataset bids: take only the _dseg maps with this desc- entity, for a "
+        "pipeline that writes several (fMRIPrep: aseg, aparcaseg; 'none': the maps without one)",
+    )
+    inputs.add_argument(
         "--site-a", nargs="+", metavar="PATH", help="source-site images/folders/globs"
     )
     inputs.add_argument(
@@ -102,8 +110,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--target",
         metavar="NAME",
-        help="the site whose median voxel size is the grid (default: the second of two sites; "
-        "needed with more than two sites unless --spacing is given)",
+        help="the site (name, or key A, B, ...) whose median voxel size is the grid (default: "
+        "the second of two sites; needed with more than two sites unless --spacing is given)",
     )
     parser.add_argument(
         "--percentiles",
@@ -239,8 +247,9 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
             "--labels goes with --site or --dataset; a CSV lists label maps in its label "
             "column, and --site-a/--site-b take --labels-a/--labels-b"
         )
-    if args.site_column is not None and given[0] != "--dataset":
-        raise ConfigError("--site-column goes with --dataset bids")
+    for option, value in (("--site-column", args.site_column), ("--label-desc", args.label_desc)):
+        if value is not None and given[0] != "--dataset":
+            raise ConfigError(f"{option} goes with --dataset bids")
     if given[0] == "--csv":
         return read_listing(args.csv), ()
     if given[0] == "--dataset":
@@ -251,6 +260,7 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
             args.dataset[1],
             labels=None if args.labels is None else args.labels[0][0],
             site_column=args.site_column,
+            label_desc=args.label_desc,
         )
         return listing.records, listing.notes
     if given[0] == "--site":
@@ -279,10 +289,21 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
 
 
 def _named(values: list[str], option: str) -> tuple[str, list[str]]:
-    """``(NAME, [PATH, ...])`` of one ``--site``/``--labels`` option."""
+    """``(NAME, [PATH, ...])`` of one ``--site``/``--labels`` option.
+
+    A name that looks like a file (a path separator, an image suffix, an existing file) is
+    refused: ``--site data/guys/*.nii.gz`` without a name would make the first file the name.
+    A name that is also a folder is allowed (``--site guys guys/``).
+    """
+    name = values[0]
     if len(values) < 2:
         raise ConfigError(
             f"{option} takes a site name and then its files: {option} NAME PATH [PATH ...]; "
-            f"got only {values[0]!r}"
+            f"got only {name!r}"
         )
-    return values[0], values[1:]
+    if "/" in name or "\\" in name or name.endswith(SUPPORTED_SUFFIXES) or Path(name).is_file():
+        raise ConfigError(
+            f"{option} {name} ...: {name!r} looks like a file, not a site name; give the site's "
+            f"name first: {option} NAME PATH [PATH ...] (e.g. {option} guys {name} ...)"
+        )
+    return name, values[1:]

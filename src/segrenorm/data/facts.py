@@ -16,13 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segrenorm.data.grid import on_grid
 from segrenorm.errors import CacheError, SegrenormError
 from segrenorm.vocabulary import SITES, SLICE_AXES, source_site, target_site
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
@@ -47,6 +48,20 @@ def _median_scaling(subjects: list[Mapping[str, Any]], percentiles: list[float])
     }
 
 
+def _any_resampled(subjects: list[Mapping[str, Any]], grid: Sequence[float] | None) -> bool:
+    """Whether ``prepare`` resampled any volume onto the cache's grid (``on_grid`` off).
+
+    A cache without a grid resampled nothing; a subject without ``original_spacing`` (a cache
+    from before it was recorded, where every volume was resampled to ``--spacing``) counts as
+    resampled.
+    """
+    if grid is None:
+        return False
+    return any(
+        "original_spacing" not in s or not on_grid(s["original_spacing"], grid) for s in subjects
+    )
+
+
 def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Condense a slice cache manifest into the plain facts harmonization needs.
 
@@ -61,10 +76,12 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: ``slice_axis``, ``orientation``, ``spacing``,
-        ``resampled``, ``percentiles``, ``use_mask``, ``pad_multiple``, ``bias_correction``
-        (a :class:`~segrenorm.volumes.bias.BiasCorrection` dict; ``method`` ``"none"`` for a
-        cache prepared before bias correction existed), ``site_names`` and ``scaling`` (per
-        site key ``A``/``B``).
+        ``resampled`` (whether any training volume was resampled onto the grid: off it by
+        more than :data:`~segrenorm.data.grid.GRID_TOLERANCE`), ``percentiles``,
+        ``use_mask``, ``pad_multiple``, ``bias_correction`` (a
+        :class:`~segrenorm.volumes.bias.BiasCorrection` dict; ``method`` ``"none"`` for a cache
+        prepared before bias correction existed), ``site_names`` and ``scaling`` (per site key
+        ``A``/``B``).
 
     Raises:
         ConfigError: the manifest's ``bias_correction`` is invalid.
@@ -86,7 +103,7 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "slice_axis": str(manifest["slice_axis"]),
         "orientation": str(manifest.get("canonical_orientation", "RAS")),
         "spacing": [float(s) for s in spacing],
-        "resampled": manifest.get("spacing") is not None,
+        "resampled": _any_resampled(subjects, manifest.get("spacing")),
         "percentiles": percentiles,
         "use_mask": bool(manifest.get("use_mask", True)),
         "pad_multiple": int(manifest.get("pad_multiple", 16)),

@@ -30,7 +30,9 @@ import numpy as np
 from nibabel.orientations import io_orientation
 
 from segrenorm.data.listing import SubjectRecord
+from segrenorm.data.pairs import site_key
 from segrenorm.errors import ConfigError
+from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.readwrite import read_geometry
 
@@ -111,14 +113,10 @@ class GridChoice:
 
 
 def _check_target(site_names: Sequence[str], target: str) -> str:
-    """``target`` itself, once it is known to be one of the sites."""
-    if target not in site_names:
-        listed = ", ".join(repr(name) for name in site_names)
-        raise ConfigError(
-            f"target site {target!r} is not among the sites of the listing ({listed}); "
-            "pass one of them to --target"
-        )
-    return target
+    """The target site's name, given by name or by cache key (``B``), the one lookup
+    :func:`~segrenorm.data.pairs.site_key` that ``data.target`` and ``train --to`` use too."""
+    sites = dict(zip(site_keys(len(site_names)), site_names, strict=True))
+    return sites[site_key("being prepared", sites, target, "target", "--target NAME (target=)")]
 
 
 def _default_target(site_names: Sequence[str]) -> str:
@@ -149,10 +147,11 @@ def choose_grid(
         records: every subject of the cache.
         site_names: the sites in cache order.
         spacing: the user's grid (mm, RAS axes), or None for the target site's median.
-        target: the target site's name; default the second site when there are two.
+        target: the target site's name or cache key (``A``, ``B``, ...); default the second
+            site when there are two.
 
     Returns:
-        The grid, its source and its target site.
+        The grid, its source and its target site (by name).
 
     Raises:
         ConfigError: ``target`` is not a site, or there are more than two sites and neither

@@ -2,14 +2,15 @@
 
 ``segrenorm prepare --dataset NAME ROOT`` reads the subjects, their sites and label maps from
 the file naming of a known dataset instead of a CSV. Each layout is a function
-``(root, *, labels, site_column) -> LayoutListing`` registered in :data:`DATASET_LAYOUTS`;
-adding a dataset is one more function and one more entry. The layouts and their rules are in
-``docs/studies.md``.
+``(root, *, labels, site_column, label_desc) -> LayoutListing`` registered in
+:data:`DATASET_LAYOUTS`; adding a dataset is one more function and one more entry. The layouts
+and their rules are in ``docs/studies.md``.
 
 - ``ixi``: ``IXI002-Guys-0828-T1.nii.gz`` files in one folder; the site (Guys, HH, IOP) and the
   subject (``IXI002``) come from the name. Label maps from ``labels``, matched by file stem.
 - ``bids``: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``; the site from a ``participants.tsv`` column;
-  labels from ``derivatives/*/sub-*/[ses-*/]anat/*_dseg.nii[.gz]`` when present.
+  labels from ``derivatives/*/sub-*/[ses-*/]anat/*_dseg.nii[.gz]`` when present (one ``desc-``
+  of them with ``label_desc``).
 
 Example:
     >>> listing = records_from_layout("ixi", "IXI-T1", labels="IXI-labels")  # doctest: +SKIP
@@ -32,12 +33,14 @@ from segrenorm.data.listing import SubjectRecord
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.volumes.paths import find_images, image_stem
 
-__all__ = ["DATASET_LAYOUTS", "DatasetLayout", "LayoutListing", "records_from_layout"]
+__all__ = ["DATASET_LAYOUTS", "NO_DESC", "DatasetLayout", "LayoutListing", "records_from_layout"]
 
 #: An IXI file stem: subject, site, scan number and modality (``DTI-00`` has an index).
 _IXI_NAME = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-([A-Za-z0-9]+(?:-\d+)?)$")
 #: Role suffixes an IXI label file may add to its image's stem.
 _IXI_LABEL_SUFFIX = re.compile(r"_(seg|dseg|labels?)$", re.IGNORECASE)
+#: ``label_desc`` value that keeps the ``_dseg`` maps without a ``desc-`` entity.
+NO_DESC = "none"
 #: BIDS folders that hold no raw subject data.
 _BIDS_NOT_RAW = ("derivatives", "sourcedata", "code")
 #: ``space-`` values of a derivative label map that lie on the subject's own T1w grid.
@@ -59,10 +62,11 @@ class LayoutListing:
 
 
 class DatasetLayout(Protocol):
-    """A layout: ``(root, *, labels, site_column) -> LayoutListing``, refusing unused options."""
+    """A layout: ``(root, *, labels, site_column, label_desc) -> LayoutListing``, refusing
+    the options it does not use."""
 
     def __call__(
-        self, root: Path, *, labels: Path | None, site_column: str | None
+        self, root: Path, *, labels: Path | None, site_column: str | None, label_desc: str | None
     ) -> LayoutListing: ...
 
 
@@ -72,6 +76,7 @@ def records_from_layout(
     *,
     labels: str | Path | None = None,
     site_column: str | None = None,
+    label_desc: str | None = None,
 ) -> LayoutListing:
     """Read a dataset's subjects with the layout ``name`` (a key of :data:`DATASET_LAYOUTS`).
 
@@ -80,6 +85,9 @@ def records_from_layout(
         root: the dataset's top folder.
         labels: the folder of label maps (ixi), or one derivatives pipeline folder (bids).
         site_column: the ``participants.tsv`` column holding the site (bids; default ``site``).
+        label_desc: keep only the label maps with this ``desc-`` entity (bids; :data:`NO_DESC`
+            for those without one), for a pipeline that writes several (fMRIPrep's
+            ``desc-aseg`` and ``desc-aparcaseg``).
 
     Raises:
         ConfigError: for an unknown layout or an option the layout does not take.
@@ -96,7 +104,7 @@ def records_from_layout(
     label_dir = None if labels is None else Path(labels).expanduser()
     if label_dir is not None and not label_dir.is_dir():
         raise InputError(f"{label_dir}: no such folder; --labels takes the folder of label maps")
-    return layout(top, labels=label_dir, site_column=site_column)
+    return layout(top, labels=label_dir, site_column=site_column, label_desc=label_desc)
 
 
 def _listed(items: Sequence[object], limit: int = 20) -> str:
@@ -105,7 +113,9 @@ def _listed(items: Sequence[object], limit: int = 20) -> str:
     return named + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def ixi_layout(root: Path, *, labels: Path | None, site_column: str | None) -> LayoutListing:
+def ixi_layout(
+    root: Path, *, labels: Path | None, site_column: str | None, label_desc: str | None
+) -> LayoutListing:
     """IXI: T1 volumes named ``IXI<nnn>-<site>-<scan>-T1.nii.gz`` in one folder.
 
     The subject id is ``IXI<nnn>`` and the site the name's second part (Guys, HH, IOP). Files of
@@ -119,14 +129,17 @@ def ixi_layout(root: Path, *, labels: Path | None, site_column: str | None) -> L
         root: the folder of IXI volumes (not searched recursively).
         labels: the folder of label maps, or None.
         site_column: must be None (the site is in the file name).
+        label_desc: must be None (IXI label maps are matched by stem).
 
     Raises:
-        ConfigError: if ``site_column`` is given.
+        ConfigError: if ``site_column`` or ``label_desc`` is given.
         InputError: for image files that do not follow the IXI naming, no T1 volume, or two
             label maps for one image.
     """
     if site_column is not None:
         raise ConfigError("--site-column is for the bids layout; ixi reads the site from names")
+    if label_desc is not None:
+        raise ConfigError("--label-desc is for the bids layout; ixi pairs labels by file stem")
     label_files = _ixi_labels(labels, root) if labels is not None else {}
     taken = {path for paths in label_files.values() for path in paths}
     bad: list[str] = []
@@ -151,10 +164,12 @@ def ixi_layout(root: Path, *, labels: Path | None, site_column: str | None) -> L
             )
         records.append(SubjectRecord(subject, site, image.resolve(), found[0] if found else None))
     if bad:
+        maps = [n for n in bad if _IXI_NAME.match(_IXI_LABEL_SUFFIX.sub("", image_stem(n)))]
+        hint = f"; {len(maps)} of them look like label maps: pass --labels {root}" if maps else ""
         raise InputError(
             f"{root}: {len(bad)} image file(s) do not follow the IXI naming "
             f"IXI<nnn>-<site>-<scan>-<modality>.nii.gz: {_listed(bad)}; move them out of the "
-            "folder or list the subjects in a CSV (--csv)"
+            f"folder or list the subjects in a CSV (--csv){hint}"
         )
     if not records:
         raise InputError(
@@ -226,7 +241,9 @@ def _bids_place(path: Path, top: Path) -> tuple[str, str | None, str | None] | N
     return parts[0], session, entities.get("run")
 
 
-def bids_layout(root: Path, *, labels: Path | None, site_column: str | None) -> LayoutListing:
+def bids_layout(
+    root: Path, *, labels: Path | None, site_column: str | None, label_desc: str | None
+) -> LayoutListing:
     """BIDS: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, the site in ``participants.tsv``.
 
     The subject id is ``sub-01``, or ``sub-01_ses-02`` for a file in a session folder; one T1w
@@ -234,11 +251,16 @@ def bids_layout(root: Path, *, labels: Path | None, site_column: str | None) -> 
     Label maps are the ``*_dseg.nii[.gz]`` of ``derivatives/*/`` (or of the one pipeline folder
     ``labels``) at ``sub-*/[ses-*/]anat/``, matched by the entities sub, ses and run; a map in
     a ``space-`` other than the subject's own (orig, T1w, individual, native) is not used.
+    The site is per participant: every session of ``sub-01`` is at the site of its
+    ``participants.tsv`` row, and all of them get one split and fold (their records share the
+    group ``sub-01``).
 
     Args:
         root: the dataset's top folder (holding ``participants.tsv``).
         labels: one derivatives pipeline folder to take label maps from, or None for all.
         site_column: the ``participants.tsv`` column of the site; None for ``site``.
+        label_desc: keep only the ``_dseg`` maps with this ``desc-`` entity (:data:`NO_DESC`:
+            those without one); None for every map.
 
     Raises:
         InputError: for no participants.tsv, a missing column (listing the columns it has), a
@@ -271,20 +293,14 @@ def bids_layout(root: Path, *, labels: Path | None, site_column: str | None) -> 
     subjects = sorted({where[0] for where in placed.values() if where is not None})
     absent = [s for s in subjects if s not in sites]
     empty = [s for s in subjects if s in sites and sites[s].lower() in _MISSING_VALUES]
-    if absent or empty:
+    problems = [f"no row for {_listed(absent)}"] if absent else []
+    problems += [f"an empty {column!r} value for {_listed(empty)}"] if empty else []
+    if problems:
         raise InputError(
-            f"{root / 'participants.tsv'}: "
-            + "; ".join(
-                part
-                for part in (
-                    f"no row for {_listed(absent)}" if absent else "",
-                    f"an empty {column!r} value for {_listed(empty)}" if empty else "",
-                )
-                if part
-            )
-            + f"; give every subject with a T1w volume its site in the {column!r} column"
+            f"{root / 'participants.tsv'}: {'; '.join(problems)}; give every subject with a T1w "
+            f"volume its site in the {column!r} column"
         )
-    found, skipped = _bids_labels(root, labels)
+    found, skipped = _bids_labels(root, labels, label_desc)
     records, notes = [], []
     for sid, (path,) in sorted(ids.items()):
         where = placed[path]
@@ -293,12 +309,13 @@ def bids_layout(root: Path, *, labels: Path | None, site_column: str | None) -> 
         if len(matches) > 1:
             raise InputError(
                 f"{path}: several label maps match it ({_listed([str(p) for p in matches])}); "
-                "pick one derivatives pipeline with --labels ROOT/derivatives/PIPELINE"
+                "pick one derivatives pipeline with --labels ROOT/derivatives/PIPELINE, or one "
+                f"kind of map with --label-desc DESC (here: {_descs(matches)})"
             )
         label = matches[0] if matches else None
-        records.append(SubjectRecord(sid, sites[where[0]], path.resolve(), label))
+        records.append(SubjectRecord(sid, sites[where[0]], path.resolve(), label, group=where[0]))
     unlabelled = sum(r.label is None for r in records)
-    if unlabelled and (found or labels is not None):
+    if unlabelled and (found or labels is not None or label_desc is not None):
         notes.append(f"{unlabelled} of {len(records)} T1w volume(s) have no _dseg label map")
     if skipped:
         notes.append(f"skipped {skipped} _dseg map(s) in a template space (space-...)")
@@ -321,18 +338,41 @@ def _bids_sites(tsv: Path, column: str) -> dict[str, str]:
                 f"{tsv}: no column {', '.join(repr(c) for c in missing)}; it has the columns "
                 f"{', '.join(columns) or '(none)'}; choose the site column with --site-column"
             )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    sites = {}
-    for row in rows:
-        pid = row["participant_id"]
-        sites[pid if pid.startswith("sub-") else f"sub-{pid}"] = row[column]
+        rows = [(reader.line_num, row) for row in reader]
+    long = [str(line) for line, row in rows if None in row]
+    if long:
+        raise InputError(
+            f"{tsv}: line(s) {_listed(long)} have more fields than the header ({len(columns)} "
+            "columns); remove the extra tabs or name the extra columns in the header"
+        )
+    sites: dict[str, str] = {}
+    first: dict[str, int] = {}
+    twice: list[str] = []
+    for line, row in rows:
+        values = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        pid = "sub-" + values["participant_id"].removeprefix("sub-")
+        if first.setdefault(pid, line) != line:
+            twice.append(f"{pid} (lines {first[pid]} and {line})")
+        sites[pid] = values[column]
+    if twice:
+        raise InputError(
+            f"{tsv}: participant_id listed more than once: {_listed(twice)}; keep one row per "
+            "participant (its site holds for all of its sessions)"
+        )
     return sites
 
 
+def _descs(maps: Sequence[Path]) -> str:
+    """The distinct ``desc-`` values of label maps, ``none`` for a map without one."""
+    values = {_entities(image_stem(path))[0].get("desc", NO_DESC) for path in maps}
+    return ", ".join(sorted(values))
+
+
 def _bids_labels(
-    root: Path, labels: Path | None
+    root: Path, labels: Path | None, label_desc: str | None
 ) -> tuple[dict[tuple[str, str | None, str | None], list[Path]], int]:
-    """Native-space ``_dseg`` maps by (sub, ses, run), and how many were in another space."""
+    """Native-space ``_dseg`` maps (of the ``desc-`` asked for) by (sub, ses, run), and how
+    many were in another space."""
     pipelines = (
         [labels]
         if labels is not None
@@ -345,7 +385,10 @@ def _bids_labels(
             where = _bids_place(path, pipeline)
             if where is None:
                 continue
-            space = _entities(image_stem(path))[0].get("space")
+            entities = _entities(image_stem(path))[0]
+            if label_desc is not None and entities.get("desc", NO_DESC) != label_desc:
+                continue
+            space = entities.get("space")
             if space is not None and space not in _NATIVE_SPACES:
                 skipped += 1
                 continue

@@ -4,7 +4,7 @@ Listings come from a CSV (:func:`read_listing`), from each site's files, folders
 (:func:`records_from_inputs`) or from a dataset layout (``segrenorm.data.layouts``);
 :func:`segrenorm.data.prepare.prepare_cache` checks them with :func:`check_distinct` and turns
 them into a slice cache, drawing the subjects' train/val/test splits and folds with
-:func:`assign_splits`.
+:func:`segrenorm.data.splits.assign_splits`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.paths import find_images, image_stem
@@ -26,7 +24,6 @@ __all__ = [
     "HELD_OUT_SPLITS",
     "SUBJECT_SPLITS",
     "SubjectRecord",
-    "assign_splits",
     "check_distinct",
     "read_listing",
     "records_from_inputs",
@@ -56,6 +53,9 @@ class SubjectRecord:
         clean: path of a noise-free, bias-free render of the same subject on this site's
             scanner (``segrenorm simulate`` writes one per held-out target subject), or None;
             evaluation scores paired methods against it too.
+        group: the person the record belongs to when one person has several records (the
+            sessions ``sub-01_ses-01`` and ``sub-01_ses-02`` of a BIDS participant): the
+            records of one group get one split and one fold. None: the subject is its own group.
     """
 
     subject: str
@@ -64,6 +64,7 @@ class SubjectRecord:
     label: Path | None
     split: str | None = None
     clean: Path | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.split is not None and self.split not in SUBJECT_SPLITS:
@@ -235,21 +236,17 @@ def check_distinct(records: Sequence[SubjectRecord]) -> None:
         InputError: naming both paths (and sites) of every clash, and what to do.
     """
     by_file: dict[object, SubjectRecord] = {}
-    clashes: list[str] = []
+    pairs: list[tuple[SubjectRecord, SubjectRecord]] = []
     for record in records:
-        key = _file_key(record.image)
-        other = by_file.setdefault(key, record)
+        other = by_file.setdefault(_file_key(record.image), record)
         if other is not record:
-            clashes.append(
-                f"{other.image} (site {other.site!r}, subject {other.subject!r}) and "
-                f"{record.image} (site {record.site!r}, subject {record.subject!r}) are the "
-                "same image file"
-            )
-    if clashes:
+            pairs.append((other, record))
+    if pairs:
         raise InputError(
             "the same image file is listed more than once, so a subject would train against "
-            "itself: " + "; ".join(clashes) + ". Give each site its own files"
+            "itself: " + _file_clashes(records, pairs) + ". Give each site its own files"
         )
+    clashes: list[str] = []
     by_subject: dict[str, SubjectRecord] = {}
     for record in records:
         other = by_subject.setdefault(record.subject, record)
@@ -263,11 +260,46 @@ def check_distinct(records: Sequence[SubjectRecord]) -> None:
         )
     if clashes:
         raise InputError(
-            "one subject id at two sites: " + "; ".join(clashes) + ". Rename the subjects if "
+            "one subject id at two sites: " + _some(clashes) + ". Rename the subjects if "
             "they are different people; a travelling subject scanned at several sites may be "
             "listed at each only as a held-out subject, with the same split 'val' or 'test' "
             "in a CSV's split column"
         )
+
+
+def _some(clauses: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` clauses joined by ``; ``, then how many more there are."""
+    more = f"; and {len(clauses) - limit} more" if len(clauses) > limit else ""
+    return "; ".join(clauses[:limit]) + more
+
+
+def _file_clashes(
+    records: Sequence[SubjectRecord], pairs: Sequence[tuple[SubjectRecord, SubjectRecord]]
+) -> str:
+    """The clashing files, summed up per pair of sites where one site's images are all the
+    other's (the same folder given twice), else listed pair by pair (at most five)."""
+    per_site = {r.site: sum(s.site == r.site for s in records) for r in records}
+    by_sites: dict[tuple[str, str], list[tuple[SubjectRecord, SubjectRecord]]] = {}
+    for first, second in pairs:
+        by_sites.setdefault((first.site, second.site), []).append((first, second))
+    whole, clauses = [], []
+    for (x, y), found in by_sites.items():
+        a, b = found[0]
+        e_g = f"{len(found)} image(s), e.g. {a.image}" + (
+            f" and {b.image}" if a.image != b.image else ""
+        )
+        if x != y and len(found) == per_site[x] == per_site[y]:
+            whole.append(f"sites {x!r} and {y!r} are given the same files ({e_g})")
+        elif x != y and len(found) in (per_site[x], per_site[y]):
+            part, full = (x, y) if len(found) == per_site[x] else (y, x)
+            whole.append(f"every image of site {part!r} is also given to site {full!r} ({e_g})")
+        else:
+            clauses += [
+                f"{a.image} (site {a.site!r}, subject {a.subject!r}) and {b.image} (site "
+                f"{b.site!r}, subject {b.subject!r}) are the same image file"
+                for a, b in found
+            ]
+    return "; ".join(whole + ([_some(clauses)] if clauses else []))
 
 
 def _file_key(path: Path) -> object:
@@ -310,90 +342,3 @@ def site_order(records: Sequence[SubjectRecord], sites: Sequence[str] | None) ->
         )
     site_keys(len(present))  # refuses more sites than the cache has keys for
     return tuple(present)
-
-
-def _round_half_up(value: float) -> int:
-    return int(np.floor(value + 0.5))
-
-
-def assign_splits(
-    records: Sequence[SubjectRecord],
-    test_fraction: float,
-    n_folds: int,
-    seed: int,
-    site_idx: int,
-    val_fraction: float = 0.0,
-) -> list[tuple[str, int]]:
-    """(split, fold) per record of one site; deterministic in the seed and the subject ids.
-
-    A record's own ``split`` wins and the fractions apply only to the other ("free") records.
-    These are sorted by subject id and shuffled with ``seed``; the first
-    ``round(test_fraction * n_free)`` (rounded half up, leaving at least one free record for
-    training) are test and the next ``round(val_fraction * n_free)`` are val, so the test
-    subjects and the folds do not depend on ``val_fraction``. A fraction above 0 must give its
-    split at least one subject (listed or drawn); a site whose subjects all have a listed split
-    is exempt. Every record gets a fold ``0..n_folds-1``.
-
-    Args:
-        records: the subjects of one site.
-        test_fraction: fraction of the subjects without a split to draw as test.
-        n_folds: number of cross-validation folds.
-        seed: seed of the draws.
-        site_idx: the site's index in cache order (0, 1, ...), so that sites draw differently.
-        val_fraction: fraction of the subjects without a split to draw as val.
-
-    Raises:
-        InputError: if the drawn val subjects would leave the site without a training
-            subject, or a fraction above 0 gives its split no subject at the site; the message
-            names the site and the empty split and says how to change the fractions.
-    """
-    order = sorted(range(len(records)), key=lambda i: records[i].subject)
-    rng = np.random.default_rng([seed, site_idx])
-    free = [i for i in order if records[i].split is None]
-    shuffled = [free[j] for j in rng.permutation(len(free))]
-    n_test = _round_half_up(test_fraction * len(free))
-    n_test = min(n_test, max(len(free) - 1, 0))  # keep at least one drawn training subject
-    n_val = _round_half_up(val_fraction * len(free))
-    n_listed_train = sum(records[i].split == "train" for i in order)
-    site = records[0].site if records else "?"
-    if n_val > 0 and n_test + n_val >= len(free) and n_listed_train == 0:
-        raise InputError(
-            f"site {site!r} has {len(free)} subject(s) without a listed split: drawing "
-            f"{n_test} test (test_fraction {test_fraction}) and {n_val} val (val_fraction "
-            f"{val_fraction}) would leave the train split empty; lower the val fraction "
-            "(--val-fraction, 0 for no val split) or the test fraction (--test-fraction), "
-            "or add subjects to the site"
-        )
-    n_val = min(n_val, len(free) - n_test)
-    if free:
-        _check_not_empty(records, site, len(free), {"test": (test_fraction, n_test),
-                                                    "val": (val_fraction, n_val)})  # fmt: skip
-    drawn = {i: "test" for i in shuffled[:n_test]}
-    drawn.update({i: "val" for i in shuffled[n_test : n_test + n_val]})
-    folds = rng.permutation(len(order))
-    result = []
-    for i in range(len(records)):
-        split = records[i].split or drawn.get(i, "train")
-        result.append((split, int(folds[order.index(i)] % n_folds)))
-    return result
-
-
-def _check_not_empty(
-    records: Sequence[SubjectRecord], site: str, n_free: int, drawn: dict[str, tuple[float, int]]
-) -> None:
-    """Refuse a requested split (fraction > 0) that neither the listing nor the draw fills."""
-    empty = [
-        (split, fraction)
-        for split, (fraction, n_drawn) in drawn.items()
-        if fraction > 0 and n_drawn == 0 and not any(r.split == split for r in records)
-    ]
-    if not empty:
-        return
-    what = " and ".join(f"{s} split (--{s}-fraction {f})" for s, f in empty)
-    fixes = ", ".join(f"--{s}-fraction 0 for no {s} split" for s, _ in empty)
-    raise InputError(
-        f"site {site!r} has {n_free} subject(s) without a listed split, too few for the "
-        f"requested {what}: it rounds to 0 subjects, so the {' and '.join(s for s, _ in empty)} "
-        f"split would be empty at this site. Add subjects to the site, raise the fraction, pass "
-        f"{fixes}, or list each subject's split in a CSV 'split' column (--csv)"
-    )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import CacheError, ConfigError
-from segrenorm.vocabulary import site_keys
+from segrenorm.vocabulary import ALL_SITE_KEYS, site_keys
 from segrenorm.volumes.bias import BiasCorrection
 
 __all__ = [
@@ -102,6 +102,11 @@ def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
         height, width = (int(v) for v in manifest["slice_shape"])
         subjects = manifest["subjects"]
         keys = list(manifest["sites"])
+        if not 2 <= len(keys) <= len(ALL_SITE_KEYS):
+            raise CacheError(
+                f"{path} names {len(keys)} site(s) {keys}; a cache holds 2 to "
+                f"{len(ALL_SITE_KEYS)}; {RUN_PREPARE}"
+            )
         if keys != list(site_keys(len(keys))):
             raise CacheError(
                 f"{path} names sites {keys}, not the keys A, B, ... in order; {RUN_PREPARE}"

@@ -23,20 +23,41 @@ from typing import Any
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SITES
 
-__all__ = ["PAIR_KEY", "choose_pair", "project_manifest", "site_key"]
+__all__ = ["PAIR_KEY", "TRAIN_CHOICE", "choose_pair", "project_manifest", "site_key"]
 
 #: Key of a pair view's manifest recording the cache folder (site key) behind ``A`` and ``B``.
 PAIR_KEY = "pair"
-#: How a user picks two sites of a cache, for messages.
-_HOW_TO_CHOOSE = "--set data.source=NAME --set data.target=NAME"
+#: How a user picks two sites of a cache for training, for messages (the default of
+#: :func:`choose_pair` and :func:`site_key`; other commands pass their own flags).
+TRAIN_CHOICE = "--set data.source=NAME --set data.target=NAME"
 
 
 def _site_list(sites: Mapping[str, str]) -> str:
     return ", ".join(f"{name} ({key})" for key, name in sites.items())
 
 
-def site_key(where: str | Path, sites: Mapping[str, str], value: str, role: str) -> str:
-    """The cache key of a site given by name (or, failing that, by key)."""
+def site_key(
+    where: str | Path,
+    sites: Mapping[str, str],
+    value: str,
+    role: str,
+    how_to_choose: str = TRAIN_CHOICE,
+) -> str:
+    """The cache key of a site given by name (or, failing that, by key).
+
+    Args:
+        where: the cache folder, for messages.
+        sites: the cache manifest's ``"sites"`` (key -> name).
+        value: the site's name or key.
+        role: what the site is (``"source"``, ``"target"``, ...), for messages.
+        how_to_choose: the caller's flags for choosing sites, for messages.
+
+    Returns:
+        The site's cache key.
+
+    Raises:
+        ConfigError: ``value`` is neither a site name nor a key of the cache.
+    """
     for key, name in sites.items():
         if str(name) == value:
             return key
@@ -44,7 +65,7 @@ def site_key(where: str | Path, sites: Mapping[str, str], value: str, role: str)
         return value
     raise ConfigError(
         f"{role} site {value!r} is not in the cache {where}: its sites are "
-        f"{_site_list(sites)}; choose with {_HOW_TO_CHOOSE}"
+        f"{_site_list(sites)}; choose with {how_to_choose}"
     )
 
 
@@ -52,6 +73,7 @@ def choose_pair(
     where: str | Path,
     sites: Mapping[str, str],
     pair: tuple[str | None, str | None] | None,
+    how_to_choose: str = TRAIN_CHOICE,
 ) -> tuple[str, str]:
     """The cache keys of the (source, target) sites that ``pair`` names.
 
@@ -61,6 +83,8 @@ def choose_pair(
         pair: ``(source, target)`` site names (or keys); None, or None for both, means the
             cache's two sites in order. One None beside a name means the other site of a
             two-site cache.
+        how_to_choose: how the caller's user names the two sites, for messages (default
+            :data:`TRAIN_CHOICE`, train's flags; evaluate passes its own).
 
     Returns:
         ``(source key, target key)``, e.g. ``("C", "A")``.
@@ -76,11 +100,10 @@ def choose_pair(
             return keys[0], keys[1]
         raise ConfigError(
             f"the cache {where} holds {len(keys)} sites ({_site_list(sites)}): a model "
-            f"translates between two; choose them with {_HOW_TO_CHOOSE} (train) or "
-            "pair=(source, target) (SliceCache.open)"
+            f"translates between two; choose them with {how_to_choose}"
         )
     chosen = [
-        None if value is None else site_key(where, sites, str(value), role)
+        None if value is None else site_key(where, sites, str(value), role, how_to_choose)
         for value, role in ((source, "source"), (target, "target"))
     ]
     if None in chosen:
@@ -89,7 +112,7 @@ def choose_pair(
             missing = "target" if chosen[1] is None else "source"
             raise ConfigError(
                 f"the cache {where} holds {len(keys)} sites ({_site_list(sites)}): name the "
-                f"{missing} site too ({_HOW_TO_CHOOSE})"
+                f"{missing} site too ({how_to_choose})"
             )
         other = next(k for k in keys if k != given)
         chosen = [given, other] if chosen[1] is None else [other, given]

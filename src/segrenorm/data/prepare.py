@@ -28,9 +28,10 @@ from segrenorm.atomic import remove_stale_temporaries, replace_dir, temporary_di
 from segrenorm.data.autolabels import PseudoLabeller, pseudo_label_name, write_pseudo_label
 from segrenorm.data.grid import canonical_spacing, choose_grid
 from segrenorm.data.labelplan import plan_auto_labels
-from segrenorm.data.listing import SubjectRecord, assign_splits, check_distinct, site_order
+from segrenorm.data.listing import SubjectRecord, check_distinct, site_order
 from segrenorm.data.manifest import ARRAY_DTYPES, FORMAT_VERSION
 from segrenorm.data.slicing import ScaledVolume, SliceRecipe
+from segrenorm.data.splits import assign_splits
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.vocabulary import site_keys
 from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
@@ -194,7 +195,7 @@ def prepare_cache(
     nearest neighbour and padded with 0. A record's ``split`` wins; the other subjects of each
     site are split among themselves with ``seed`` (sorted by subject id, so the listing order does
     not matter): ``test_fraction`` of them test, then ``val_fraction`` val, each rounded half up
-    (see :func:`~segrenorm.data.listing.assign_splits`); every subject of a site gets a fold
+    (see :func:`~segrenorm.data.splits.assign_splits`); every subject of a site gets a fold
     ``0..n_folds-1``.
 
     Args:

@@ -30,7 +30,7 @@ import numpy as np
 
 from segrenorm.data.context import check_context, context_positions
 from segrenorm.data.manifest import RUN_PREPARE, SPLITS, check_fields, open_manifest
-from segrenorm.data.pairs import choose_pair, project_manifest
+from segrenorm.data.pairs import TRAIN_CHOICE, choose_pair, project_manifest
 from segrenorm.errors import CacheError, ConfigError
 from segrenorm.vocabulary import SITES
 
@@ -77,7 +77,10 @@ class SliceCache:
 
     @classmethod
     def open(
-        cls, path: str | Path, pair: tuple[str | None, str | None] | None = None
+        cls,
+        path: str | Path,
+        pair: tuple[str | None, str | None] | None = None,
+        how_to_choose: str = TRAIN_CHOICE,
     ) -> SliceCache:
         """Open and validate a cache folder, or a pair of its sites.
 
@@ -86,6 +89,8 @@ class SliceCache:
             pair: ``(source, target)`` site names (keys ``"A"``, ``"C"``, ... are accepted
                 too) shown as sites ``A`` and ``B``; see
                 :func:`~segrenorm.data.pairs.choose_pair`. None reads a two-site cache as it is.
+            how_to_choose: the caller's flags for choosing the pair, for messages (default
+                train's ``--set data.source=NAME --set data.target=NAME``).
 
         Raises:
             CacheError: the folder, manifest or arrays are missing or inconsistent; the
@@ -96,7 +101,7 @@ class SliceCache:
         root = Path(path)
         manifest = open_manifest(root)
         check_fields(root, manifest)
-        keys = choose_pair(root, manifest["sites"], pair)
+        keys = choose_pair(root, manifest["sites"], pair, how_to_choose)
         if keys == SITES and len(manifest["sites"]) == 2:
             return cls(root, manifest)  # a two-site cache in its own order: as it is
         return cls(root, project_manifest(manifest, keys), dict(zip(SITES, keys, strict=True)))

@@ -18,9 +18,10 @@ volume into such slices follows one :class:`SliceRecipe`:
 volumes into the cache's rows with the recipe read back from the manifest
 (:meth:`SliceRecipe.from_manifest`; without the bias correction, since harmonized volumes are
 outputs); ``segrenorm.harmonize.harmonizer`` corrects and scales volumes before translation with
-the recipe of a checkpoint's training facts (:meth:`SliceRecipe.from_facts`), applying its own
-tolerance policy to the spacing. Caches and checkpoints from before bias correction existed read
-back as ``method="none"``, so they behave as they always did.
+the recipe of a checkpoint's training facts (:meth:`SliceRecipe.from_facts`), with step 2's rule
+(all three axes resampled when any is off the grid) and its own tolerance (5% by default).
+Caches and checkpoints from before bias correction existed read back as ``method="none"``, so
+they behave as they always did.
 
 Example:
     >>> recipe = SliceRecipe(axis="coronal", pad_multiple=8)

@@ -6,15 +6,15 @@ Each volume goes through the steps the training slices went through, then back:
    plane names mean what they meant in training. Oblique volumes (a voxel axis more than
    ``oblique_warn_deg`` from every world axis) are processed with a warning: the slice
    planes then only approximate the training planes.
-2. **Spacing.** The model was trained on one physical grid (its cache's spacing). If a voxel
-   size the model sees differs from it by more than ``spacing_tolerance`` (relative, 5% by
-   default), the volume is resampled (linear) to the grid along those axes, translated, and
-   resampled back onto its own grid, with a warning; within the tolerance it is translated
-   as it is. A 2D model (``data.context_slices`` 1) sees the two in-plane axes of each view;
-   a 2.5-D model (``context_slices`` > 1) also the through-plane axis, since its input stacks
-   neighbouring slices (:func:`~segrenorm.harmonize.policy.grid_axes`). A ratio beyond
-   ``max_spacing_ratio`` (e.g. a header in metres, or a 0.1 mm microscopy grid) is refused:
-   that is not the data the model knows.
+2. **Spacing.** The model was trained on one physical grid (its cache's spacing). If the
+   voxel size along any axis differs from it by more than ``spacing_tolerance`` (relative,
+   5% by default), the volume is resampled (linear) to the grid along all three axes,
+   translated, and resampled back onto its own grid, with a warning; within the tolerance on
+   every axis it is translated as it is. This is ``prepare``'s rule (only its tolerance is
+   0.1%), for 2D and 2.5-D models alike: a 1x1x2 mm volume given to a model of a 1 mm cache
+   is translated on 1 mm slices, as ``prepare`` cut such a volume for training. A ratio beyond
+   ``max_spacing_ratio`` along any axis (e.g. a header in metres, or a 0.1 mm microscopy grid)
+   is refused: that is not the data the model knows.
 3. **Intensity.** Bias-corrected inside the foreground exactly as the training volumes were
    (the checkpoint's :class:`~segrenorm.volumes.bias.BiasCorrection`, N4 by default: there is
    no option to differ), then scaled to ``[-1, 1]`` from the volume's own foreground
@@ -102,8 +102,9 @@ class HarmonizeOptions:
         dtype: ``"float32"``, ``"input"`` (keep the input's on-disk type) or a type name.
         background: value outside the foreground: ``"zero"`` or ``"low"`` (target's low).
         spacing_tolerance: relative voxel-size difference from the model's grid tolerated
-            without resampling (along the axes the model sees; see the module docstring).
-        max_spacing_ratio: spacing ratio (either way) beyond which a volume is refused.
+            on every axis without resampling (see the module docstring).
+        max_spacing_ratio: spacing ratio (either way, along any axis) beyond which a volume
+            is refused.
         oblique_warn_deg: obliquity (degrees) beyond which a warning is given.
         tiles: ``"none"`` (whole slices, the default), ``"auto"`` (tiles of the training
             crop size when the model trained on crops, whole slices when it trained on
@@ -381,7 +382,6 @@ class Harmonizer:
             canonical,
             where,
             spacing=facts.spacing,
-            views={view: m.translator.context_slices for view, m in self.models.items()},
             tolerance=opts.spacing_tolerance,
             max_ratio=opts.max_spacing_ratio,
         )

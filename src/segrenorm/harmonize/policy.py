@@ -1,30 +1,30 @@
 """The harmonization policies for volumes unlike the training data, and for output types.
 
 See :mod:`segrenorm.harmonize.harmonizer` for the policy text: reorient always (lossless) and warn
-on oblique grids; put the volume on the model's grid when a voxel size that matters to the model
-is off by more than a tolerance (and back at the end), refuse spacings far beyond it; round and
-clip to an integer output type with a warning when clipping happens.
+on oblique grids; put the volume on the model's grid, all three axes, when any voxel size is off
+by more than a tolerance (and back at the end), refuse spacings far beyond it; round and clip to
+an integer output type with a warning when clipping happens.
 
-Which voxel sizes matter (:func:`grid_axes`): a 2D model (``data.context_slices`` 1) sees one
-slice at a time, so only the two in-plane axes of each view it translates; a 2.5-D model
-(``context_slices`` > 1) also sees the neighbouring slices, so the through-plane axis too.
+The grid rule is ``prepare``'s (:meth:`~segrenorm.data.slicing.SliceRecipe.to_grid`): a volume
+off the grid along any axis is resampled along all three, for 2D and 2.5-D models alike, so a
+model translates slices cut at the voxel size it was trained on. Only the tolerance differs:
+``prepare`` leaves volumes within 0.1% as they are, harmonize within ``spacing_tolerance``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from segrenorm.errors import ConfigError, InputError, SegrenormError
-from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.images import Geometry, ScalarImage
 from segrenorm.volumes.spatial import resample_to_spacing
 
-__all__ = ["apply_dtype", "grid_axes", "obliquity_notes", "resample_onto", "to_training_grid"]
+__all__ = ["apply_dtype", "obliquity_notes", "resample_onto", "to_training_grid"]
 
 
 def obliquity_notes(geometry: Geometry, where: str, *, max_deg: float, plane: str) -> list[str]:
@@ -48,42 +48,25 @@ def obliquity_notes(geometry: Geometry, where: str, *, max_deg: float, plane: st
     ]
 
 
-def grid_axes(views: Mapping[str, int]) -> list[int]:
-    """The canonical axes whose voxel size a model sees, over every view it translates.
-
-    Args:
-        views: each translated plane with its model's ``context_slices`` (1: a 2D model).
-
-    Returns:
-        Sorted axis indices: each view's two in-plane axes, and its slice axis too when its
-        model reads stacks of neighbouring slices.
-    """
-    axes = {a for view in views for a in range(3) if a != SLICE_AXES[view]}
-    axes |= {SLICE_AXES[view] for view, context in views.items() if context > 1}
-    return sorted(axes)
-
-
 def to_training_grid(
     canonical: ScalarImage,
     where: str,
     *,
     spacing: Sequence[float],
-    views: Mapping[str, int],
     tolerance: float,
     max_ratio: float,
 ) -> tuple[ScalarImage, list[str]]:
-    """The volume on the model's grid along the axes the model sees (:func:`grid_axes`).
+    """The volume on the model's grid: all three axes resampled when any one is off.
 
-    If any of those axes is more than ``tolerance`` off, all of them are resampled (linear)
-    to the grid; the others keep their own voxel size. Otherwise the volume is used as it is.
+    If the voxel size along any axis is more than ``tolerance`` off the grid, the volume is
+    resampled (linear) to the grid along all three axes; otherwise it is used as it is.
 
     Args:
         canonical: the RAS+ volume.
         where: the file, for messages.
         spacing: the model's grid: its training cache's spacing (RAS, mm).
-        views: the planes that will be translated, each with its model's ``context_slices``.
-        tolerance: relative difference tolerated without resampling.
-        max_ratio: ratio (either way) beyond which the volume is refused.
+        tolerance: relative difference tolerated without resampling, per axis.
+        max_ratio: ratio (either way, along any axis) beyond which the volume is refused.
 
     Returns:
         ``(volume, notes)``: ``canonical`` itself and no note, or the resampled volume and
@@ -94,9 +77,8 @@ def to_training_grid(
     """
     have = np.asarray(canonical.geometry.spacing, dtype=np.float64)
     want = np.asarray(spacing, dtype=np.float64)
-    seen = grid_axes(views)
     ratio = have / want
-    far = [a for a in seen if max(ratio[a], 1 / ratio[a]) > max_ratio]
+    far = [a for a in range(3) if max(ratio[a], 1 / ratio[a]) > max_ratio]
     if far:
         raise InputError(
             f"{where}: voxel size {_mm(have)} mm is too far from the training data's "
@@ -104,20 +86,20 @@ def to_training_grid(
             f"{', '.join('RAS'[a] for a in far)}); is the header's unit right? Resample "
             "the volume to a spacing near the training spacing first."
         )
-    if not any(abs(ratio[a] - 1) > tolerance for a in seen):
+    off = [a for a in range(3) if abs(ratio[a] - 1) > tolerance]
+    if not off:
         return canonical, []
-    new = [float(want[a]) if a in seen else float(have[a]) for a in range(3)]
-    resampled = resample_to_spacing(canonical, (new[0], new[1], new[2]))
-    if any(resampled.geometry.shape[a] < 2 for a in seen):
+    resampled = resample_to_spacing(canonical, (float(want[0]), float(want[1]), float(want[2])))
+    if any(n < 2 for n in resampled.geometry.shape):
         raise InputError(
             f"{where}: at the training spacing {_mm(want)} mm the volume is "
             f"{resampled.geometry.shape} voxels, too small to translate."
         )
-    off = ", ".join("RAS"[a] for a in seen if abs(ratio[a] - 1) > tolerance)
     note = (
         f"{where}: voxel size {_mm(have)} mm differs from the training data's "
-        f"{_mm(want)} mm by more than {tolerance:.0%} (along {off}); resampled to "
-        f"{_mm(new)} mm for translation and back to the input grid (linear interpolation)."
+        f"{_mm(want)} mm by more than {tolerance:.0%} (along {', '.join('RAS'[a] for a in off)}); "
+        f"resampled to {_mm(want)} mm for translation and back to the input grid (linear "
+        "interpolation)."
     )
     return resampled, [note]
 

@@ -6,8 +6,10 @@ all toward one target (as ``segrenorm train --to TARGET`` makes them). Each row 
 through the model whose source site is the row's site; rows already at the target site are
 left as they are and counted; a row of a site no model saw is harmonized with a warning when
 there is exactly one model and refused when there are several (which one would be right?).
-Every output keeps the input's file name in ``--out``; ``OUT/harmonize-by-site.json``
-records which model translated which row.
+Every output keeps the input's file name in a folder per site, ``OUT/<site>/<file name>``
+(sites often name their files alike, ``site1/T1.nii.gz`` and ``site2/T1.nii.gz``), so where an
+output lands never depends on the other rows; ``OUT/harmonize-by-site.json`` records which
+model translated which row and where its output is.
 
 Example:
     >>> summary = harmonize_listing("study.csv", "harmonized/", ["runs/"])  # doctest: +SKIP
@@ -17,12 +19,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segrenorm.atomic import write_json_atomic
+from segrenorm.atomic import remove_stale_temporaries, write_json_atomic
 from segrenorm.data.listing import SubjectRecord, read_listing
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.harmonize.files import (
@@ -34,9 +37,10 @@ from segrenorm.harmonize.files import (
 )
 from segrenorm.harmonize.fusion import parse_views
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer, ViewModel, load_view_model
+from segrenorm.models.checkpoint import resolve_checkpoint
 from segrenorm.training.distributed import init_distributed, shutdown_distributed
 
-__all__ = ["RECORD_NAME", "choose_models", "expand_models", "harmonize_listing"]
+__all__ = ["RECORD_NAME", "choose_models", "expand_models", "harmonize_listing", "site_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +52,115 @@ def _is_run(folder: Path) -> bool:
     return (folder / "final.pt").is_file() or (folder / "checkpoints" / "last.pt").is_file()
 
 
-def expand_models(paths: Sequence[str | Path]) -> list[Path]:
-    """The checkpoints or run folders that ``--model`` values name.
+def expand_models(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The checkpoint files that ``--model`` values name, each once.
 
-    A value is a checkpoint file, a run folder, or a folder holding run folders: then every
-    finished run in it (one with ``final.pt``), in name order.
+    A value is a checkpoint file, a run folder (its ``final.pt``, else
+    ``checkpoints/last.pt``), or a folder holding run folders: then every finished run in it
+    (one with ``final.pt``), in name order; its unfinished runs are skipped and named in a
+    note. One checkpoint reached twice (``--model RUN --model RUN/final.pt``) counts once.
 
     Args:
         paths: the ``--model`` values.
+
+    Returns:
+        ``(checkpoint files, notes)``: the notes name the skipped unfinished runs.
 
     Raises:
         InputError: a path that does not exist, or a folder holding no run.
     """
     found: list[Path] = []
+    notes: list[str] = []
     for value in paths:
         path = Path(value).expanduser()
         if not path.exists():
             raise InputError(f"--model {path} does not exist: give a run folder or checkpoint")
         if path.is_file() or _is_run(path):
-            found.append(path)
+            found.append(resolve_checkpoint(path, prefer=("final.pt", "last.pt")))
             continue
-        runs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "final.pt").is_file())
-        if not runs:
+        runs = sorted(p for p in path.iterdir() if p.is_dir() and _is_run(p))
+        finished = [p for p in runs if (p / "final.pt").is_file()]
+        if not finished:
             raise InputError(
                 f"--model {path} is neither a run (final.pt or checkpoints/last.pt) nor a "
                 "folder of finished runs: train with segrenorm train --to TARGET first"
             )
-        found.extend(runs)
-    return list(dict.fromkeys(found))
+        unfinished = [p.name for p in runs if p not in finished]
+        if unfinished:
+            notes.append(
+                f"--model {path}: skipped {len(unfinished)} unfinished run(s) without final.pt "
+                f"({', '.join(unfinished)}); finish them (segrenorm train --resume RUN) or give "
+                "one as --model RUN to use its last.pt"
+            )
+            log.warning("%s", notes[-1])
+        found.extend(p / "final.pt" for p in finished)
+    by_file = {f.resolve(): f for f in reversed(found)}  # the first spelling of each file
+    return [by_file[r] for r in dict.fromkeys(f.resolve() for f in found)], notes
+
+
+#: Characters a site folder of ``harmonize --csv`` keeps; others become ``_``.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def site_folder(site: str) -> str:
+    """The folder of ``OUT`` that a site's outputs go to: its name, file-name safe.
+
+    Args:
+        site: the site's name in the listing.
+
+    Returns:
+        The name with every character other than letters, digits, ``.``, ``_`` and ``-``
+        replaced by ``_`` (and ``.``/``..`` as ``_``), e.g. ``"Guy's"`` -> ``"Guy_s"``.
+    """
+    folder = _UNSAFE.sub("_", site)
+    return "_" if folder in (".", "..") else folder
+
+
+def _plan_by_site(
+    records: Sequence[SubjectRecord], chosen: Sequence[ViewModel | None], out: Path, where: str
+) -> list[tuple[Path, Path | None]]:
+    """``(input, output)`` per row: ``OUT/<site folder>/<file name>``, None at the target.
+
+    Raises:
+        InputError: two sites with one folder name, two rows of a site with one file name,
+            or an output that is an input of the listing (or in an input's folder).
+    """
+    folders: dict[str, str] = {}
+    by_folder: dict[str, list[SubjectRecord]] = {}
+    for record, model in zip(records, chosen, strict=True):
+        if model is None:
+            continue
+        folder = site_folder(record.site)
+        if folders.setdefault(folder, record.site) != record.site:
+            raise InputError(
+                f"{where}: sites {folders[folder]!r} and {record.site!r} would both write to "
+                f"{out / folder} (a site folder keeps letters, digits, '.', '_' and '-'); "
+                "rename one of them in the listing"
+            )
+        by_folder.setdefault(folder, []).append(record)
+    planned: dict[tuple[str, Path], Path] = {}
+    for folder, rows in by_folder.items():
+        named: dict[str, SubjectRecord] = {}
+        for record in rows:
+            first = named.setdefault(record.image.name, record)
+            if first is not record and first.image != record.image:
+                raise InputError(
+                    f"{where}: subjects {first.subject!r} ({first.image}) and "
+                    f"{record.subject!r} ({record.image}) of site {record.site!r} have the same "
+                    f"file name, so their outputs would collide in {out / folder}; rename one "
+                    "of the files, or harmonize them with separate listings"
+                )
+        images = list(dict.fromkeys(r.image for r in rows))
+        for src, dst in plan_outputs(images, out / folder):
+            planned[(folders[folder], src)] = dst
+    inputs = {r.image.resolve() for r in records}
+    for dst in planned.values():
+        if dst.resolve() in inputs:
+            raise InputError(f"{dst} is an input of {where}; refusing to overwrite it")
+    return [
+        (r.image, None if m is None else planned[(r.site, r.image)])
+        for r, m in zip(records, chosen, strict=True)
+    ]
 
 
 def _pair_text(model: ViewModel, direction: str) -> str:
@@ -158,7 +243,9 @@ def harmonize_listing(
     """Harmonize every row of a listing with the model trained on the row's site.
 
     The plan (output names, models, sites) is checked before any volume is read; under
-    ``torchrun`` every process takes its share of the rows.
+    ``torchrun`` every process takes its share of the rows. A translated row is written to
+    ``OUT/<site>/<its file name>`` (:func:`site_folder`); rows at the target site are
+    planned no output.
 
     Args:
         csv: a listing with ``subject, site, image`` columns (see
@@ -178,19 +265,23 @@ def harmonize_listing(
         count them.
 
     Raises:
-        InputError: a bad listing or an unsafe output plan (see
+        InputError: a bad listing or an unsafe output plan: two rows of a site with one
+            file name, two sites with one folder, or an output that is an input (see
             :func:`~segrenorm.harmonize.files.plan_outputs`).
         ConfigError: see :func:`choose_models`.
         CheckpointError: a model cannot be loaded.
     """
     options = options or HarmonizeOptions()
     records = read_listing(csv)
-    plan = plan_outputs([r.image for r in records], out_dir)
-    paths = expand_models(models)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder for the harmonized volumes")
+    paths, notes = expand_models(models)
     ctx = init_distributed(device)
     try:
         loaded = [load_view_model(path, ctx.device) for path in paths]
         target, chosen = choose_models(records, loaded, options.direction, str(csv))
+        plan = _plan_by_site(records, chosen, out, str(csv))
         harmonizers: dict[Path, Harmonizer] = {}
         for view_model in loaded:
             planes = parse_views(views, view_model.facts.slice_axis)
@@ -198,13 +289,17 @@ def harmonize_listing(
                 {v: view_model for v in planes}, options, device=ctx.device, compile=compile
             )
         rows = list(zip(records, plan, chosen, strict=True))
-        Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for folder in dict.fromkeys(dst.parent for _, dst in plan if dst is not None):
+            folder.mkdir(exist_ok=True)
+            remove_stale_temporaries(folder)  # partial outputs of killed runs
+        remove_stale_temporaries(out)  # a record cut short
         mine: list[FileResult] = []
         share = rows[ctx.rank :: ctx.world_size]
         for index, (record, (src, dst), model) in enumerate(share):
             if progress:
                 print(f"[{index + 1}/{len(share)}] {src} ({record.site})", file=sys.stderr)
-            if model is None:
+            if model is None or dst is None:
                 message = f"already at the target site {target}: not translated"
                 mine.append(FileResult(src, None, "skipped", 0.0, message, ctx.rank))
                 continue
@@ -217,7 +312,6 @@ def harmonize_listing(
     finally:
         shutdown_distributed(ctx)
     at_target = sum(model is None for model in chosen)
-    notes = []
     if at_target:
         notes.append(
             f"{at_target} row(s) of site {target} are already at the target site and were not "
@@ -225,13 +319,13 @@ def harmonize_listing(
         )
         log.info("%s", notes[-1])
     if ctx.is_main:
-        _write_record(Path(out_dir).expanduser(), rows, results, options.direction, target)
+        _write_record(out, rows, results, options.direction, target)
     return HarmonizeSummary(tuple(results), ctx.is_main, tuple(notes))
 
 
 def _write_record(
     out: Path,
-    rows: list[tuple[SubjectRecord, tuple[Path, Path], ViewModel | None]],
+    rows: list[tuple[SubjectRecord, tuple[Path, Path | None], ViewModel | None]],
     results: Sequence[FileResult],
     direction: str,
     target: str,

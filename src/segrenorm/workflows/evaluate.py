@@ -117,7 +117,7 @@ def evaluate_cache(
 
     from segrenorm.data.slice_cache import SliceCache
     from segrenorm.models.checkpoint import load_translator
-    from segrenorm.workflows.pairs import evaluation_pair
+    from segrenorm.workflows.pairs import EVALUATE_CHOICE, evaluation_pair
 
     if split not in EVAL_SPLITS:
         raise ConfigError(
@@ -133,7 +133,8 @@ def evaluate_cache(
             "differently (e.g. after their translator)"
         )
     loaded = {name: load_translator(path, device) for name, path in models.items()}
-    opened = SliceCache.open(cache, pair=evaluation_pair(cache, models, source, target))
+    pair = evaluation_pair(cache, models, source, target)
+    opened = SliceCache.open(cache, pair=pair, how_to_choose=EVALUATE_CHOICE)
     data = EvalData.from_cache(opened, direction=_direction(loaded), split=split)
     config = config or EvaluationConfig()
     say = on_stage or (lambda text: log.info("%s", text))

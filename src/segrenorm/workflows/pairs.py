@@ -28,7 +28,17 @@ from segrenorm.data.manifest import open_manifest
 from segrenorm.data.pairs import site_key
 from segrenorm.errors import ConfigError, SegrenormError
 
-__all__ = ["PairRun", "evaluation_pair", "find_pair_run", "model_pair", "train_toward"]
+__all__ = [
+    "EVALUATE_CHOICE",
+    "PairRun",
+    "evaluation_pair",
+    "find_pair_run",
+    "model_pair",
+    "train_toward",
+]
+
+#: How ``segrenorm evaluate`` is told the pair of a many-site cache, for messages.
+EVALUATE_CHOICE = "--model RUN (its pair) or --source NAME --target NAME"
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,8 @@ def train_toward(
 
     Raises:
         ConfigError: an unknown target, a config that already names a source or another
-            target, or a pair's config that does not fit the cache.
+            target, ``data.direction`` other than ``AB``, or a pair's config that does not
+            fit the cache.
         CacheError: the cache is unusable.
         TrainingInterrupted: a pair's training was stopped (the finished pairs are kept and
             reused by the next call).
@@ -138,8 +149,14 @@ def train_toward(
     from segrenorm.training.session import check_against_cache
     from segrenorm.training.trainer import train
 
+    if config.data.direction != "AB":
+        raise ConfigError(
+            f"data.direction={config.data.direction!r} with --to {target}: each model of "
+            "--to translates its source site toward the target as data.direction=AB; drop "
+            "--set data.direction (harmonize --direction BA runs a model the other way)"
+        )
     sites = {str(k): str(v) for k, v in open_manifest(cache)["sites"].items()}
-    target_key = site_key(cache, sites, target, "target")
+    target_key = site_key(cache, sites, target, "target", "--to NAME")
     target_name = sites[target_key]
     if config.data.source is not None:
         raise ConfigError(
@@ -148,7 +165,10 @@ def train_toward(
             "data.source=NAME --set data.target=NAME"
         )
     given = config.data.target
-    if given is not None and site_key(cache, sites, given, "data.target") != target_key:
+    if (
+        given is not None
+        and site_key(cache, sites, given, "data.target", "--to NAME") != target_key
+    ):
         raise ConfigError(
             f"data.target={config.data.target!r} differs from --to {target}: give the target once"
         )
@@ -207,9 +227,10 @@ def evaluation_pair(
 
     Every run must have been trained on the same (source, target) pair. ``source`` and
     ``target`` (``--source``/``--target``) choose the pair for harmonized folders without a
-    run, and must agree with the runs when both are given. On a two-site cache whose site
-    names are not the runs' (runs trained on another cache of the same scanners), the cache
-    is read as it is, as before pairs existed.
+    run, and must agree with the runs when both are given. On a two-site cache sharing
+    neither site name with the runs' pair (runs trained on another cache of the same
+    scanners), the cache is read as it is, as before pairs existed; one sharing only one of
+    the two names is refused (that run saw another site).
 
     Args:
         cache: the slice cache.
@@ -221,7 +242,8 @@ def evaluation_pair(
         ``(source, target)`` for :meth:`SliceCache.open`, or None for the cache as it is.
 
     Raises:
-        ConfigError: runs of different pairs, or ``source``/``target`` unlike the runs'.
+        ConfigError: runs of different pairs, ``source``/``target`` unlike the runs', or a
+            two-site cache holding only one site of the runs' pair.
     """
     pairs = {name: model_pair(path) for name, path in models.items()}
     if len(set(pairs.values())) > 1:
@@ -240,7 +262,15 @@ def evaluation_pair(
                     f"omit {role} or evaluate runs trained on that pair"
                 )
         sites = [str(v) for v in open_manifest(cache)["sites"].values()]
-        if len(sites) == 2 and not set(found) <= set(sites):
+        shared = set(found) & set(sites)
+        if len(sites) == 2 and not shared:
             return None  # the runs' sites have other names here: read the cache as it is
+        if len(sites) == 2 and shared != set(found):
+            missing = ", ".join(sorted(set(found) - shared))
+            raise ConfigError(
+                f"the runs were trained on {found[0]} -> {found[1]}, but the cache {cache} "
+                f"holds {sites[0]} and {sites[1]}: it lacks site {missing}. Evaluate on the "
+                "cache the runs were trained on (or one holding both of their sites)"
+            )
         return found
     return None if given == (None, None) else given
