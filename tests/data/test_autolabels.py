@@ -194,6 +194,12 @@ def test_gmm_route_writes_pseudo_labels_with_provenance(tmp_path: Path) -> None:
     text = summarize(manifest, "c")
     assert "  A (siteA): " in text and "pseudo-labels (gmm; pseudo_labels/A/)" in text
     assert "pseudo" not in text.splitlines()[2]  # site B's line
+    # evaluate records which held-out site carries pseudo-labels (the report says so)
+    from segrenorm.evaluate.data import EvalData
+    from segrenorm.evaluate.suite import _pseudo_labels
+
+    assert _pseudo_labels(EvalData.from_cache(out)) == {"source": "gmm"}
+    assert _pseudo_labels(EvalData.from_cache(out, direction="BA")) == {"target": "gmm"}
 
 
 def test_gmm_without_a_labelled_site_names_classes_dark_mid_bright(tmp_path: Path) -> None:

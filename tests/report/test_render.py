@@ -94,6 +94,16 @@ def test_the_intro_says_which_classical_rows_saw_n4_corrected_inputs() -> None:
     assert "Classical rows on N4-corrected source volumes: n4-histogram" in page
 
 
+def test_the_intro_says_which_sites_labels_are_pseudo_labels() -> None:
+    assert "pseudo-labels" not in render_markdown(_results(), {}, "t")
+    results = {**_results(), "pseudo_labels": {"source": "gmm"}}
+    intro = render_markdown(results, {}, "t").splitlines()[2]
+    assert intro.endswith(
+        "The source site's labels are gmm pseudo-labels (prepare --auto-labels): Dice on them "
+        "measures agreement with that labeller, not with true labels."
+    )
+
+
 def test_the_distribution_table_names_the_lowest_classical_kid() -> None:
     from segrenorm.report.tables import tables
 

@@ -352,6 +352,7 @@ def run_evaluation(
             "target": len(data.target.subject_rows()),
         },
         "methods": {k: m.kind for k, m in methods.items()},
+        "pseudo_labels": _pseudo_labels(data),
     }
     slices = {k: m.slices for k, m in methods.items()}
     stages: list[tuple[str, str, Callable[[], Any]]] = [
@@ -372,3 +373,23 @@ def run_evaluation(
         seconds[key] = time.perf_counter() - start
     results["seconds"] = seconds
     return results, artifacts
+
+
+def _pseudo_labels(data: EvalData) -> dict[str, str]:
+    """``{"source"|"target": method}`` for a held-out site whose label maps are pseudo-labels.
+
+    ``prepare --auto-labels`` records each subject's ``label_source``; Dice on such a site
+    measures agreement with the labeller, not with true labels, and the report says so.
+    """
+    out: dict[str, str] = {}
+    for role, site in (("source", data.source), ("target", data.target)):
+        held = set(site.subjects.tolist())
+        sources = {
+            str(s.get("label_source"))
+            for s in data.cache.manifest["subjects"]
+            if s["site"] == site.site and s["subject"] in held
+        }
+        auto = sorted(sources - {"file", "None"})
+        if auto:
+            out[role] = ", ".join(auto)
+    return out

@@ -111,7 +111,19 @@ def _intro(results: Mapping[str, Any]) -> str:
         f"Harmonizing {sites['source']} (source) to {sites['target']} (target). Held-out "
         f"slices: {n['source']} source ({subjects.get('source', '?')} subjects), "
         f"{n['target']} target ({subjects.get('target', '?')} subjects). Cache: "
-        f"{results['cache']}. Intensities on the cache's [-1, 1] scale." + _n4_note(results)
+        f"{results['cache']}. Intensities on the cache's [-1, 1] scale."
+        + _n4_note(results)
+        + _pseudo_label_note(results)
+    )
+
+
+def _pseudo_label_note(results: Mapping[str, Any]) -> str:
+    pseudo = results.get("pseudo_labels") or {}
+    return "".join(
+        f" The {role} site's labels are {method} pseudo-labels (prepare --auto-labels): Dice "
+        f"{'on' if role == 'source' else 'of segmentors trained on'} them measures agreement "
+        "with that labeller, not with true labels."
+        for role, method in sorted(pseudo.items())
     )
 
 
