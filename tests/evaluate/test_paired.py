@@ -255,3 +255,31 @@ def test_a_listed_clean_render_must_exist(tmp_path: Path) -> None:
         read_listing(listing)
     listing.write_text("subject,site,image,clean\nsub-2,A,img.nii.gz,\n")
     assert read_listing(listing)[0].clean is None
+
+
+def test_a_lesion_cache_scores_inside_the_foreground_both_scans_share(
+    study: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segrenorm.evaluate.metrics import mae
+
+    data = study.data
+    monkeypatch.setattr(type(data), "class_names", property(lambda self: ("background", "lesion")))
+    src, tgt = data.paired_rows()
+    result = paired_scores(data, {"none": data.source.images})
+    assert result is not None and result["mask"] == "foreground of both scans"
+    shared = data.source.masks[src] & data.target.masks[tgt]
+    subjects = data.target.subjects[tgt]
+    want = np.mean(
+        [
+            mae(
+                data.source.images[src][subjects == s],
+                data.target.images[tgt][subjects == s],
+                mask=shared[subjects == s],
+            )
+            for s in dict.fromkeys(subjects.tolist())
+        ]
+    )
+    assert result["methods"]["none"]["mae"] == pytest.approx(want, rel=1e-9)
+    monkeypatch.undo()
+    tissue = paired_scores(data, {"none": data.source.images})
+    assert tissue is not None and tissue["methods"]["none"]["mae"] != pytest.approx(want, rel=1e-9)

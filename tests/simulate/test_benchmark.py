@@ -94,7 +94,9 @@ def test_load_scanner_from_files_and_errors(tmp_path: Path) -> None:
     (tmp_path / "ge.json").write_text(json.dumps({**CLEAN.to_dict(), "name": "GE"}))
     assert load_scanner(str(tmp_path / "ge.json")).name == "GE"
     assert load_scanner("3T") is SCANNERS["3T"]
-    with pytest.raises(ConfigError, match=r"unknown scanner '9T': use one of 1.5T, 1T, 3T, 7T or"):
+    with pytest.raises(
+        ConfigError, match=r"unknown scanner '9T': use one of 1.5T, 1T, 3T, 7T, PI, SA, SV or"
+    ):
         load_scanner("9T")
     (tmp_path / "bad.yaml").write_text("csf: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: cannot read scanner profile"):

@@ -64,7 +64,7 @@ def second_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_packaged_profiles_load_by_name_and_by_path() -> None:
-    assert scanner_names() == ["1.5T", "1T", "3T", "7T"]
+    assert scanner_names() == ["1.5T", "1T", "3T", "7T", "PI", "SA", "SV"]
     for name in ("1T", "7T"):
         by_name = load_scanner(name)
         with resources.as_file(PROFILES.joinpath(f"{name}.yaml")) as path:
@@ -113,7 +113,8 @@ def test_the_second_pair_renders_with_its_noise_and_blur(tiny_kit: SimpleNamespa
 
 
 def test_simulate_help_lists_every_named_scanner() -> None:
-    assert sorted(simulate_cmd._NAMES.split(", ")) == scanner_names()
+    names = [*simulate_cmd._NAMES.split(", "), *simulate_cmd._FLAIR_NAMES.split(", ")]
+    assert sorted(names) == scanner_names()
 
 
 def test_a_bad_packaged_name_is_refused() -> None:

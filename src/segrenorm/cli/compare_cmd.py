@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from segrenorm.cli.evaluate_cmd import _BASELINES, add_settings_option
 from segrenorm.config.presets import PRESETS
@@ -59,6 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated classical baselines (default, every classical pipeline: "
         f"{_BASELINES}); none is always in",
     )
+    parser.add_argument(
+        "--pairs",
+        metavar="SRC:TGT,...",
+        help="a cache of more than two sites: compare once per (source, target) pair, e.g. "
+        "SA:SV,SA:PI,SV:PI (site names or keys), each in OUT/<source>-to-<target>/",
+    )
     add_settings_option(parser, "--eval-set")
     parser.add_argument("--device", default="cpu", help="evaluation device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -71,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
+    from segrenorm.cli.train_cmd import parse_pairs
     from segrenorm.config.load import load_config
     from segrenorm.config.overrides import apply_overrides
     from segrenorm.evaluate.suite import EvaluationConfig
     from segrenorm.report.checks import check_lines
-    from segrenorm.workflows.compare import compare
+    from segrenorm.workflows.compare import compare, compare_pairs
 
     config = load_config(args.config, overrides=args.overrides)
     evaluation = apply_overrides(EvaluationConfig(), args.eval_overrides)
@@ -83,14 +91,21 @@ def run(args: argparse.Namespace) -> int:
     def on_stage(text: str) -> None:
         print(f"compare: {text}", file=sys.stderr, flush=True)
 
-    result = compare(
-        args.cache, args.out, config,
+    options: dict[str, Any] = dict(
         translators=[t.strip() for t in args.translators.split(",") if t.strip()],
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         evaluation=evaluation, device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(), on_stage=on_stage,
     )  # fmt: skip
-    for line in check_lines(result.results):
-        print(line)
-    print(f"report: {result.report.html}")
+    if args.pairs is None:
+        results = {"": compare(args.cache, args.out, config, **options)}
+    else:
+        by_pair = compare_pairs(args.cache, args.out, config, parse_pairs(args.pairs), **options)
+        results = {f"{s} -> {t}:": result for (s, t), result in by_pair.items()}
+    for heading, result in results.items():
+        if heading:
+            print(heading)
+        for line in check_lines(result.results):
+            print(line)
+        print(f"report: {result.report.html}")
     return 0

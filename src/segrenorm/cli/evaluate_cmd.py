@@ -78,6 +78,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default) once, for the final table",
     )
     parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="leave-one-subject-out / k-fold: score the subjects of the cache's fold K (both "
+        "sites) with --model runs trained with --set data.fold=K (a run of another fold is "
+        "refused); see prepare --folds loso",
+    )
+    parser.add_argument(
         "--tiles",
         default="none",
         metavar="auto|none|N",
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
         split=args.split, tiles=args.tiles, source=args.source, target=args.target,
+        fold=args.fold,
     )  # fmt: skip
     for line in check_lines(results):
         print(line)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from segrenorm.data.autolabels import AUTO_LABEL_METHODS
+from segrenorm.data.folds import parse_folds
 from segrenorm.data.layouts import DATASET_LAYOUTS, records_from_layout
 from segrenorm.data.listing import SubjectRecord, read_listing, records_from_inputs
 from segrenorm.data.manifest import open_manifest, summarize
@@ -146,7 +147,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fraction of each site's subjects held out for validation: tuning and checkpoint "
         "selection (default: 0.15; 0 for none)",
     )
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds per site")
+    parser.add_argument(
+        "--folds",
+        type=_folds,
+        default=5,
+        metavar="N|loso",
+        help="cross-validation folds per site (default: 5), or loso: leave-one-subject-out, "
+        "one fold per person and site (train with --set data.fold=K, score with evaluate "
+        "--fold K)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and fold draws")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     parser.add_argument(
@@ -192,13 +201,13 @@ def run(args: argparse.Namespace) -> int:
     """
     from segrenorm.workflows.autolabel import auto_labeller  # imports torch: not for --help
 
-    records, notes = _records(args)
+    records, notes, classes = _records(args)
     out = prepare_cache(
         records,
         args.out,
         sites=tuple(args.sites) if args.sites else None,
         n_classes=args.n_classes,
-        class_names=args.class_names,
+        class_names=args.class_names or (None if args.n_classes else classes),
         slice_axis=args.axis,
         spacing=tuple(args.spacing) if args.spacing else None,
         target=args.target,
@@ -222,8 +231,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, ...]]:
-    """The subjects of the one input route given, and notes on what a layout skipped."""
+def _records(
+    args: argparse.Namespace,
+) -> tuple[list[SubjectRecord], tuple[str, ...], tuple[str, ...] | None]:
+    """The subjects of the one input route given, notes on what a layout skipped, and the
+    class names a layout defines (None elsewhere)."""
     two_site = [args.site_a, args.site_b, args.labels_a, args.labels_b]
     routes = {
         "--csv": args.csv is not None,
@@ -251,7 +263,7 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
         if value is not None and given[0] != "--dataset":
             raise ConfigError(f"{option} goes with --dataset bids")
     if given[0] == "--csv":
-        return read_listing(args.csv), ()
+        return read_listing(args.csv), (), None
     if given[0] == "--dataset":
         if args.labels is not None and (len(args.labels) > 1 or len(args.labels[0]) > 1):
             raise ConfigError("with --dataset, give --labels once, with one folder: --labels DIR")
@@ -262,7 +274,7 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
             site_column=args.site_column,
             label_desc=args.label_desc,
         )
-        return listing.records, listing.notes
+        return listing.records, listing.notes, listing.class_names
     if given[0] == "--site":
         if args.sites is not None:
             raise ConfigError("--sites goes with --csv, --dataset or --site-a/--site-b; the "
@@ -273,7 +285,7 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
         twice = sorted({name for name in named if named.count(name) > 1})
         if twice:
             raise ConfigError(f"--labels given more than once for site(s) {twice}")
-        return records_from_inputs(sites, dict(labels)), ()
+        return records_from_inputs(sites, dict(labels)), (), None
     if args.site_a is None or args.site_b is None:
         raise ConfigError("give both --site-a and --site-b (or one --site NAME PATH... per site)")
     names = tuple(args.sites) if args.sites else ("A", "B")
@@ -285,7 +297,17 @@ def _records(args: argparse.Namespace) -> tuple[list[SubjectRecord], tuple[str, 
         if value is not None
     }
     return records_from_inputs(list(zip(names, (args.site_a, args.site_b), strict=True)),
-                               labels_by_site), ()  # fmt: skip
+                               labels_by_site), (), None  # fmt: skip
+
+
+def _folds(value: str) -> int | str:
+    """``--folds``: a number of folds or loso, refused with a usage message otherwise."""
+    try:
+        return parse_folds(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a number of folds (1 or more) nor loso"
+        ) from None
 
 
 def _named(values: list[str], option: str) -> tuple[str, list[str]]:

@@ -13,7 +13,29 @@ from segrenorm.errors import ConfigError
 if TYPE_CHECKING:
     from segrenorm.config.schema import Config
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "parse_pairs", "run"]
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``"SA:SV,SA:PI"`` as ``[("SA", "SV"), ("SA", "PI")]`` (``--pairs``), in order.
+
+    Args:
+        text: comma-separated ``SOURCE:TARGET`` items (site names or cache keys).
+
+    Raises:
+        ConfigError: an empty list, or an item that is not two non-empty names around one
+            colon.
+    """
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        source, colon, target = item.partition(":")
+        if not colon or not source.strip() or not target.strip() or ":" in target:
+            raise ConfigError(
+                f"--pairs item {item!r} of {text!r} is not SOURCE:TARGET: give comma-separated "
+                "site pairs, e.g. --pairs SA:SV,SA:PI,SV:PI"
+            )
+        pairs.append((source.strip(), target.strip()))
+    return pairs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "Caches of more than two sites: train one pair with --set data.source=NAME --set "
-            "data.target=NAME (the run folder is then named ...-<source>-to-<target>), or "
-            "every other site toward one target, one model per pair, with --to NAME."
+            "data.target=NAME (the run folder is then named ...-<source>-to-<target>), "
+            "every other site toward one target, one model per pair, with --to NAME, or "
+            "chosen pairs with --pairs SA:SV,SA:PI,SV:PI."
         ),
     )
     parser.add_argument(
@@ -80,10 +103,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "pair, one after the other; a pair that already finished in --out is reused",
     )
     parser.add_argument(
+        "--pairs",
+        metavar="SRC:TGT,...",
+        help="train these (source, target) pairs of the cache (site names or keys, e.g. "
+        "SA:SV,SA:PI,SV:PI), one model and run folder per pair, in this order, as --to does",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved config as JSON (with --to: the pairs and which are already "
-        "trained), check it against the cache, and exit",
+        help="print the resolved config as JSON (with --to or --pairs: the pairs and which "
+        "are already trained), check it against the cache, and exit",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -100,14 +129,16 @@ def run(args: argparse.Namespace) -> int:
     from segrenorm.training.session import check_against_cache
     from segrenorm.training.trainer import TrainingInterrupted, train
 
+    if args.to is not None or args.pairs is not None:
+        _check_many(args)  # before resolving: --resume would pick the run's own config
     plan = resolve_training(
         config=args.config, data=args.data, out=args.out, resume=args.resume,
         overrides=args.overrides,
     )  # fmt: skip
     if args.iterations is not None and args.iterations < 1:
         raise ConfigError(f"--iterations {args.iterations} must be >= 1.")
-    if args.to is not None:
-        return _train_toward(args, plan.config, plan.cache, plan.out)
+    if args.to is not None or args.pairs is not None:
+        return _train_many(args, plan.config, plan.cache, plan.out)
     if args.dry_run:
         pair = (plan.config.data.source, plan.config.data.target)
         check_against_cache(plan.config, SliceCache.open(plan.cache, pair=pair))
@@ -129,25 +160,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_toward(args: argparse.Namespace, config: Config, cache: Path, out: Path) -> int:
-    """``train --to SITE``: one run per pair toward SITE; prints each run folder."""
-    from segrenorm.training.trainer import TrainingInterrupted
-    from segrenorm.workflows.pairs import train_toward
-
+def _check_many(args: argparse.Namespace) -> None:
+    """Refuse what ``--to`` / ``--pairs`` cannot be combined with."""
+    flag = "--to" if args.pairs is None else "--pairs"
+    if args.to is not None and args.pairs is not None:
+        raise ConfigError(
+            f"--to {args.to} and --pairs {args.pairs} both choose the pairs: give one (--to T "
+            "is the pairs 'every other site -> T')"
+        )
     if args.resume or args.iterations is not None:
         raise ConfigError(
-            "--to trains whole pairs and reuses the finished ones: it cannot be combined with "
-            "--resume or --iterations (resume one pair's run by itself with --resume RUN)"
+            f"{flag} trains whole pairs and reuses the finished ones: it cannot be combined "
+            "with --resume or --iterations (resume one pair's run by itself with --resume RUN)"
         )
+
+
+def _train_many(args: argparse.Namespace, config: Config, cache: Path, out: Path) -> int:
+    """``train --to SITE`` or ``--pairs LIST``: one run per pair; prints each run folder."""
+    from segrenorm.training.trainer import TrainingInterrupted
+    from segrenorm.workflows.pairs import train_pairs, train_toward
 
     def say(text: str) -> None:
         print(f"segrenorm train: {text}", file=sys.stderr, flush=True)
 
     try:
-        runs = train_toward(
-            config, cache, out, args.to, dry_run=args.dry_run, progress=not args.no_progress,
-            say=say,
-        )  # fmt: skip
+        progress = not args.no_progress
+        if args.pairs is not None:
+            pairs = parse_pairs(args.pairs)
+            runs = train_pairs(config, cache, out, pairs, dry_run=args.dry_run,
+                               progress=progress, say=say)  # fmt: skip
+        else:
+            runs = train_toward(config, cache, out, args.to, dry_run=args.dry_run,
+                                progress=progress, say=say)  # fmt: skip
     except TrainingInterrupted as exc:
         print(f"segrenorm train: {exc}; the finished pairs are reused next time", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Named configurations: the paper's dataset settings and a laptop-CPU preset.
+"""Named configurations: the paper's dataset settings and laptop-CPU presets.
 
 Each preset is a validated :class:`~segrenorm.config.schema.Config`; ``segrenorm train --config
 NAME`` uses one, and a YAML file can start from one with ``preset: NAME``.
@@ -18,6 +18,14 @@ def _preset(name: str, **sections: Any) -> Config:
     return config_from_dict({"name": name, **sections})
 
 
+def _variant(base: Config, name: str, **sections: dict[str, Any]) -> Config:
+    """``base`` renamed, with the given fields of its sections replaced."""
+    raw = base.to_dict()
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values}
+    return config_from_dict({**raw, "name": name})
+
+
 PRESETS: dict[str, Config] = {
     # Paper settings for IXI (T1, 4 tissue classes).
     "ixi": _preset(
@@ -26,7 +34,8 @@ PRESETS: dict[str, Config] = {
         data={"crop_size": 128, "batch_size": 4, "n_classes": 4},
         loss={"class_weights": [0.5, 0.5]},
     ),
-    # MS-SEG (FLAIR lesions): sparse foreground, so foreground weighed up.
+    # Paper settings for MS-SEG (FLAIR, 2 classes: background, lesion): 256 x 256 crops,
+    # batch 2, the sparse lesion class weighed up (0.2/0.8). SemGAN is excluded on its caches.
     "msseg": _preset(
         "msseg",
         model={"ngf": 64, "ndf": 64},
@@ -70,3 +79,18 @@ PRESETS: dict[str, Config] = {
         run={"log_every": 25, "image_every": 600, "checkpoint_every": 300, "keep_checkpoints": 10},
     ),
 }
+
+# The lesion setting on a laptop CPU: the cpu preset with msseg's classes and weights, at 2 mm
+# (FLAIR slices of 112 x 128). Crops of 96 cover most of a slice, as the paper's 256 crops do at
+# 1 mm, and with msseg's batch 2 a step costs about what a cpu step does (2 x 96^2 pixels
+# against 4 x 64^2: 1.13x; 1.09x measured in a 40-step timing run of each on 2 cores, both
+# under the same load). The cpu preset's 2400 steps took 0.18-0.24 s each on an idle 2-core
+# machine (BENCHMARKS.md), so 3000 steps, the same 600-step decay, cycle warm-up and weight
+# average, take about 10-13 minutes: about 15 minutes with evaluation.
+PRESETS["msseg-cpu"] = _variant(
+    PRESETS["cpu"],
+    "msseg-cpu",
+    data={"crop_size": 96, "batch_size": 2, "n_classes": 2},
+    loss={"class_weights": [0.2, 0.8]},
+    optim={"iterations": 2400},
+)

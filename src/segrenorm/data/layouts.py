@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from segrenorm.data.layout_msseg import msseg_records
 from segrenorm.data.listing import SubjectRecord
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.volumes.paths import find_images, image_stem
@@ -55,10 +56,13 @@ class LayoutListing:
     Args:
         records: one record per subject (and session), labels where found, no listed splits.
         notes: what was skipped or left unlabelled, one line each, for the user to read.
+        class_names: the label classes the dataset defines (msseg: background, lesion), or
+            None to let ``prepare`` name them.
     """
 
     records: list[SubjectRecord]
     notes: tuple[str, ...] = field(default=())
+    class_names: tuple[str, ...] | None = None
 
 
 class DatasetLayout(Protocol):
@@ -396,5 +400,14 @@ def _bids_labels(
     return found, skipped
 
 
-#: Every dataset layout by name; the MS-SEG and RETOUCH layouts join it in their own issues.
-DATASET_LAYOUTS: dict[str, DatasetLayout] = {"ixi": ixi_layout, "bids": bids_layout}
+def msseg_layout(root: Path, **options: Path | str | None) -> LayoutListing:
+    """MS-SEG 2016 (``Training/Center_XX/Patient_YY/``): see :mod:`segrenorm.data.layout_msseg`."""
+    return LayoutListing(*msseg_records(root, **options))
+
+
+#: Every dataset layout by name; the RETOUCH layout joins it in its own issue.
+DATASET_LAYOUTS: dict[str, DatasetLayout] = {
+    "ixi": ixi_layout,
+    "bids": bids_layout,
+    "msseg": msseg_layout,
+}

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from segrenorm._version import __version__
 from segrenorm.atomic import remove_stale_temporaries, replace_dir, temporary_dir
 from segrenorm.data.autolabels import PseudoLabeller, pseudo_label_name, write_pseudo_label
+from segrenorm.data.folds import LOSO, loso_folds
 from segrenorm.data.grid import canonical_spacing, choose_grid
 from segrenorm.data.labelplan import plan_auto_labels
 from segrenorm.data.listing import SubjectRecord, check_distinct, site_order
@@ -177,7 +178,7 @@ def prepare_cache(
     pad_multiple: int = 16,
     val_fraction: float = 0.15,
     test_fraction: float = 0.3,
-    n_folds: int = 5,
+    n_folds: int | str = 5,
     seed: int = 0,
     overwrite: bool = False,
     use_mask: bool = True,
@@ -219,7 +220,8 @@ def prepare_cache(
         val_fraction: fraction of subjects without a listed split drawn as val (the split for
             tuning and checkpoint selection), per site; 0 for none.
         test_fraction: fraction of subjects without a listed split drawn as test, per site.
-        n_folds: number of cross-validation folds per site.
+        n_folds: number of cross-validation folds per site, or ``"loso"``: one fold per
+            person and site (:func:`~segrenorm.data.folds.loso_folds`).
         seed: seed of the split and fold draws.
         overwrite: replace an existing cache at ``out_dir`` (only after the new one is whole).
         use_mask: compute a foreground mask (background -1, scaling fitted inside it). Without
@@ -250,6 +252,10 @@ def prepare_cache(
         pad_multiple=pad_multiple,
         bias=bias_correction,
     )
+    loso = n_folds == LOSO
+    n_folds = 1 if loso else n_folds
+    if not isinstance(n_folds, int):
+        raise ConfigError(f"n_folds {n_folds!r} must be a number of folds or {LOSO!r}")
     _check_options(min_foreground, test_fraction, val_fraction, n_folds, n_classes)
     if not records:
         raise InputError("no subjects to prepare: the listing is empty")
@@ -291,6 +297,9 @@ def prepare_cache(
         for i, group in enumerate(by_site)
         for pair in assign_splits(group, test_fraction, n_folds, seed, i, val_fraction)
     ]
+    if loso:  # the splits as drawn, the folds one per person
+        folds, n_folds = loso_folds(by_site)
+        splits = [(split, fold) for (split, _), fold in zip(splits, folds, strict=True)]
     remove_stale_temporaries(out.parent)  # partial caches of killed runs: never read again
     tmp = temporary_dir(out)
     try:
@@ -382,6 +391,7 @@ def prepare_cache(
                 "test_fraction": test_fraction,
                 "val_fraction": val_fraction,
                 "n_folds": n_folds,
+                **({"folds": LOSO} if loso else {}),
             },
             "subjects": subjects,
         }

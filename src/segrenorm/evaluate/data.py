@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,8 +102,8 @@ class SiteSlices:
         return out
 
 
-def _site_slices(cache: SliceCache, site: str, split: str) -> SiteSlices:
-    rows = cache.rows(site, split)
+def _site_slices(cache: SliceCache, site: str, split: str, fold: int | None) -> SiteSlices:
+    rows = cache.rows(site, split, fold)
     index = cache.slices(site)  # a pair view reads its own site folder
     names = cache.site_names[0 if site == "A" else 1]
     return SiteSlices(
@@ -118,6 +118,22 @@ def _site_slices(cache: SliceCache, site: str, split: str) -> SiteSlices:
     )
 
 
+def _check_shared_folds(cache: SliceCache, fold: int) -> None:
+    """Refuse fold ``fold`` when a person at both sites is in it at one site only: the other
+    site's training rows hold that person."""
+    folds: dict[str, dict[str, int]] = {}
+    for entry in cache.manifest["subjects"]:
+        folds.setdefault(str(entry["subject"]), {})[entry["site"]] = int(entry["fold"])
+    split = sorted(s for s, at in folds.items() if len(at) > 1 and len(set(at.values())) > 1
+                   and fold in at.values())  # fmt: skip
+    if split:
+        raise CacheError(
+            f"{cache.path}: subject(s) {', '.join(split)} are at both sites in different folds, "
+            f"so fold {fold} would train on them at one site and score them at the other; "
+            "prepare the cache with --folds loso (one fold per person at every site)"
+        )
+
+
 @dataclass(frozen=True)
 class EvalData:
     """The evaluation split of a cache: source and target slices, and the cache itself.
@@ -127,16 +143,25 @@ class EvalData:
         direction: ``"AB"`` (site A is the source) or ``"BA"``.
         source: the source site's test slices (what methods harmonize).
         target: the target site's test slices.
+        fold: None for the cache's train/val/test split; a fold ``K`` holds out the
+            subjects of fold ``K`` at both sites and trains on all the others
+            (leave-one-subject-out, ``segrenorm evaluate --fold K``).
     """
 
     cache: SliceCache
     direction: str
     source: SiteSlices
     target: SiteSlices
+    fold: int | None = None
 
     @classmethod
     def from_cache(
-        cls, cache: SliceCache | str | Path, *, direction: str = "AB", split: str = "test"
+        cls,
+        cache: SliceCache | str | Path,
+        *,
+        direction: str = "AB",
+        split: str = "test",
+        fold: int | None = None,
     ) -> EvalData:
         """Read the held-out slices of both sites.
 
@@ -144,10 +169,13 @@ class EvalData:
             cache: an opened cache or its folder.
             direction: ``"AB"`` or ``"BA"``.
             split: ``"test"`` (default), ``"val"`` or ``"all"``.
+            fold: a cross-validation fold: its subjects (of both sites) are held out and
+                every other subject is training data; ``split`` must then be ``"test"``.
 
         Raises:
             ConfigError: an unknown direction.
-            CacheError: a site without held-out slices, or a cache without labels.
+            CacheError: a site without held-out slices, or a cache without labels; with a
+                fold, a person at both sites in different folds.
         """
         check_direction(direction)
         opened = cache if isinstance(cache, SliceCache) else SliceCache.open(cache)
@@ -156,15 +184,23 @@ class EvalData:
                 f"{opened.path}: the cache has no label maps, but evaluation needs them "
                 "(segmentation scores, per-tissue histograms); prepare it with --labels-a/-b."
             )
-        source = _site_slices(opened, source_site(direction), split)
-        target = _site_slices(opened, target_site(direction), split)
+        if fold is not None:
+            _check_shared_folds(opened, fold)
+        source = _site_slices(opened, source_site(direction), split, fold)
+        target = _site_slices(opened, target_site(direction), split, fold)
         for part in (source, target):
+            if len(part) == 0 and fold is not None:
+                raise CacheError(
+                    f"{opened.path}: site {part.site} ({part.name}) has no subject in fold "
+                    f"{fold}; evaluate a fold that holds subjects of both sites (prepare "
+                    "--folds loso numbers them 0, 1, ... at every site)"
+                )
             if len(part) == 0:
                 raise CacheError(
                     f"{opened.path}: site {part.site} ({part.name}) has no {split} slices; "
                     f"re-run segrenorm prepare with a --{split}-fraction above 0."
                 )
-        return cls(cache=opened, direction=direction, source=source, target=target)
+        return cls(cache=opened, direction=direction, source=source, target=target, fold=fold)
 
     @property
     def n_classes(self) -> int:
@@ -175,6 +211,13 @@ class EvalData:
     def class_names(self) -> tuple[str, ...]:
         """Class names, background first."""
         return self.cache.class_names
+
+    def trains_on(self, entry: Mapping[str, Any]) -> bool:
+        """Whether a manifest subject entry is training data here: split ``train``, or with a
+        fold, any subject outside it."""
+        if self.fold is None:
+            return bool(entry["split"] == "train")
+        return int(entry["fold"]) != self.fold
 
     def subject_entries(self, part: SiteSlices) -> dict[str, dict[str, Any]]:
         """The manifest's records of ``part``'s site (``self.source`` or ``self.target``), by
@@ -215,7 +258,7 @@ class EvalData:
         )
         if key is None:
             raise ConfigError(f"site {site!r} is unknown: use source or target")
-        rows = self.cache.rows(key, "train")
+        rows = self.cache.rows(key, "train", self.fold)
         if rows.size == 0:
             raise CacheError(f"{self.cache.path}: site {key} has no training slices")
         images = np.asarray(self.cache.images(key)[rows], dtype=np.float32)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -170,6 +170,7 @@ def segmentation_lens(
     *,
     seeds: Sequence[int],
     batch_size: int = 32,
+    on_seed: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score every method's slices with segmentor pairs of several seeds.
 
@@ -182,6 +183,8 @@ def segmentation_lens(
         segmentor: the segmentors' size and budget; its ``seed`` is replaced by each seed.
         seeds: the segmentor seeds, at least one.
         batch_size: slices per forward pass.
+        on_seed: called after each seed with the seed and its target-segmentor label maps
+            per method (and ``"target"``), e.g. by the lesion lens, which reuses them.
 
     Returns:
         ``(results, predictions)``: the JSON-ready lens (see the module docstring) and the
@@ -199,6 +202,8 @@ def segmentation_lens(
         config = dataclasses.replace(segmentor, seed=int(seed))
         rows, preds = _one_seed(data, slices, config, batch_size)
         per_seed.append(rows)
+        if on_seed is not None:
+            on_seed(int(seed), preds)
         if k == 0:
             predictions = preds  # the report's panel shows the first seed's labels
     names = list(slices)

@@ -119,7 +119,7 @@ def _target_foreground(data: EvalData) -> list[np.ndarray]:
     images, masks = cache.images(site), cache.masks(site)
     values = []
     for entry in cache.manifest["subjects"]:
-        if entry["site"] != site or entry["split"] != "train" or entry["n_slices"] == 0:
+        if entry["site"] != site or not data.trains_on(entry) or entry["n_slices"] == 0:
             continue
         rows = slice(entry["first_row"], entry["first_row"] + entry["n_slices"])
         values.append(np.asarray(images[rows])[np.asarray(masks[rows]).astype(bool)])

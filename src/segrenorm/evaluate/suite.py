@@ -19,6 +19,7 @@
    ``G(x | f(x))`` changes when a slice gets another slice's embedding, over ``|G(x) - x|``,
    inside the foreground (:mod:`segrenorm.evaluate.conditioning`); None for the translators
    that are not conditioned on an embedding.
+6. **Lesion-wise fidelity** (:mod:`~segrenorm.evaluate.lesion_lens`), for a class ``lesion``.
 
 :func:`run_evaluation` returns plain JSON-ready numbers and the arrays the report draws.
 
@@ -49,6 +50,7 @@ from segrenorm.evaluate.features import (
     extract_features,
     train_autoencoder,
 )
+from segrenorm.evaluate.lesion_lens import LesionLens
 from segrenorm.evaluate.paired import paired_scores
 from segrenorm.evaluate.robustness import DEFAULT_SIGMAS, noise_sensitivity
 from segrenorm.evaluate.segmentors import SegmentorConfig
@@ -220,11 +222,12 @@ def _segmentation(
     methods: Mapping[str, MethodInput],
     config: EvaluationConfig,
     artifacts: EvaluationArtifacts,
+    lesions: LesionLens | None = None,
 ) -> dict[str, Any]:
     slices = {name: method.slices for name, method in methods.items()}
     results, predictions = segmentation_lens(
         data, slices, config.segmentor, seeds=config.segmentor_seed_list,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size, on_seed=None if lesions is None else lesions.add_seed,
     )  # fmt: skip
     artifacts.target_predictions.update(predictions)
     return results
@@ -355,13 +358,15 @@ def run_evaluation(
         "pseudo_labels": _pseudo_labels(data),
     }
     slices = {k: m.slices for k, m in methods.items()}
+    lesions = LesionLens.for_data(data, slices)  # None without a class named "lesion"
     stages: list[tuple[str, str, Callable[[], Any]]] = [
         ("paired", "paired ground truth", lambda: paired_scores(data, slices)),
         ("histograms", "per-tissue histograms", lambda: _histograms(data, methods)),
         ("distribution", "autoencoder features, KID and FID",
          lambda: _distribution(data, methods, config)),
         ("segmentation", "post-hoc segmentors, Dice and IoU",
-         lambda: _segmentation(data, methods, config, artifacts)),
+         lambda: _segmentation(data, methods, config, artifacts, lesions)),
+        *([("lesions", "lesion-wise fidelity", lesions.results)] if lesions else []),
         ("robustness", "noise robustness curves", lambda: _robustness(data, methods, config)),
         ("conditioning", "conditioning sensitivity",
          lambda: _conditioning(data, methods, config)),

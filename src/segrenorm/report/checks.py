@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from segrenorm.report.lesions import lesion_checks
 from segrenorm.report.spread import dice_gap, format_spread, recovery, seed_count
 from segrenorm.report.tables import classical_rows, strongest
 
@@ -133,6 +134,7 @@ def quality_checks(
             f"{a:.4f} vs {b:.4f}",
             bool(a > b),
         ))  # fmt: skip
+    checks += lesion_checks(results, method, rows)  # results with a lesion lens only
     return checks
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from segrenorm.report.checks import quality_checks, verdict
+from segrenorm.report.lesions import lesion_csv_rows
 from segrenorm.report.tables import tables
 
 __all__ = ["csv_rows", "render_html", "render_markdown"]
@@ -36,6 +37,8 @@ _CAPTIONS = {
     "kid": "KID of each method's harmonized slices against the target site.",
     "histograms": "Intensity densities per tissue (source labels): target (black), source "
     "as is (dashed) and each method.",
+    "lesions": "Lesion insets (as the paper's Fig. 6): held-out lesions on the source, each "
+    "method and the target scanner; red: the true lesion, dashed cyan: the target segmentor's.",
     "sensitivity": "Robustness (paper Fig. 9a): reconstruction of F(G(x) + n) against x.",
 }
 
@@ -186,7 +189,7 @@ def csv_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, float
             rows.append(("paired", name, metric, "", float(scores[metric])))
             if "clean" in scores:  # against the clean (noise-free, bias-free) target render
                 rows.append(("paired-clean", name, metric, "", float(scores["clean"][metric])))
-    return rows
+    return rows + lesion_csv_rows(results)
 
 
 def _num(value: float | None) -> float:

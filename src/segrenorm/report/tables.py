@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from segrenorm.report.controls import Table, control_tables
+from segrenorm.report.lesions import lesion_tables
 from segrenorm.report.spread import (
     compare_recoveries,
     dice_gap,
@@ -288,6 +289,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         *_segmentation(results),
         _robustness(results),
         _conditioning(results),
+        *lesion_tables(results),
         *control_tables(results),
     ]
     return [t for t in found if t is not None]

@@ -8,7 +8,7 @@ into a folder a user can open, archive or parse::
       report.md        the same tables, figures linked
       results.json     every number, per subject where there is one
       results.csv      one row per (section, method, metric, class) value
-      panel.png  sensitivity.png  histograms.png  kid.png
+      panel.png  sensitivity.png  histograms.png  kid.png  (lesions.png: a lesion class)
 
 Every file is written atomically. The quality targets (:func:`quality_checks`) are part of
 the report, each with the measured numbers, whether they pass or not.
@@ -63,6 +63,7 @@ def _figures(
     folder: Path, results: Mapping[str, Any], artifacts: EvaluationArtifacts, data: EvalData
 ) -> dict[str, Path]:
     from segrenorm.report import figures as rf
+    from segrenorm.report.lesion_panel import lesion_figures
 
     figures: dict[str, Path] = {}
     if artifacts.sample_rows:
@@ -89,6 +90,7 @@ def _figures(
         )
     if results.get("distribution"):
         figures["kid"] = rf.kid_bars(folder / "kid.png", results["distribution"])
+    figures.update(lesion_figures(folder, artifacts, data))  # caches with a lesion class only
     return figures
 
 

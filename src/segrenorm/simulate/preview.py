@@ -2,7 +2,8 @@
 
 :func:`preview_subject` shows one held-out simulated subject on both scanners and its labels:
 one row per scanner, the clean target render where the simulation wrote one, then a label
-overlay row; columns axial / coronal / sagittal mid slices.
+overlay row; columns axial / coronal / sagittal mid slices. On a ``simulate flair`` folder it
+shows every scanner, the clean render on the last (best) one and the lesion mask in red.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["preview_subject", "save_subject_preview"]
 
 # Transparent background, then CSF / GM / WM.
 _LABEL_COLOURS = ("#00000000", "#3b75af", "#ef8636", "#f5e15a")
+# Transparent background, then lesion.
+_LESION_COLOURS = ("#00000000", "#e8283c")
 _VIEWS = ("axial", "coronal", "sagittal")
 
 
@@ -53,6 +56,7 @@ def save_subject_preview(
     *,
     zooms: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
+    lesions: bool = False,
 ) -> Path:
     """Write a grid of mid slices: one row per image, then the labels over the last image.
 
@@ -62,6 +66,7 @@ def save_subject_preview(
         out_png: Output PNG path; written atomically.
         zooms: Voxel size in mm, for correct aspect ratios.
         title: Figure title.
+        lesions: The labels are a binary lesion mask (0 background, 1 lesion), not tissues.
 
     Returns:
         The PNG path.
@@ -85,6 +90,11 @@ def save_subject_preview(
     from matplotlib.patches import Patch
 
     brain = labels > 0
+    if lesions and brain.any():  # centre on the largest lesion, window on lesion intensities
+        from scipy import ndimage
+
+        parts, _ = ndimage.label(brain)
+        brain = parts == int(np.bincount(parts.ravel())[1:].argmax()) + 1
     centre = (
         [round(float(c.mean())) for c in np.nonzero(brain)]
         if brain.any()
@@ -100,7 +110,8 @@ def save_subject_preview(
         axes[r, 0].set_ylabel(name, fontsize=11)
     label_name, under = rows[-1]
     vmax = float(np.percentile(under[brain] if brain.any() else under, 99.5))
-    cmap = ListedColormap(_LABEL_COLOURS)
+    colours = _LESION_COLOURS if lesions else _LABEL_COLOURS
+    cmap = ListedColormap(colours)
     for c, (sl, lab) in enumerate(
         zip(_mid_slices(under, centre), _mid_slices(labels, centre), strict=True)
     ):
@@ -110,7 +121,7 @@ def save_subject_preview(
             np.ma.masked_equal(lab, 0),
             cmap=cmap,
             vmin=0,
-            vmax=len(_LABEL_COLOURS) - 1,
+            vmax=len(colours) - 1,
             origin="lower",
             alpha=0.45,
             interpolation="nearest",
@@ -122,8 +133,9 @@ def save_subject_preview(
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    handles = [Patch(color=_LABEL_COLOURS[k], label=LABEL_NAMES[k]) for k in (1, 2, 3)]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    names = {1: "lesion"} if lesions else {k: LABEL_NAMES[k] for k in (1, 2, 3)}
+    handles = [Patch(color=colours[k], label=name) for k, name in names.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -158,10 +170,15 @@ def preview_subject(
     entries = read_subjects(root / "subjects.csv")
     sites = list(dict.fromkeys(e.site for e in entries))
     meta_path = root / "simulation.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        sites = [meta["source"]["name"], meta["target"]["name"]]
-    if len(sites) != 2:
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    flair = meta.get("benchmark") == "flair"  # every scanner, from the weakest to the best
+    if meta:
+        sites = (
+            [s["name"] for s in meta["scanners"]]
+            if flair
+            else [meta["source"]["name"], meta["target"]["name"]]
+        )
+    if len(sites) != 2 and not (flair and len(sites) > 2):
         raise InputError(
             f"{root / 'subjects.csv'}: lists {len(sites)} site(s) ({', '.join(sites)}); "
             "a preview needs exactly a source and a target site"
@@ -192,4 +209,6 @@ def preview_subject(
     labels = np.asarray(label_img.dataobj).astype(np.uint8)
     zooms = tuple(float(z) for z in label_img.header.get_zooms()[:3])
     title = f"{chosen}: {sites[0]} (source) vs {sites[-1]} (target)"
-    return save_subject_preview(rows, labels, out_png, zooms=zooms, title=title)
+    if flair:
+        title = f"{chosen}: {', '.join(sites)} (FLAIR)"
+    return save_subject_preview(rows, labels, out_png, zooms=zooms, title=title, lesions=flair)

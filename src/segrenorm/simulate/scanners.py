@@ -11,7 +11,9 @@ steps, each one a known source of multi-site variation:
 5. Rician noise, the magnitude of complex Gaussian noise, scaled to output units.
 
 Profiles are plain frozen dataclasses; :data:`SCANNERS` holds the built-in pair "1.5T"/"3T".
-A second pair, "1T"/"7T", ships as editable YAML files in this package's ``profiles/`` folder;
+A second pair, "1T"/"7T", ships as editable YAML files in this package's ``profiles/`` folder,
+as do the three FLAIR scanners "SA", "SV" and "PI" of ``segrenorm simulate flair``: a profile
+with a ``lesion`` intensity also renders a lesion map, which replaces white matter in step 1;
 :func:`load_scanner` finds a scanner by either name or loads a user's YAML/JSON file, and
 :func:`scanner_names` lists every name it knows.
 """
@@ -75,6 +77,9 @@ class ScannerProfile:
         gamma: Intensity non-linearity ``wm * (s / wm) ** gamma``; 1.0 is linear.
         texture: Weight of the template's relative fine texture (0 gives flat tissues).
         scale: Output units per relative unit (white matter of 1.0 stores as ``scale``).
+        lesion: Mean intensity of white-matter lesions, relative units, >= 0 (``lesion / wm``
+            is the lesion-to-WM ratio); None (the default) for a scanner that renders no
+            lesions. :meth:`to_dict` leaves it out when None.
 
     Example:
         >>> ScannerProfile(name="7T", csf=0.2, gm=0.5, wm=1.0, noise=0.03).noise
@@ -94,6 +99,7 @@ class ScannerProfile:
     gamma: float = 1.0
     texture: float = 1.0
     scale: float = 1000.0
+    lesion: float | None = None
 
     def __post_init__(self) -> None:
         where = f"scanner profile {self.name!r}"
@@ -104,6 +110,8 @@ class ScannerProfile:
             )
         for key in (f.name for f in fields(self) if f.name != "name"):
             value = getattr(self, key)
+            if key == "lesion" and value is None:
+                continue
             wanted_int = key == "slice_axis"
             ok_type = isinstance(value, int) if wanted_int else isinstance(value, int | float)
             if isinstance(value, bool) or not ok_type or not math.isfinite(value):
@@ -121,7 +129,9 @@ class ScannerProfile:
         _check_range(where, "gamma", self.gamma, 0.1, 10.0)
         _check_range(where, "texture", self.texture, 0.0, 3.0)
         _check_range(where, "scale", self.scale, 1e-6, math.inf)
-        peak = self.scale * max(self.csf, self.gm, self.wm)
+        if self.lesion is not None:
+            _check_range(where, "lesion", self.lesion, 0.0, _MAX_OUTPUT_LEVEL)
+        peak = self.scale * max(self.csf, self.gm, self.wm, self.lesion or 0.0)
         if peak > _MAX_OUTPUT_LEVEL:
             raise ConfigError(
                 f"{where}: field 'scale' ({self.scale}) times the brightest tissue gives {peak:g},"
@@ -160,8 +170,12 @@ class ScannerProfile:
             raise ConfigError(f"{source}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the profile as a JSON-serialisable dict that :meth:`from_dict` accepts."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Return the profile as a JSON-serialisable dict that :meth:`from_dict` accepts.
+
+        A ``lesion`` of None is left out, so profiles without lesions keep their old form.
+        """
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if not (k == "lesion" and v is None)}
 
     def clean(self) -> ScannerProfile:
         """The same scanner without noise and without bias field: its noise-free truth.
@@ -332,8 +346,13 @@ def apply_scanner(
     scanner: ScannerProfile,
     zooms: tuple[float, float, float],
     rng: np.random.Generator,
+    *,
+    lesion: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render tissue probability maps as a T1-weighted image on one scanner.
+
+    With a ``lesion`` map the scanner's ``lesion`` intensity joins the mixture: pass as ``wm``
+    the white matter the lesions leave (``wm - lesion``), so that lesions replace it.
 
     Args:
         csf: CSF probability map, float32 (X, Y, Z).
@@ -343,11 +362,22 @@ def apply_scanner(
         scanner: The scanner to simulate.
         zooms: Voxel size in mm, used for the blur and bias-field scales.
         rng: Random generator for the bias field and noise.
+        lesion: Lesion (partial-volume) probability map, same shape, or None for none.
 
     Returns:
         float32 image in output units (white matter around ``scanner.wm * scanner.scale``).
+
+    Raises:
+        ConfigError: If a lesion map is given to a scanner without a ``lesion`` intensity.
     """
     image = scanner.csf * csf + scanner.gm * gm + scanner.wm * wm
+    if lesion is not None:
+        if scanner.lesion is None:
+            raise ConfigError(
+                f"scanner profile {scanner.name!r} has no 'lesion' intensity, so it cannot "
+                "render lesions; add a 'lesion' field (e.g. the SA, SV or PI profiles)"
+            )
+        image += np.float32(scanner.lesion) * lesion
     if scanner.texture:
         image *= 1.0 + np.float32(scanner.texture) * texture
     if scanner.gamma != 1.0:

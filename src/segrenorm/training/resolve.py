@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from segrenorm.config.load import load_config
 from segrenorm.config.overrides import apply_overrides
@@ -24,7 +26,51 @@ from segrenorm.config.schema import Config
 from segrenorm.errors import ConfigError
 from segrenorm.models.checkpoint import config_of, load_checkpoint, resolve_checkpoint
 
-__all__ = ["TrainingPlan", "resolve_training"]
+if TYPE_CHECKING:
+    from segrenorm.data.slice_cache import SliceCache
+
+__all__ = ["SPARSE_LESION_FRACTION", "TrainingPlan", "resolve_training", "semgan_exclusion"]
+
+#: A two-class cache whose foreground class covers less than this fraction of the foreground
+#: (mask) voxels of its two sites is a sparse lesion cache, whatever its class is called.
+#: MS lesions in FLAIR cover well under 1% of the brain; tissue or organ classes far more.
+SPARSE_LESION_FRACTION = 0.02
+
+
+def semgan_exclusion(cache: SliceCache) -> str | None:
+    """Why SemGAN cannot train on ``cache`` (sparse lesion masks), or None if it can.
+
+    A cache is a lesion cache when it has two classes and its class 1 is named ``lesion``
+    (any name holding the word, e.g. ``ms_lesion``), or its class 1 covers less than
+    :data:`SPARSE_LESION_FRACTION` of the foreground voxels of the two sites shown (all
+    splits). SemGAN's semantic dropout hides random classes from the generator's
+    segmentation input; with one foreground class, dropping it leaves no semantic
+    information, so the paper excludes SemGAN on MS-SEG.
+
+    Args:
+        cache: the opened cache (a pair view of a many-site cache: its two sites).
+    """
+    if cache.n_classes != 2:
+        return None
+    name = cache.class_names[1]
+    lesion, inside = 0, 0
+    for site in ("A", "B"):
+        labels, masks = cache.labels(site), cache.masks(site)
+        for start in range(0, cache.n_rows(site), 256):  # in chunks: the arrays are mapped
+            mask = np.asarray(masks[start : start + 256]).astype(bool)
+            lesion += int(np.count_nonzero(np.asarray(labels[start : start + 256])[mask]))
+            inside += int(np.count_nonzero(mask))
+    fraction = lesion / inside if inside else 0.0
+    if "lesion" not in name.lower() and fraction >= SPARSE_LESION_FRACTION:
+        return None
+    return (
+        f"model.translator=semgan is excluded on {cache.path}: its labels are sparse lesion "
+        f"masks (2 classes, class 1 {name!r} covering {100 * fraction:.2f}% of the foreground "
+        f"voxels; the rule: class 1 named lesion, or under {100 * SPARSE_LESION_FRACTION:g}%). "
+        "SemGAN's semantic dropout hides random classes from its generator, and dropping the "
+        "only foreground class leaves it no semantic information, so the paper excludes SemGAN "
+        "on MS-SEG; use model.translator=segrenorm (or s-cyclegan, cyclegan) instead"
+    )
 
 
 @dataclass(frozen=True)

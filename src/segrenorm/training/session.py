@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from segrenorm.atomic import remove_stale_temporaries
-from segrenorm.config.schema import Config
+from segrenorm.config.schema import Config, TranslatorKind
 from segrenorm.errors import ConfigError
 from segrenorm.training.distributed import (
     DistContext,
@@ -28,6 +28,7 @@ from segrenorm.training.distributed import (
 from segrenorm.training.ema import WeightAverage
 from segrenorm.training.images import save_image_grid, translation_rows
 from segrenorm.training.optim import build_optimizers, build_schedulers
+from segrenorm.training.resolve import semgan_exclusion
 from segrenorm.training.runlog import RunLog, create_run_dir, describe_cache, write_run_record
 from segrenorm.training.state import (
     build_checkpoint,
@@ -52,6 +53,8 @@ def check_against_cache(config: Config, cache: SliceCache) -> None:
         cache: the opened slice cache.
     """
     data = config.data
+    if config.model.translator is TranslatorKind.SEMGAN and (why := semgan_exclusion(cache)):
+        raise ConfigError(why)
     if data.n_classes != cache.n_classes:
         raise ConfigError(
             f"data.n_classes={data.n_classes} but the cache {cache.path} has "

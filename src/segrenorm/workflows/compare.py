@@ -3,7 +3,9 @@
 ``segrenorm compare`` is the paper's comparison on your data: CycleGAN, S-CycleGAN,
 SemGAN and SegRenorm share the config (a preset or YAML, with overrides), the cache, the
 seed and the iteration budget; only ``model.translator`` (and SemGAN's semantic dropout)
-differ. Runs go to ``OUT/runs/``, the report to ``OUT/report/``. A translator whose run
+differ. SemGAN is skipped, with a note, on a cache of sparse lesion masks (as the paper does on
+MS-SEG: :func:`~segrenorm.training.resolve.semgan_exclusion`). Runs go to ``OUT/runs/``, the
+report to ``OUT/report/``. A translator whose run
 already finished there (a ``final.pt`` in a run directory of that translator and config
 name) is not trained again, so an interrupted comparison picks up where it stopped.
 
@@ -14,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from segrenorm.evaluate.methods import BASELINES
 from segrenorm.evaluate.suite import EvaluationConfig
 from segrenorm.report.write import ReportPaths
 
-__all__ = ["SEMGAN_DROPOUT", "CompareResult", "compare", "translator_config"]
+__all__ = ["SEMGAN_DROPOUT", "CompareResult", "compare", "compare_pairs", "translator_config"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,8 @@ def compare(
         on_stage: progress callback.
 
     Raises:
-        ConfigError: an unknown translator or baseline name.
+        ConfigError: an unknown translator or baseline name, or semgan alone on a cache of
+            sparse lesion masks.
     """
     from segrenorm.training.runlog import find_finished_run
     from segrenorm.training.trainer import train
@@ -114,13 +118,29 @@ def compare(
             f"unknown baseline(s) {', '.join(map(repr, wrong))}: choose from {', '.join(BASELINES)}"
         )
     say = on_stage or (lambda text: log.info("%s", text))
+    skipped: dict[str, str] = {}
+    if TranslatorKind.SEMGAN.value in names:
+        from segrenorm.data.slice_cache import SliceCache
+        from segrenorm.training.resolve import semgan_exclusion
+
+        pair = (config.data.source, config.data.target)
+        why = semgan_exclusion(SliceCache.open(cache, pair=pair))
+        if why is not None:  # sparse lesion masks: the paper leaves SemGAN out too
+            names.remove(TranslatorKind.SEMGAN.value)
+            skipped[TranslatorKind.SEMGAN.value] = why
+            say(f"semgan: skipped: {why}")
+        if not names:
+            raise ConfigError(f"no translator left to compare: {why}")
     root = Path(out)
     runs_dir = root / "runs"
     runs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     for name in names:
         cfg = translator_config(config, known[name])
-        done = find_finished_run(runs_dir, cfg.name, cfg.model.translator.value)
+        kind = cfg.model.translator.value
+        if cfg.data.source is not None and cfg.data.target is not None:
+            kind += f"-{cfg.data.source}-to-{cfg.data.target}"  # a pair run's folder name
+        done = find_finished_run(runs_dir, cfg.name, kind)
         if done is not None:
             say(f"{name}: reusing finished run {done}")
             runs[name], seconds[name] = done, 0.0
@@ -139,6 +159,46 @@ def compare(
         device=device,
         title=f"segrenorm compare: {config.name} config, {iterations} iterations each",
         on_stage=say,
-        extra={"train_seconds": seconds, "train_config": config.to_dict()},
+        extra={"train_seconds": seconds, "train_config": config.to_dict(), "skipped": skipped},
     )
     return CompareResult(runs=runs, train_seconds=seconds, report=paths, results=results)
+
+
+def compare_pairs(
+    cache: str | Path,
+    out: str | Path,
+    config: Config,
+    pairs: Sequence[tuple[str, str]],
+    **options: Any,
+) -> dict[tuple[str, str], CompareResult]:
+    """:func:`compare` once per (source, target) pair of a many-site cache.
+
+    Each pair is compared in ``OUT/<source>-to-<target>/`` (its ``runs/`` and ``report/``),
+    with ``config`` set to the pair (``data.source``/``data.target``); every pair is checked
+    (:func:`~segrenorm.workflows.pairs.resolve_pairs`) before any training. A finished run of
+    a pair is reused as :func:`compare` reuses one.
+
+    Args:
+        cache: the slice cache.
+        out: the folder holding one comparison folder per pair.
+        config: the shared training configuration (no ``data.source``/``data.target``).
+        pairs: ``(source, target)`` site names or cache keys, in order.
+        **options: the keyword arguments of :func:`compare` (translators, baselines, ...).
+
+    Returns:
+        ``(source, target)`` names -> that pair's :class:`CompareResult`.
+
+    Raises:
+        ConfigError: as :func:`~segrenorm.workflows.pairs.resolve_pairs` and :func:`compare`.
+    """
+    from segrenorm.workflows.pairs import pair_config, resolve_pairs
+
+    named = resolve_pairs(config, cache, pairs)
+    say = options.get("on_stage") or (lambda text: log.info("%s", text))
+    results = {}
+    for source, target in named:
+        say(f"pair {source} -> {target}")
+        folder = Path(out) / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source}-to-{target}")
+        results[(source, target)] = compare(cache, folder, pair_config(config, source, target),
+                                            **options)  # fmt: skip
+    return results

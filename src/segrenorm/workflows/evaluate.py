@@ -78,6 +78,7 @@ def evaluate_cache(
     tiles: str | int = "none",
     source: str | None = None,
     target: str | None = None,
+    fold: int | None = None,
 ) -> tuple[ReportPaths, dict[str, Any]]:
     """Evaluate baselines, trained runs and harmonized folders on a cache's held-out data.
 
@@ -104,6 +105,10 @@ def evaluate_cache(
             without a run (runs bring their own pair: see
             :func:`~segrenorm.workflows.pairs.evaluation_pair`).
         target: the target site, likewise.
+        fold: leave-one-subject-out / k-fold: score the subjects of this fold of the cache
+            (at both sites) with runs trained with ``data.fold`` equal to it (segmentors
+            and references train on every other subject); None (the default) scores
+            ``split``. Recorded in ``results.json`` as ``fold`` (absent without one).
 
     Returns:
         ``(paths, results)``: the report's files and its numbers.
@@ -111,7 +116,9 @@ def evaluate_cache(
     Raises:
         ConfigError: a method name used twice as a baseline, runs of mixed direction or
             site pair, a split other than val or test, or a ``tiles`` value that is
-            unknown, below 1 or not a multiple of a run's stride.
+            unknown, below 1 or not a multiple of a run's stride; a fold with the val
+            split, or a run trained on another fold than the one scored (or on a fold when
+            the cache's split is scored): it saw the subjects it would be scored on.
     """
     import torch
 
@@ -132,10 +139,16 @@ def evaluate_cache(
             f"method name(s) {', '.join(clash)} are baseline names: name runs and folders "
             "differently (e.g. after their translator)"
         )
+    if fold is not None and split != "test":
+        raise ConfigError(
+            f"--fold {fold} scores the fold's held-out subjects; folds have no val split: "
+            "drop --split val (choose settings on the cache's val split, without --fold)"
+        )
     loaded = {name: load_translator(path, device) for name, path in models.items()}
+    _check_folds(loaded, models, fold)
     pair = evaluation_pair(cache, models, source, target)
     opened = SliceCache.open(cache, pair=pair, how_to_choose=EVALUATE_CHOICE)
-    data = EvalData.from_cache(opened, direction=_direction(loaded), split=split)
+    data = EvalData.from_cache(opened, direction=_direction(loaded), split=split, fold=fold)
     config = config or EvaluationConfig()
     say = on_stage or (lambda text: log.info("%s", text))
     say("classical baselines")
@@ -177,6 +190,7 @@ def evaluate_cache(
     results["n4_corrected_baselines"] = n4_corrected_baselines(data, chosen)
     extra = {
         "split": split,
+        **({} if fold is None else {"fold": fold}),  # absent without one, as before folds
         "runs": {name: str(path) for name, path in models.items()},
         "harmonized_folders": {name: str(path) for name, path in harmonized.items()},
         "evaluation_config": _plain(config),
@@ -185,6 +199,29 @@ def evaluate_cache(
     }
     paths = write_report(out, results, artifacts, data, title=title, extra=extra)
     return paths, {**results, **extra}
+
+
+def _check_folds(
+    loaded: Mapping[str, Any], models: Mapping[str, str | Path], fold: int | None
+) -> None:
+    """Refuse a run whose training saw the subjects scored: another fold, or a fold at all
+    when the cache's fixed split is scored (a fold trains on the test subjects too)."""
+    for name, (_, cfg) in loaded.items():
+        trained = cfg.data.fold
+        if trained == fold:
+            continue
+        if fold is None:
+            raise ConfigError(
+                f"run {name} ({models[name]}) was trained with data.fold={trained}, on every "
+                "subject outside that fold, the cache's test subjects included: score it on "
+                f"its fold with --fold {trained}"
+            )
+        what = "on the cache's train split" if trained is None else f"with data.fold={trained}"
+        raise ConfigError(
+            f"run {name} ({models[name]}) was trained {what}, so it saw the subjects of fold "
+            f"{fold}: score it with {'no --fold' if trained is None else f'--fold {trained}'}, "
+            f"or train one for this fold with --set data.fold={fold}"
+        )
 
 
 def _wrong_segmentation(

@@ -1,25 +1,26 @@
 """Caches of more than two sites: one model per (source, target) pair, and the pair a run saw.
 
-The paper trains MS-SEG one model per scanner pair, every source scanner toward one target.
-:func:`train_toward` does that on a cache of N sites: for each other site in cache order it
-trains ``data.source=SITE, data.target=TARGET`` in its own run folder (named
-``NNNNN-<config>-<translator>-<source>-to-<target>``), one after the other, and reuses a
-pair that already finished with the same config on the same cache (one stopped part-way
-is resumed). :func:`model_pair` reads
-the (source, target) site names a run was trained on from its checkpoint, and
-:func:`evaluation_pair` is the pair ``segrenorm evaluate`` opens a cache with.
+The paper trains MS-SEG one model per scanner pair (SA->SV, SA->PI, SV->PI). :func:`train_pairs`
+does that on a cache of N sites: for each pair it trains ``data.source=SOURCE,
+data.target=TARGET`` in its own run folder (named ``NNNNN-<config>-<translator>-<source>-to-
+<target>``), one after the other, and reuses a pair that already finished with the same config
+on the same cache (one stopped part-way is resumed). :func:`train_toward` is the pairs "every
+other site -> TARGET". :func:`model_pair` reads the (source, target) site names a run was
+trained on from its checkpoint, and :func:`evaluation_pair` is the pair ``segrenorm evaluate``
+opens a cache with.
 
 Example:
-    >>> runs = train_toward(load_config("cpu"), "cache/", "runs/", "HH")  # doctest: +SKIP
+    >>> pairs = [("SA", "SV"), ("SV", "PI")]
+    >>> runs = train_pairs(load_config("cpu"), "cache/", "runs/", pairs)  # doctest: +SKIP
     >>> [(r.source, r.target, r.status) for r in runs]  # doctest: +SKIP
-    [('Guys', 'HH', 'trained'), ('IOP', 'HH', 'reused')]
+    [('SA', 'SV', 'trained'), ('SV', 'PI', 'reused')]
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,11 @@ __all__ = [
     "PairRun",
     "evaluation_pair",
     "find_pair_run",
+    "finished_pair_run",
     "model_pair",
+    "pair_config",
+    "resolve_pairs",
+    "train_pairs",
     "train_toward",
 ]
 
@@ -102,9 +107,127 @@ def find_pair_run(out: str | Path, config: Config, cache: str | Path) -> tuple[P
     return found
 
 
-def _pair_config(config: Config, source: str, target: str) -> Config:
+def pair_config(config: Config, source: str, target: str) -> Config:
+    """``config`` with ``data.source`` and ``data.target`` set to one pair, validated.
+
+    Args:
+        config: the shared config.
+        source: the source site's name.
+        target: the target site's name.
+    """
     data = dataclasses.replace(config.data, source=source, target=target)
     return dataclasses.replace(config, data=data).validate()
+
+
+def finished_pair_run(out: str | Path, config: Config, cache: str | Path) -> Path | None:
+    """The run of :func:`find_pair_run` if it reached its last step and holds ``final.pt``.
+
+    Args:
+        out: the folder holding run directories.
+        config: the resolved config of the pair.
+        cache: the slice cache folder.
+    """
+    found = find_pair_run(out, config, cache)
+    if found is None or found[1] < config.optim.total_iterations:
+        return None
+    return found[0] if (found[0] / "final.pt").is_file() else None
+
+
+def _direction_ab(config: Config, flag: str) -> None:
+    if config.data.direction != "AB":
+        raise ConfigError(
+            f"data.direction={config.data.direction!r} with {flag}: each model of "
+            f"{flag.split()[0]} translates its source site toward the target as "
+            "data.direction=AB; drop --set data.direction (harmonize --direction BA runs a "
+            "model the other way)"
+        )
+
+
+def resolve_pairs(
+    config: Config, cache: str | Path, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The site names of ``pairs`` (names or keys of ``cache``), checked for ``--pairs``.
+
+    Args:
+        config: the shared config (must leave ``data.source``/``data.target`` unset and
+            ``data.direction`` at AB: each pair sets its own).
+        cache: the slice cache.
+        pairs: ``(source, target)`` items as given.
+
+    Raises:
+        ConfigError: no pair, an unknown site, a pair of one site, a pair given twice, or a
+            config naming a source, a target or direction BA.
+    """
+    listed = ",".join(f"{s}:{t}" for s, t in pairs)
+    _direction_ab(config, f"--pairs {listed}")
+    for field in ("source", "target"):
+        if getattr(config.data, field) is not None:
+            raise ConfigError(
+                f"data.{field}={getattr(config.data, field)!r} with --pairs {listed}: --pairs "
+                f"gives every pair's sites; drop --set data.{field}"
+            )
+    if not pairs:
+        raise ConfigError("--pairs names no pair: give SOURCE:TARGET items, e.g. SA:SV,SA:PI")
+    sites = {str(k): str(v) for k, v in open_manifest(cache)["sites"].items()}
+    how = "--pairs SOURCE:TARGET (names or keys)"
+    named: list[tuple[str, str]] = []
+    for source, target in pairs:
+        pair = (
+            sites[site_key(cache, sites, source, "source", how)],
+            sites[site_key(cache, sites, target, "target", how)],
+        )
+        if pair[0] == pair[1]:
+            raise ConfigError(
+                f"--pairs item {source}:{target} translates site {pair[0]} to itself: a pair "
+                "needs two different sites"
+            )
+        if pair in named:
+            raise ConfigError(
+                f"--pairs gives the pair {pair[0]} -> {pair[1]} twice ({listed}): name each "
+                "pair once"
+            )
+        named.append(pair)
+    return named
+
+
+def train_pairs(
+    config: Config,
+    cache: str | Path,
+    out: str | Path,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    dry_run: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> list[PairRun]:
+    """Train one model per (source, target) pair of ``cache``, one after the other.
+
+    Each pair trains ``data.source=SOURCE, data.target=TARGET`` in its own run folder. A pair
+    whose run already finished with the same config on the same cache
+    (:func:`finished_pair_run`) is reused, and ``say`` tells so; one stopped part-way is
+    resumed from its ``last.pt``. Every pair is checked against the cache before any trains.
+
+    Args:
+        config: the config every pair starts from (see :func:`resolve_pairs`).
+        cache: a slice cache of two or more sites.
+        out: the folder holding run directories.
+        pairs: ``(source, target)`` site names (or cache keys), in training order.
+        dry_run: check every pair and report the plan, training nothing.
+        progress: show each run's progress bar.
+        say: where the plan and progress lines go.
+
+    Returns:
+        One :class:`PairRun` per pair, in the given order, with site names.
+
+    Raises:
+        ConfigError: as :func:`resolve_pairs`, or a pair's config unfit for the cache.
+        CacheError: the cache is unusable.
+        TrainingInterrupted: a pair's training was stopped (the finished pairs are kept and
+            reused by the next call).
+    """
+    named = resolve_pairs(config, cache, pairs)
+    say(f"{len(named)} pair(s), one model each, in {out}:")
+    return _train_plan(config, cache, out, named, dry_run=dry_run, progress=progress, say=say)
 
 
 def train_toward(
@@ -117,44 +240,16 @@ def train_toward(
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> list[PairRun]:
-    """Train every other site of ``cache`` toward ``target``: one model and run per pair.
+    """:func:`train_pairs` of every other site of ``cache`` toward ``target``, in cache order.
 
-    Pairs run in cache order, one after the other. A pair whose run already finished with the
-    same config on the same cache (:func:`find_pair_run`) is reused, and ``say`` tells so; one
-    stopped part-way (``--iterations``, Ctrl-C, killed) is resumed from its ``last.pt``.
-
-    Args:
-        config: the config every pair starts from (``data.source`` unset; ``data.target``
-            unset or equal to ``target``).
-        cache: a slice cache of two or more sites.
-        out: the folder holding run directories.
-        target: the target site, by name (or cache key).
-        dry_run: check every pair's config against the cache and report the plan, training
-            nothing.
-        progress: show each run's progress bar.
-        say: where the plan and progress lines go.
-
-    Returns:
-        One :class:`PairRun` per source site, in cache order.
+    Args and the rest as :func:`train_pairs`, except that ``target`` is the target site (name
+    or cache key) and ``config.data.target`` may already name it.
 
     Raises:
-        ConfigError: an unknown target, a config that already names a source or another
-            target, ``data.direction`` other than ``AB``, or a pair's config that does not
-            fit the cache.
-        CacheError: the cache is unusable.
-        TrainingInterrupted: a pair's training was stopped (the finished pairs are kept and
-            reused by the next call).
+        ConfigError: an unknown target, a config naming a source or another target,
+            ``data.direction`` other than ``AB``, or a pair's config unfit for the cache.
     """
-    from segrenorm.data.slice_cache import SliceCache
-    from segrenorm.training.session import check_against_cache
-    from segrenorm.training.trainer import train
-
-    if config.data.direction != "AB":
-        raise ConfigError(
-            f"data.direction={config.data.direction!r} with --to {target}: each model of "
-            "--to translates its source site toward the target as data.direction=AB; drop "
-            "--set data.direction (harmonize --direction BA runs a model the other way)"
-        )
+    _direction_ab(config, f"--to {target}")
     sites = {str(k): str(v) for k, v in open_manifest(cache)["sites"].items()}
     target_key = site_key(cache, sites, target, "target", "--to NAME")
     target_name = sites[target_key]
@@ -172,30 +267,49 @@ def train_toward(
         raise ConfigError(
             f"data.target={config.data.target!r} differs from --to {target}: give the target once"
         )
+    named = [(name, target_name) for name in sites.values() if name != target_name]
+    say(f"{len(named)} pair(s) toward {target_name}, one model each, in {out}:")
+    return _train_plan(config, cache, out, named, dry_run=dry_run, progress=progress, say=say)
+
+
+def _train_plan(
+    config: Config,
+    cache: str | Path,
+    out: str | Path,
+    named: Sequence[tuple[str, str]],
+    *,
+    dry_run: bool,
+    progress: bool,
+    say: Callable[[str], None],
+) -> list[PairRun]:
+    """Check every pair against the cache, then reuse, resume or train each in order."""
+    from segrenorm.data.slice_cache import SliceCache
+    from segrenorm.training.session import check_against_cache
+    from segrenorm.training.trainer import train
+
     plan = []
-    for name in (n for n in sites.values() if n != target_name):
-        pair = _pair_config(config, name, target_name)
-        check_against_cache(pair, SliceCache.open(cache, pair=(name, target_name)))
+    for source, target in named:
+        pair = pair_config(config, source, target)
+        check_against_cache(pair, SliceCache.open(cache, pair=(source, target)))
         plan.append(pair)
-    say(f"{len(plan)} pair(s) toward {target_name}, one model each, in {out}:")
     runs: list[PairRun] = []
-    for pair in plan:
-        source, total = str(pair.data.source), pair.optim.total_iterations
-        found = find_pair_run(out, pair, cache)
-        head = f"  {source} -> {target_name}:"
-        if found is not None and found[1] >= total and (found[0] / "final.pt").is_file():
-            say(f"{head} already finished in {found[0]}; reused")
-            runs.append(PairRun(source, target_name, pair, found[0], "reused"))
+    for pair, (source, target) in zip(plan, named, strict=True):
+        head = f"  {source} -> {target}:"
+        done = finished_pair_run(out, pair, cache)
+        found = None if done is not None else find_pair_run(out, pair, cache)
+        if done is not None:
+            say(f"{head} already finished in {done}; reused")
+            runs.append(PairRun(source, target, pair, done, "reused"))
         elif dry_run:
             what = "train a new run" if found is None else f"resume {found[0]} at step {found[1]}"
             say(f"{head} would {what}")
-            runs.append(PairRun(source, target_name, pair, None, "planned"))
+            runs.append(PairRun(source, target, pair, None, "planned"))
         else:
             resume = None if found is None else found[0]
             say(f"{head} training" + ("" if resume is None else f", resuming {resume}"))
             run_dir = train(pair, cache, out, resume=resume, progress=progress)
             say(f"{head} finished in {run_dir}")
-            runs.append(PairRun(source, target_name, pair, run_dir, "trained"))
+            runs.append(PairRun(source, target, pair, run_dir, "trained"))
     return runs
 
 
