@@ -45,6 +45,7 @@ import numpy as np
 
 from segrenorm.errors import ConfigError
 from segrenorm.evaluate.data import EvalData
+from segrenorm.evaluate.lesions import lesion_class
 from segrenorm.evaluate.overlap import subject_scores
 from segrenorm.evaluate.segmentors import SegmentorConfig, predict_labels, train_segmentor
 
@@ -198,6 +199,9 @@ def segmentation_lens(
     if "none" not in slices:
         raise ConfigError("the segmentation lens needs the 'none' method: the gap refers to it")
     per_seed, predictions = [], {}
+    if segmentor.labelled_slices is None:  # sparse lesion masks: half of each batch shows one
+        share = 0.5 if lesion_class(data.class_names) is not None else 0.0
+        segmentor = dataclasses.replace(segmentor, labelled_slices=share)
     for k, seed in enumerate(seeds):
         config = dataclasses.replace(segmentor, seed=int(seed))
         rows, preds = _one_seed(data, slices, config, batch_size)
