@@ -27,10 +27,11 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -50,6 +51,9 @@ from segrenorm.simulate.scanners import ScannerProfile, apply_scanner, load_scan
 from segrenorm.simulate.subjects import CSV_COLUMNS
 
 __all__ = ["CLEAN_SUFFIX", "render_subject", "simulate_t1"]
+
+JobT = TypeVar("JobT")
+ResultT = TypeVar("ResultT")
 
 FORMAT_VERSION = 1
 #: The clean renders of held-out subjects go to ``images/<target><CLEAN_SUFFIX>/``.
@@ -127,6 +131,11 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, str(path))
 
 
+def _to_int16(image: np.ndarray) -> np.ndarray:
+    """Output units as stored: rounded and clipped to int16 (T1 and FLAIR benchmarks alike)."""
+    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+
+
 def _render(subject: Anatomy, scanner: ScannerProfile, seed: int) -> np.ndarray:
     image = apply_scanner(
         subject.csf,
@@ -137,7 +146,7 @@ def _render(subject: Anatomy, scanner: ScannerProfile, seed: int) -> np.ndarray:
         subject.zooms,
         np.random.default_rng(seed),
     )
-    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+    return _to_int16(image)
 
 
 def _render_job(job: _Job) -> None:
@@ -190,26 +199,33 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     replace_dir(tmp, out)
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> None:
-    results: Iterable[None]
+def _map_jobs(
+    render: Callable[[JobT], ResultT],
+    jobs: Sequence[JobT],
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> list[ResultT]:
+    """``render`` over ``jobs`` in order, in ``workers`` processes (T1 and FLAIR benchmarks).
+
+    Results do not depend on the worker count: every job carries its own seeds.
+    """
+
+    def collect(results: Iterable[ResultT]) -> list[ResultT]:
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc=desc, unit="subject")
+        return list(results)
+
     if workers == 1:
-        results = map(_render_job, jobs)
-        _drain(results, len(jobs), progress)
-        return
+        return collect(map(render, jobs))
     methods = multiprocessing.get_all_start_methods()
     # Fork shares the already-loaded template with the workers instead of reloading it.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        _drain(pool.map(_render_job, jobs), len(jobs), progress)
-
-
-def _drain(results: Iterable[None], total: int, progress: bool) -> None:
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=total, desc="simulate", unit="subject")
-    for _ in results:
-        pass
+    processes = max(1, min(workers, len(jobs)))
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        return collect(pool.map(render, jobs))
 
 
 def simulate_t1(
@@ -306,7 +322,7 @@ def simulate_t1(
             )
             for subject in sorted(sites)
         ]
-        _run_jobs(jobs, workers, progress)
+        _map_jobs(_render_job, jobs, workers, progress, "simulate")
         rows = []
         for k, profile in enumerate(profiles):
             for subject in sorted(s for s in sites if k in sites[s]):

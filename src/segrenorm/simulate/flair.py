@@ -29,11 +29,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +52,10 @@ from segrenorm.simulate.benchmark import (
     CLEAN_SUFFIX,
     _check_out_dir,
     _derived_seed,
+    _map_jobs,
     _publish,
     _save_nifti,
+    _to_int16,
 )
 from segrenorm.simulate.lesions import LESION_LABELS, Lesions, LesionSettings, add_lesions
 from segrenorm.simulate.scanners import ScannerProfile, apply_scanner, load_scanner
@@ -115,10 +115,6 @@ class _Job:
     settings: LesionSettings
 
 
-def _to_int16(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
-
-
 def _render_job(job: _Job) -> tuple[str, dict[str, Any]]:
     subject = warp_anatomy(load_mni152_anatomy(job.resolution), job.deformation_seed)
     lesions = add_lesions(subject, np.random.default_rng(job.lesion_seed), job.settings)
@@ -139,24 +135,6 @@ def _render_job(job: _Job) -> tuple[str, dict[str, Any]]:
         folder = job.root / "images" / f"{scanner.name}{CLEAN_SUFFIX}"
         _save_nifti(_to_int16(image), affine, folder / f"{job.subject}_FLAIR.nii.gz")
     return job.subject, lesions.summary()
-
-
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> dict[str, dict[str, Any]]:
-    def collect(results: Iterator[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-        shown: Iterable[tuple[str, dict[str, Any]]] = results
-        if progress:
-            from tqdm import tqdm
-
-            shown = tqdm(results, total=len(jobs), desc="simulate flair", unit="subject")
-        return dict(shown)
-
-    if workers == 1:
-        return collect(map(_render_job, jobs))
-    methods = multiprocessing.get_all_start_methods()
-    # Fork shares the already-loaded template with the workers instead of reloading it.
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        return collect(pool.map(_render_job, jobs))
 
 
 def _held_out_counts(n_train: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
@@ -296,7 +274,7 @@ def simulate_flair(
                     settings,
                 )
             )
-        stats = _run_jobs(jobs, workers, progress)
+        stats = dict(_map_jobs(_render_job, jobs, workers, progress, "simulate flair"))
         split_of = {s: "test" for s in test} | {s: "val" for s in val}
         rows = []
         for k, profile in enumerate(profiles):
