@@ -51,6 +51,7 @@ from segrenorm.config.build import config_from_dict
 from segrenorm.config.load import load_config
 from segrenorm.config.presets import PRESETS
 from segrenorm.config.schema import Config, TranslatorKind
+from segrenorm.evaluate.lesion_lens import lesion_results
 from segrenorm.workflows.compare import translator_config
 from segrenorm.workflows.pairs import find_pair_run, finished_pair_run, pair_config
 
@@ -163,6 +164,13 @@ def _lesion_index(results: dict[str, Any]) -> int:
     return names.index("lesion") if "lesion" in names else 1
 
 
+def _lesion_entry(results: dict[str, Any]) -> dict[str, Any]:
+    """The lesion lens's ``lesion`` class, from a results.json of either schema."""
+    classes = lesion_results(results.get("lesions")).get("classes") or {}
+    found = [entry for name, entry in classes.items() if str(name).lower() == "lesion"]
+    return found[0] if found else {}  # any case, as the lens itself matches class names
+
+
 def method_figures(results: dict[str, Any], method: str) -> dict[str, float]:
     """The headline numbers of one method of a direction's ``results.json``."""
     k = _lesion_index(results)
@@ -173,7 +181,7 @@ def method_figures(results: dict[str, Any], method: str) -> dict[str, float]:
     row = seg.get("rows", {}).get(f"target→{method}") or {}
     dice, iou = (row.get(key, {}).get("mean") for key in ("dice", "iou"))
     recovery = seg.get("gap_recovery", {}).get(method)
-    lesions = results.get("lesions") or {}
+    lesions = _lesion_entry(results)
     found = (lesions.get("detection") or {}).get("methods", {}).get(method) or {}
     contrast = (lesions.get("contrast") or {}).get("methods", {}).get(method) or {}
     values = {
@@ -219,7 +227,7 @@ def direction_table(results: dict[str, Any], seeds: Sequence[int]) -> dict[str, 
         dice = (rows.get(row) or {}).get("dice", {}).get("mean")
         if isinstance(dice, list) and len(dice) > k and _mean(dice[k]) is not None:
             reference[name] = float(dice[k])
-    target = ((results.get("lesions") or {}).get("contrast") or {}).get("target") or {}
+    target = (_lesion_entry(results).get("contrast") or {}).get("target") or {}
     if _mean(target.get("ratio_mean")) is not None:
         reference["target contrast"] = float(target["ratio_mean"])
     return {"sites": results.get("sites"), "reference": reference, "methods": table}

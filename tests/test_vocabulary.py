@@ -7,9 +7,13 @@ import pytest
 from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import (
     DIRECTIONS,
+    MODALITIES,
+    POCKET_CLASS_NAMES,
     SITES,
     SLICE_AXES,
     check_direction,
+    check_modality,
+    pocket_classes,
     source_site,
     target_site,
 )
@@ -67,3 +71,34 @@ def test_directions_join_the_two_sites_both_ways() -> None:
 
 def test_slice_axes_cut_across_each_voxel_axis_once() -> None:
     assert SLICE_AXES == {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["background", "lesion"], [1]),
+        (["background", "IRF", "SRF", "PED"], [1, 2, 3]),
+        (["background", "irf"], [1]),
+        (["background", "csf", "Ped", "wm", "LESION"], [2, 4]),
+        (["background", "lesions_old"], []),  # whole names only, not substrings
+        (["background", "ms_lesion", "WM"], []),
+        (["lesion", "wm"], []),  # class 0 is the background, whatever its name
+        ([], []),
+    ],
+)
+def test_pocket_classes_are_foreground_classes_named_lesion_or_a_fluid(
+    names: list[str], expected: list[int]
+) -> None:
+    assert POCKET_CLASS_NAMES == ("lesion", "irf", "srf", "ped")
+    assert pocket_classes(names) == expected
+
+
+def test_check_modality_knows_mri_and_oct_only() -> None:
+    assert MODALITIES == ("mri", "oct")
+    assert [check_modality(m) for m in MODALITIES] == ["mri", "oct"]
+    with pytest.raises(ConfigError) as caught:
+        check_modality("OCT", name="--modality")
+    assert str(caught.value) == (
+        "--modality 'OCT' is unknown: use one of mri, oct (mri: brain T1 or FLAIR, oct: "
+        "retinal OCT)"
+    )

@@ -92,7 +92,7 @@ def test_ixi_refuses_files_outside_the_naming_all_in_one_message(ixi: Path, tmp_
 
 
 def test_layout_options_and_unknown_layouts_are_refused(ixi: Path, tmp_path: Path) -> None:
-    assert set(DATASET_LAYOUTS) == {"ixi", "bids", "msseg"}
+    assert set(DATASET_LAYOUTS) == {"ixi", "bids", "msseg", "retouch"}
     with pytest.raises(ConfigError, match="dataset layout 'adni' is unknown; known layouts: ixi"):
         records_from_layout("adni", ixi)
     with pytest.raises(ConfigError, match="--site-column is for the bids layout"):

@@ -40,6 +40,13 @@ def test_open_manifest_refuses_broken_caches(tmp_path: Path, tiny_kit: SimpleNam
         r"invalid bias_correction \(bias correction 'n3' is unknown: use one of n4, none\); re-run",
     )
     expect({**good, "bias_correction": "n4"}, "invalid bias_correction .*must be a mapping")
+    expect(
+        {**good, "modality": "ct"},
+        r"manifest.json: unknown modality 'ct' \(this segrenorm knows mri, oct\); re-run",
+    )
+    manifest_path.write_text(json.dumps({**good, "modality": "oct"}))
+    assert open_manifest(out)["modality"] == "oct"
+    assert "modality" not in good  # a cache from before OCT opens, and reads as MRI
     manifest_path.write_text("{not json")
     with pytest.raises(CacheError, match="is not valid JSON"):
         open_manifest(out)
@@ -86,3 +93,7 @@ def test_summarize_counts_slices_and_subjects_per_site_and_split(tiny_cache: Pat
     corrected = {**manifest, "bias_correction": {"method": "n4", "shrink": 2}}
     first = summarize(corrected, "c").splitlines()[0]
     assert first == "cache c: axial slices 40x40, 4 classes, bias-corrected (n4, shrink 2)"
+    oct_cache = {**manifest, "modality": "oct"}
+    first = summarize(oct_cache, "c").splitlines()[0]
+    assert first == "cache c: OCT (retina mask, background kept) axial slices 40x40, 4 classes"
+    assert summarize({**manifest, "modality": "mri"}, "c") == summarize(manifest, "c")

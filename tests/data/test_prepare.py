@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segrenorm.data import prepare as cache
-from segrenorm.data.facts import inference_facts
+from segrenorm.data.facts import TrainingFacts, inference_facts
 from segrenorm.data.listing import SubjectRecord, read_listing
 from segrenorm.data.manifest import open_manifest
 from segrenorm.data.prepare import prepare_cache
@@ -20,7 +20,9 @@ from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, 
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.intensity import IntensityScaling, foreground_mask
 from segrenorm.volumes.readwrite import load_image, load_label, save_image, save_label
+from segrenorm.volumes.retina import retina_mask
 from segrenorm.volumes.spatial import slice_volume, unpad
+from tests.volumes.test_retina import oct_phantom
 
 SHAPE = (20, 24, 16)
 # Voxel axes point Left, Posterior, Superior: prepare must flip x and y to reach RAS.
@@ -342,3 +344,65 @@ def test_interrupted_prepare_leaves_nothing(
     assert (out / "manifest.json").read_text() == before  # the old cache is untouched
     open_manifest(out)
     assert not list(tmp_path.glob(".fresh.*")) and not list(tmp_path.glob(".cache.*"))
+
+
+# --------------------------------------------------------------------------- OCT
+
+
+def write_oct_study(
+    root: Path, suffix: str = ".nii.gz", splits: tuple[str, ...] = ("train", "train")
+) -> list[SubjectRecord]:
+    """Two vendors' OCT volumes of the phantom retina with fluid labels (1 cyst, 3 PED):
+    ``fine`` at 0.002 mm in depth, ``coarse`` (the target: the grid) at 0.004 mm; subject
+    ``k`` of each site is in ``splits[k]``."""
+    records = []
+    for site, depth in (("fine", 2), ("coarse", 1)):
+        for k, split in enumerate(splits):
+            phantom = oct_phantom(10 * depth + k, (24, 48, 3), depth=depth)
+            geometry = Geometry.from_affine(np.diag([0.02, 0.004 / depth, 0.1, 1.0]),
+                                            phantom.data.shape)  # fmt: skip
+            labels = phantom.cyst.astype(np.uint8) + 3 * phantom.ped.astype(np.uint8)
+            image = save_image(phantom.data, root / site / f"s{k}_oct{suffix}", geometry=geometry)
+            label = save_label(labels, root / site / f"s{k}_fluid{suffix}", geometry=geometry)
+            records.append(SubjectRecord(f"{site}{k}", site, image, label, split))
+    return records
+
+
+def test_prepare_oct_keeps_measured_values_the_retina_and_the_background(tmp_path: Path) -> None:
+    records = write_oct_study(tmp_path)
+    out = prepare_cache(
+        records, tmp_path / "cache", modality="oct", n_classes=4, min_foreground=0.0,
+        lower_pct=1.0, upper_pct=99.0, progress=False,
+    )  # fmt: skip
+    manifest = open_manifest(out)
+    assert manifest["modality"] == "oct"
+    assert manifest["bias_correction"] == NO_BIAS_CORRECTION.to_dict()  # the OCT default
+    assert manifest["spacing"] == pytest.approx([0.02, 0.004, 0.1])  # the target's grid
+    images, masks = np.load(out / "A" / "images.npy"), np.load(out / "A" / "masks.npy")
+    # The fine vendor's first subject, by hand: nearest neighbour onto the grid, the retina
+    # as the mask, its percentiles to -1/1 applied to every voxel, B-scans along z.
+    volume = load_image(records[0].image).data[:, 1::2]  # depth 0.002 -> 0.004: every 2nd voxel
+    mask = retina_mask(volume)
+    low, high = np.percentile(volume[mask], [1.0, 99.0])
+    expected = np.clip((volume.astype(np.float64) - low) * 2 / (high - low) - 1, -1, 1)
+    assert manifest["subjects"][0]["scaling"]["low"] == pytest.approx(low)
+    rows = unpad(images[:3], ((4, 4), (0, 0)))  # 24 x 48 B-scans padded to 32 x 48
+    np.testing.assert_allclose(rows, slice_volume(expected, "axial"), atol=1e-5)
+    np.testing.assert_array_equal(unpad(masks[:3], ((4, 4), (0, 0))), slice_volume(mask, "axial"))
+    background = rows[unpad(masks[:3], ((4, 4), (0, 0))) == 0]
+    assert (background > -1.0).mean() > 0.5  # kept, not set to -1
+    labels = np.load(out / "A" / "labels.npy")
+    assert set(np.unique(labels)) == {0, 1, 3}
+
+    facts = inference_facts(manifest)
+    assert facts["modality"] == "oct"
+    assert TrainingFacts.from_dict(facts).modality == "oct"
+    assert TrainingFacts.from_dict({k: v for k, v in facts.items() if k != "modality"}).modality \
+        == "mri"  # fmt: skip
+    with pytest.raises(CacheError, match=r"malformed inference facts \(ConfigError: modality 'x"):
+        TrainingFacts.from_dict({**facts, "modality": "x"})
+    with pytest.raises(ConfigError, match="OCT takes --bias-correction none"):
+        prepare_cache(records, tmp_path / "n4", modality="oct",
+                      bias_correction=DEFAULT_BIAS_CORRECTION, progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="modality 'ct' is unknown"):
+        prepare_cache(records, tmp_path / "ct", modality="ct", progress=False)

@@ -19,7 +19,9 @@ from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, 
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 from segrenorm.volumes.intensity import fit_scaling, foreground_mask
 from segrenorm.volumes.readwrite import load_image, save_image
+from segrenorm.volumes.retina import retina_mask
 from segrenorm.volumes.spatial import pad_to_shape
+from tests.volumes.test_retina import oct_phantom
 
 SHAPE = (20, 24, 16)
 # Voxel axes point Left, Posterior, Superior at 1.5 x 1.5 x 2 mm: the recipe flips x and y.
@@ -157,3 +159,71 @@ def test_recipe_reproduces_the_prepared_cache(tmp_path: Path, tiny_kit: SimpleNa
     assert list(shape) == manifest["slice_shape"]
     cached = np.load(out / "A" / "images.npy")
     np.testing.assert_array_equal(cached, pad_to_shape(cut, shape, -1.0)[0])
+
+
+# --------------------------------------------------------------------------- OCT
+
+
+def _oct_image(depth: int = 1, seed: int = 0) -> ScalarImage:
+    """The OCT phantom at 0.02 x (0.004 / depth) x 0.1 mm, stored as RAS (x, y, z)."""
+    data = oct_phantom(seed, (24, 48, 3), depth=depth).data
+    affine = np.diag([0.02, 0.004 / depth, 0.1, 1.0])
+    return ScalarImage(data=data, geometry=Geometry.from_affine(affine, data.shape))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"modality": "ct"}, "modality 'ct' is unknown: use one of mri, oct"),
+        (
+            {"modality": "oct", "bias": DEFAULT_BIAS_CORRECTION},
+            r"OCT volumes are not bias-corrected \(asked for n4\): OCT takes "
+            "--bias-correction none",
+        ),
+    ],
+)
+def test_oct_recipe_refuses_n4_and_unknown_modalities(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SliceRecipe(**changes)
+
+
+def test_modality_from_manifest_and_facts(tiny_kit: SimpleNamespace) -> None:
+    manifest = {"slice_axis": "axial", "spacing": [0.02, 0.004, 0.1], "modality": "oct"}
+    assert SliceRecipe.from_manifest(manifest).modality == "oct"
+    assert SliceRecipe.from_manifest({"slice_axis": "axial"}).modality == "mri"  # old caches
+    oct_facts = TrainingFacts.from_dict(tiny_kit.facts(modality="oct"))
+    assert oct_facts.modality == "oct" and SliceRecipe.from_facts(oct_facts).is_oct
+    old = TrainingFacts.from_dict(tiny_kit.facts())  # a checkpoint from before OCT
+    assert old.modality == "mri" and not SliceRecipe.from_facts(old).is_oct
+
+
+def test_oct_images_are_resampled_with_nearest_neighbour() -> None:
+    image = _oct_image(depth=2)  # 0.002 mm in depth, the grid 0.004 mm
+    labels = LabelMap((image.data > 30).astype(np.uint8), image.geometry)
+    recipe = SliceRecipe(spacing=(0.02, 0.004, 0.1), modality="oct")
+    assert recipe.interpolation == "nearest"
+    gridded = recipe.to_grid(image)
+    assert gridded.geometry.shape == (24, 48, 3)
+    assert set(np.unique(gridded.data)) <= set(np.unique(image.data))  # measured values only
+    assert set(np.unique(recipe.to_grid(labels).data)) == {0, 1}
+    linear = SliceRecipe(spacing=(0.02, 0.004, 0.1)).to_grid(image)  # MRI: linear
+    assert not set(np.unique(linear.data)) <= set(np.unique(image.data))
+
+
+def test_oct_scaling_fits_the_retina_and_keeps_the_background() -> None:
+    data = _oct_image().data
+    scaled, mask, scaling = SliceRecipe(percentiles=(1.0, 99.0), modality="oct").scale(data)
+    assert mask is not None
+    np.testing.assert_array_equal(mask, retina_mask(data))
+    # By hand: the retina's 1st and 99th percentiles map to -1 and 1, every voxel the same.
+    low, high = np.percentile(data[mask], [1.0, 99.0])
+    assert scaling.low == pytest.approx(low) and scaling.high == pytest.approx(high)
+    expected = np.clip((data.astype(np.float64) - low) * 2.0 / (high - low) - 1.0, -1.0, 1.0)
+    np.testing.assert_allclose(scaled, expected, atol=1e-5)
+    background = scaled[~mask]
+    assert (background > -1.0).mean() > 0.5  # the vitreous keeps its speckle: not set to -1
+    assert background.std() > 0.01
+    mri = SliceRecipe(percentiles=(1.0, 99.0)).scale(data)  # the MRI rule: background -1
+    assert mri.mask is not None and (mri.scaled[~mri.mask] == -1.0).all()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from segrenorm.data.prepare import prepare_cache
 from segrenorm.data.slice_cache import SliceCache
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import CacheError, ConfigError, InputError
@@ -20,7 +21,9 @@ from segrenorm.evaluate.data import EvalData, slices_from_volumes
 from segrenorm.evaluate.methods import BASELINES, baseline_slices, translator_slices
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.readwrite import load_image, save_image
-from segrenorm.volumes.spatial import from_canonical
+from segrenorm.volumes.retina import retina_mask
+from segrenorm.volumes.spatial import from_canonical, slice_volume, unpad
+from tests.data.test_prepare import write_oct_study
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +186,27 @@ def test_paired_scores_per_subject(data: EvalData) -> None:
         dataclasses.replace(data.target, subjects=data.target.subjects + "x"),
     )
     assert paired_scores(other, {"none": data.source.images}) is None
+
+
+def test_oct_held_out_slices_keep_the_retina_masks_and_recut_like_prepare(
+    tmp_path: Path,
+) -> None:
+    records = write_oct_study(tmp_path, splits=("train", "test"))
+    cache = prepare_cache(
+        records, tmp_path / "cache", modality="oct", n_classes=4, min_foreground=0.0,
+        val_fraction=0.0, progress=False,
+    )  # fmt: skip
+    oct_data = EvalData.from_cache(cache)
+    # The masks are the cache's: the retina of the fine vendor's test subject on the grid.
+    source = load_image(records[1].image)
+    retina = retina_mask(source.data[:, 1::2])  # nearest neighbour to 0.004 mm in depth
+    masks = unpad(oct_data.source.masks, ((4, 4), (0, 0)))
+    np.testing.assert_array_equal(masks, slice_volume(retina, "axial"))
+    # A harmonized volume equal to its input is cut back into exactly the cached rows: the
+    # manifest's OCT recipe (nearest neighbour, retina, background kept), not the MRI one.
+    folder = tmp_path / "harmonized"
+    folder.mkdir()
+    shutil.copy(records[1].image, folder / records[1].image.name)
+    recut = slices_from_volumes(oct_data, folder)
+    np.testing.assert_allclose(recut, oct_data.source.images, atol=1e-6)
+    assert (recut[~oct_data.source.masks] > -1.0).mean() > 0.3  # background kept (padding -1)

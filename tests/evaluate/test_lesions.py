@@ -249,9 +249,11 @@ def test_the_lens_by_hand(lesion_data: EvalData) -> None:
                       "flat": truth})  # fmt: skip
     lens.add_seed(1, {"target": data.target.labels, "none": blob, "inverted": 0 * truth,
                       "flat": truth})  # fmt: skip
-    out = lens.results()
+    shared = lens.results()
+    assert shared["class_names"] == ["lesion"] and list(shared["classes"]) == ["lesion"]
+    assert shared["volume_unit"] == "mm³" and shared["segmentor_seeds"] == [0, 1]
+    out = shared["classes"]["lesion"]
     assert out["n_lesions"] == {"source": 4, "target": 4}  # t0: 2, t1: 2 (split by its gap)
-    assert out["volume_unit"] == "mm³" and out["segmentor_seeds"] == [0, 1]
     rows = out["detection"]["methods"]
     assert rows["none"]["tp"] == {"mean": 4.0, "seed_std": 0.0, "per_seed": [4, 4]}
     assert rows["none"]["fp"]["per_seed"] == [0, 3]  # t1's missing slice cuts its column
@@ -283,8 +285,8 @@ def test_the_suite_runs_the_lens_on_its_own_segmentors_predictions(
                "inverted": MethodInput(_erase(data, -0.4))}  # fmt: skip
     config = eval_kit.evaluation(segmentor_seeds=2)
     results, artifacts = run_evaluation(data, methods, config)
-    lesions = results["lesions"]
-    assert lesions["segmentor_seeds"] == config.segmentor_seed_list
+    assert results["lesions"]["segmentor_seeds"] == config.segmentor_seed_list
+    lesions = results["lesions"]["classes"]["lesion"]
     # The first seed's figures are those of the label maps the report draws.
     for name in methods:
         pred = artifacts.target_predictions[name]

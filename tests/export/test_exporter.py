@@ -43,6 +43,8 @@ def test_export_both_formats_match_pytorch(
     assert info["input"]["shape"] == ["batch", 1, 24, 40] and info["checks"]["onnx"]["ok"]
     crop = load_translator(ckpt)[1].data.crop_size  # harmonize tiles when a crop < a side
     assert info["tiles"]["harmonize_tile"] == (crop if 0 < crop < 40 else None)
+    pre = info["preprocessing"]
+    assert (pre["modality"], pre["image_resampling"], pre["background"]) == ("mri", "linear", -1.0)
     with pytest.raises(InputError, match=r"translator_BA\.pt.*already exist.*--overwrite"):
         export_model(ckpt, tmp_path / "exp", direction="BA", shape=(24, 40))
 

@@ -263,3 +263,42 @@ def test_paired_checks_repeat_against_the_clean_truth() -> None:
          "measured": "23.00 vs 23.00 (none, highest of 3 classical)", "passed": False},
     ]  # fmt: skip
     assert [c["target"] for c in checks[:2]] == [SSIM, PSNR]
+
+
+ARTEFACT = "segrenorm: background artefact energy no higher than the target scanner's own"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "passed", "measured"),
+    [(1.0, True, "1.00x the target's"), (1.004, False, "1.00x the target's"),
+     (0.25, True, "0.25x the target's"), (3.5, False, "3.50x the target's")],
+)  # fmt: skip
+def test_background_artefacts_must_not_exceed_the_target_scanners_own(
+    ratio: float, passed: bool, measured: str
+) -> None:
+    artefacts = {"methods": {"segrenorm": {"total_ratio": ratio, "blank_background": False}}}
+    checks = quality_checks(_results(artefacts=artefacts))
+    found = [c for c in checks if c["target"] == ARTEFACT]
+    assert found == [{"target": ARTEFACT, "measured": measured, "passed": passed}]
+
+
+@pytest.mark.parametrize(
+    ("scores", "target", "measured", "passed"),
+    [({"total_ratio": 0.1, "blank_background": True}, 1e-4,
+      "not measurable: its background is all -1 (kept inside the retina only)", False),
+     ({"total_ratio": float("nan"), "total_mean": 0.0}, 0.0, "0 vs the target's 0", True),
+     ({"total_ratio": float("nan"), "total_mean": 2e-4}, 0.0, "0.0002 vs the target's 0", False),
+     ({"total_ratio": float("nan"), "total_mean": float("nan")}, float("nan"),
+      "not measurable: no background energy to compare", False)],
+)  # fmt: skip
+def test_an_unmeasurable_background_fails_the_artefact_check_and_says_why(
+    scores: dict[str, Any], target: float, measured: str, passed: bool
+) -> None:
+    artefacts = {"target": {"total_mean": target}, "methods": {"segrenorm": scores}}
+    checks = quality_checks(_results(artefacts=artefacts))
+    found = [c for c in checks if c["target"] == ARTEFACT]
+    assert found == [{"target": ARTEFACT, "measured": measured, "passed": passed}]
+    # No artefact lens (MRI), or the method not in it: no such check at all.
+    assert [c for c in quality_checks(_results()) if c["target"] == ARTEFACT] == []
+    other = {"target": {"total_mean": target}, "methods": {"cyclegan": scores}}
+    assert [c for c in quality_checks(_results(artefacts=other)) if c["target"] == ARTEFACT] == []

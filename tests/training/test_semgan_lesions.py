@@ -1,8 +1,9 @@
 """SemGAN is excluded on caches of sparse lesion masks, as the paper does on MS-SEG.
 
-The rule (segrenorm.training.resolve.semgan_exclusion): two classes, and class 1 named
-``lesion`` or covering under 2% of the foreground voxels. ``train`` refuses it; ``compare``
-skips SemGAN with a note.
+The rule (segrenorm.training.resolve.semgan_exclusion): two classes, and class 1 a pocket
+class (named ``lesion``, ``IRF``, ``SRF`` or ``PED``) or covering under 2% of the foreground
+voxels. A RETOUCH cache of four classes keeps SemGAN, as in the paper. ``train`` refuses it;
+``compare`` skips SemGAN with a note.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_a_class_named_lesion_excludes_semgan_whatever_its_share(tmp_path: Path)
     assert why.startswith(
         f"model.translator=semgan is excluded on {cache.path}: its labels are sparse lesion "
         "masks (2 classes, class 1 'lesion' covering 50.00% of the foreground voxels; the rule: "
-        "class 1 named lesion, or under 2%)."
+        "class 1 named lesion/irf/srf/ped (any case), or under 2%)."
     )
     assert "dropping the only foreground class leaves it no semantic information" in why
     assert "the paper excludes SemGAN on MS-SEG" in why
@@ -81,6 +82,31 @@ def test_dense_two_class_and_many_class_caches_keep_semgan(
     cache = SliceCache.open(lesion_cache(tmp_path / "c", names, pixels))
     assert semgan_exclusion(cache) is None
     check_against_cache(tiny_config("semgan", data={"n_classes": len(names)}), cache)
+
+
+@pytest.mark.parametrize("name", ["IRF", "ped"])
+def test_a_two_class_fluid_cache_excludes_semgan(tmp_path: Path, name: str) -> None:
+    # 200 of 400 pixels (50%): excluded by the name alone, as for lesion.
+    cache = SliceCache.open(lesion_cache(tmp_path / "c", ["background", name], 200))
+    why = semgan_exclusion(cache)
+    assert why is not None and f"class 1 {name!r} covering 50.00% of the foreground" in why
+
+
+def test_a_sparse_four_class_fluid_cache_keeps_semgan(tmp_path: Path) -> None:
+    # RETOUCH's classes, 4 of 400 pixels of IRF (1%): SemGAN runs there in the paper.
+    names = ["background", "IRF", "SRF", "PED"]
+    cache = SliceCache.open(lesion_cache(tmp_path / "c", names, 4))
+    assert semgan_exclusion(cache) is None
+    check_against_cache(tiny_config("semgan", data={"n_classes": 4}), cache)
+
+
+def test_a_name_holding_lesion_is_no_pocket_class_but_sparse_still_excludes(
+    tmp_path: Path,
+) -> None:
+    dense = SliceCache.open(lesion_cache(tmp_path / "d", ["background", "lesions_old"], 200))
+    assert semgan_exclusion(dense) is None  # 50%: dense, and not a pocket name
+    sparse = SliceCache.open(lesion_cache(tmp_path / "s", ["background", "ms_lesion"], 4))
+    assert semgan_exclusion(sparse) is not None
 
 
 def test_training_refuses_semgan_on_a_lesion_cache(tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_resample_refuses_bad_options() -> None:
     labels = LabelMap(np.zeros((4, 4, 4), np.uint8), Geometry.from_affine(np.eye(4), (4, 4, 4)))
     with pytest.raises(ConfigError, match="label maps are resampled with order 0 only"):
         resample_to_spacing(labels, (2.0, 2.0, 2.0), order=1)
-    with pytest.raises(ConfigError, match="order must be 1 or 3, got 2"):
+    with pytest.raises(ConfigError, match="order must be 0, 1 or 3, got 2"):
         resample_to_spacing(image, (2.0, 2.0, 2.0), order=2)
     with pytest.raises(ConfigError, match=r"spacing \(1.0, 0.0, 1.0\) must be three positive"):
         resample_to_spacing(image, (1.0, 0.0, 1.0))
@@ -264,3 +264,35 @@ def test_pad_and_round_up_errors() -> None:
         pad_to_shape(np.zeros(5), (4, 8))
     with pytest.raises(ConfigError, match="multiple >= 1, got n=3, multiple=0"):
         round_up(3, 0)
+
+
+def test_nearest_neighbour_resampling_keeps_only_measured_values() -> None:
+    # An OCT-like grid: fine in depth (y), resampled to a coarser depth and a finer x.
+    rng = np.random.default_rng(0)
+    data = rng.gamma(1.0, 100.0, size=(6, 40, 3)).astype(np.float32)  # speckle: no repeats
+    image = ScalarImage(data, Geometry.from_affine(np.diag([0.04, 0.001, 0.1, 1.0]), data.shape))
+    nearest = resample_to_spacing(image, (0.02, 0.004, 0.1), interpolation="nearest")
+    assert nearest.data.shape == (12, 10, 3)
+    assert set(np.unique(nearest.data)) <= set(np.unique(data))
+    # Each new voxel is the old voxel whose centre is closest: x doubles, y keeps every 4th
+    # voxel's neighbour (new centre j sits at old index 4j + 1.5, rounded to 4j + 2).
+    np.testing.assert_array_equal(nearest.data[::2, :, 0], data[:, 2::4, 0])
+    np.testing.assert_array_equal(nearest.data[1::2, :, 0], data[:, 2::4, 0])
+    same = resample_to_spacing(image, (0.02, 0.004, 0.1), order=0)
+    np.testing.assert_array_equal(same.data, nearest.data)
+    linear = resample_to_spacing(image, (0.02, 0.004, 0.1), interpolation="linear")
+    assert not set(np.unique(linear.data)) <= set(np.unique(data))  # linear makes new values
+
+
+def test_interpolation_option_is_checked() -> None:
+    image = _image(np.ones((4, 4, 4)), np.eye(4))
+    labels = LabelMap(np.zeros((4, 4, 4), np.uint8), Geometry.from_affine(np.eye(4), (4, 4, 4)))
+    with pytest.raises(ConfigError, match="interpolation 'spline' is unknown: use nearest, linear"):
+        resample_to_spacing(image, (2.0, 2.0, 2.0), interpolation="spline")
+    with pytest.raises(ConfigError, match=r"order=1 contradicts interpolation='nearest' \(order 0"):
+        resample_to_spacing(image, (2.0, 2.0, 2.0), order=1, interpolation="nearest")
+    with pytest.raises(ConfigError, match="label maps are resampled with order 0 only"):
+        resample_to_spacing(labels, (2.0, 2.0, 2.0), interpolation="linear")
+    assert resample_to_spacing(labels, (2.0, 2.0, 2.0), interpolation="nearest").data.shape == (
+        2, 2, 2,
+    )  # fmt: skip

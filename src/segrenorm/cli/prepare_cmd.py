@@ -12,7 +12,7 @@ from segrenorm.data.listing import SubjectRecord, read_listing, records_from_inp
 from segrenorm.data.manifest import open_manifest, summarize
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.errors import ConfigError
-from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.vocabulary import MODALITIES, SLICE_AXES
 from segrenorm.volumes.bias import BIAS_METHODS, BiasCorrection
 from segrenorm.volumes.paths import SUPPORTED_SUFFIXES
 
@@ -29,8 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="slice two or more sites' volumes into a training cache",
         description=(
-            "Reorient volumes to RAS, correct their bias field (N4), scale each to [-1, 1] "
-            "from its foreground percentiles, cut them into 2D slices and store every site in "
+            "Reorient volumes to RAS, correct their bias field (N4; not for --modality oct), "
+            "scale each to [-1, 1] from its foreground percentiles (OCT: inside the retina), "
+            "cut them into 2D slices and store every site in "
             "one cache folder (docs/cache-format.md). Give the subjects one way: --csv, "
             "--dataset (docs/studies.md), --site (repeated, one per site) or --site-a/--site-b."
         ),
@@ -164,12 +165,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="no automatic foreground mask: scale over the whole volume and keep every slice",
     )
     parser.add_argument(
+        "--modality",
+        choices=list(MODALITIES),
+        help="mri (default) or oct (the default of --dataset retouch): OCT volumes are "
+        "resampled with nearest neighbour, masked to the retina, scaled as whole B-scans "
+        "(background kept) and never bias-corrected; slice them along B-scans (--axis axial)",
+    )
+    parser.add_argument(
         "--bias-correction",
         choices=list(BIAS_METHODS),
-        default="n4",
         help="bias-field correction of every volume, inside its foreground, before scaling: "
-        "n4 (default, for MRI) or none (OCT, or data already corrected). Stored in the cache "
-        "and in every model trained on it; harmonize applies the same",
+        "n4 (the MRI default) or none (the OCT default and only choice, or MRI data already "
+        "corrected). Stored in the cache and in every model trained on it; harmonize applies "
+        "the same",
     )
     parser.add_argument(
         "--bias-shrink",
@@ -201,7 +209,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from segrenorm.workflows.autolabel import auto_labeller  # imports torch: not for --help
 
-    records, notes, classes = _records(args)
+    records, notes, classes, dataset_modality = _records(args)
+    modality = _modality(args, dataset_modality)
+    bias = args.bias_correction or ("none" if modality == "oct" else "n4")
+    if modality == "oct" and bias != "none":
+        raise ConfigError(
+            f"--bias-correction {bias} with --modality oct: OCT volumes are not bias-corrected; "
+            "OCT takes --bias-correction none (or leave the option out)"
+        )
     out = prepare_cache(
         records,
         args.out,
@@ -221,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         use_mask=not args.no_mask,
-        bias_correction=BiasCorrection(method=args.bias_correction, shrink=args.bias_shrink),
+        bias_correction=BiasCorrection(method=bias, shrink=args.bias_shrink),
+        modality=modality,
         auto_labels=auto_labeller(args.auto_labels, seed=args.seed),
         progress=not args.quiet,
     )
@@ -231,11 +247,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _modality(args: argparse.Namespace, dataset: str | None) -> str:
+    """``--modality``, else the dataset layout's (``retouch``: oct), else mri; a ``--modality``
+    that contradicts the dataset's is refused."""
+    if dataset is not None and args.modality is not None and args.modality != dataset:
+        raise ConfigError(
+            f"--modality {args.modality} contradicts --dataset {args.dataset[0]}, which holds "
+            f"{dataset} volumes: leave --modality out (or give --modality {dataset})"
+        )
+    return str(args.modality or dataset or "mri")
+
+
 def _records(
     args: argparse.Namespace,
-) -> tuple[list[SubjectRecord], tuple[str, ...], tuple[str, ...] | None]:
-    """The subjects of the one input route given, notes on what a layout skipped, and the
-    class names a layout defines (None elsewhere)."""
+) -> tuple[list[SubjectRecord], tuple[str, ...], tuple[str, ...] | None, str | None]:
+    """The subjects of the one input route given, notes on what a layout skipped, the class
+    names a layout defines and its modality (None elsewhere)."""
     two_site = [args.site_a, args.site_b, args.labels_a, args.labels_b]
     routes = {
         "--csv": args.csv is not None,
@@ -263,7 +290,7 @@ def _records(
         if value is not None and given[0] != "--dataset":
             raise ConfigError(f"{option} goes with --dataset bids")
     if given[0] == "--csv":
-        return read_listing(args.csv), (), None
+        return read_listing(args.csv), (), None, None
     if given[0] == "--dataset":
         if args.labels is not None and (len(args.labels) > 1 or len(args.labels[0]) > 1):
             raise ConfigError("with --dataset, give --labels once, with one folder: --labels DIR")
@@ -274,7 +301,13 @@ def _records(
             site_column=args.site_column,
             label_desc=args.label_desc,
         )
-        return listing.records, listing.notes, listing.class_names
+        # Layouts name their modality (retouch: oct); one without the field holds MRI.
+        return (
+            listing.records,
+            listing.notes,
+            listing.class_names,
+            getattr(listing, "modality", "mri"),
+        )
     if given[0] == "--site":
         if args.sites is not None:
             raise ConfigError("--sites goes with --csv, --dataset or --site-a/--site-b; the "
@@ -285,7 +318,7 @@ def _records(
         twice = sorted({name for name in named if named.count(name) > 1})
         if twice:
             raise ConfigError(f"--labels given more than once for site(s) {twice}")
-        return records_from_inputs(sites, dict(labels)), (), None
+        return records_from_inputs(sites, dict(labels)), (), None, None
     if args.site_a is None or args.site_b is None:
         raise ConfigError("give both --site-a and --site-b (or one --site NAME PATH... per site)")
     names = tuple(args.sites) if args.sites else ("A", "B")
@@ -297,7 +330,7 @@ def _records(
         if value is not None
     }
     return records_from_inputs(list(zip(names, (args.site_a, args.site_b), strict=True)),
-                               labels_by_site), (), None  # fmt: skip
+                               labels_by_site), (), None, None  # fmt: skip
 
 
 def _folds(value: str) -> int | str:

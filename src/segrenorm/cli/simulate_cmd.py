@@ -1,4 +1,4 @@
-"""``segrenorm simulate``: write a built-in benchmark (T1 pair, FLAIR trio), or preview it."""
+"""``segrenorm simulate``: write a built-in benchmark (T1, FLAIR, OCT), or preview one."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ __all__ = ["add_parser"]
 _NAMES = "1.5T, 3T, 1T, 7T"
 # The FLAIR scanners (profiles with a lesion intensity), from the weakest to the best.
 _FLAIR_NAMES = "SA, SV, PI"
+# segrenorm.simulate.oct_vendors.vendor_names(): the OCT vendors (tests/simulate/test_oct.py).
+_OCT_NAMES = "Cirrus, Spectralis"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``simulate t1``, ``simulate flair`` and ``simulate preview``.
+    """Register ``simulate t1``, ``simulate flair``, ``simulate oct`` and ``simulate preview``.
 
     Args:
         subparsers: The dispatcher's sub-command collection.
@@ -73,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t1.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     t1.set_defaults(func=_run_t1)
     _add_flair(sub)
+    _add_oct(sub)
 
     preview = sub.add_parser(
         "preview",
@@ -138,6 +141,92 @@ def _add_flair(sub: argparse._SubParsersAction) -> None:
     flair.add_argument("--workers", type=int, default=1, help="worker processes")
     flair.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     flair.set_defaults(func=_run_flair)
+
+
+def _add_oct(sub: argparse._SubParsersAction) -> None:
+    oct_parser = sub.add_parser(
+        "oct",
+        help="retinal OCT with fluid pockets (IRF, SRF, PED) on two vendors (Cirrus, Spectralis)",
+        description=(
+            "Render virtual eyes (layered retina, foveal pit, vessel shadows, IRF/SRF/PED "
+            "pockets) as B-scan volumes on OCT vendors modelled on the paper's Table II "
+            "(Cirrus: 512 x 1024 x 128, single-frame speckle, log display; Spectralis: 256 x "
+            "496 x 49, averaged frames, power-law display). Training subjects are distinct per "
+            "vendor; held-out val/test subjects appear on every vendor (paired truth), with "
+            "speckle-free renders in images/<vendor>-clean/. Labels: 0 background, 1 IRF, "
+            "2 SRF, 3 PED; true retina masks are in the retina column."
+        ),
+    )
+    oct_parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (must be empty)"
+    )
+    oct_parser.add_argument(
+        "--vendors",
+        nargs="+",
+        default=_OCT_NAMES.split(", "),
+        metavar="NAME|FILE",
+        help=f"OCT vendors, the source first and the target last: named ones ({_OCT_NAMES}) "
+        "or .yaml/.json vendor files (default Cirrus Spectralis)",
+    )
+    oct_parser.add_argument(
+        "--subjects-per-vendor",
+        type=int,
+        default=24,
+        metavar="N",
+        help="training subjects per vendor, none shared (default 24, as in the paper)",
+    )
+    oct_parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="voxel counts times S on every vendor, fields of view kept (default 1.0: full "
+        "size; 0.5 is the CPU demo)",
+    )
+    oct_parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="about this fraction of all subjects are test subjects, on every vendor (default 0.2)",
+    )
+    oct_parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="about this fraction are validation subjects, on every vendor (default 0.1)",
+    )
+    oct_parser.add_argument(
+        "--seed", type=int, default=0, help="random seed (same seed, same files)"
+    )
+    oct_parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per CPU core, at most 4)",
+    )
+    oct_parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    oct_parser.set_defaults(func=_run_oct)
+
+
+def _run_oct(args: argparse.Namespace) -> int:
+    from segrenorm.simulate.oct import simulate_oct
+
+    csv_path = simulate_oct(
+        args.out,
+        vendors=args.vendors,
+        subjects_per_vendor=args.subjects_per_vendor,
+        scale=args.scale,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    print(csv_path)
+    return 0
 
 
 def _run_flair(args: argparse.Namespace) -> int:

@@ -42,7 +42,8 @@ PRESETS: dict[str, Config] = {
         data={"crop_size": 256, "batch_size": 2, "n_classes": 2},
         loss={"class_weights": [0.2, 0.8]},
     ),
-    # RETOUCH OCT (IRF, SRF, PED).
+    # Paper settings for RETOUCH OCT (4 classes: background, IRF, SRF, PED): 256 x 256 crops,
+    # batch 2, the sparse fluid classes weighed up (0.3/0.7).
     "retouch": _preset(
         "retouch",
         model={"ngf": 64, "ndf": 64},
@@ -92,5 +93,20 @@ PRESETS["msseg-cpu"] = _variant(
     "msseg-cpu",
     data={"crop_size": 96, "batch_size": 2, "n_classes": 2},
     loss={"class_weights": [0.2, 0.8]},
+    optim={"iterations": 2400},
+)
+
+# The fluid setting on a laptop CPU: the cpu preset with retouch's classes and weights, for
+# `simulate oct --scale 0.5`. There both vendors share the target (Spectralis-like) grid of
+# 0.047 x 0.008 mm in the B-scan plane: B-scans of 128 x 248 pixels, padded to 128 x 256. Crops
+# of 96 (4.5 mm wide, 0.77 mm deep; the retina about 0.3 mm) hold most of the retina of a
+# B-scan, and with retouch's batch 2 a step costs about what an msseg-cpu step does (2 x 96^2
+# pixels against cpu's 4 x 64^2: 1.13x). Measured on 2 cores (BENCHMARKS.md): about 0.15 s a
+# step, so 2400 + 600 steps take about 8 minutes, and the evaluation of one run about 5 more.
+PRESETS["retouch-cpu"] = _variant(
+    PRESETS["cpu"],
+    "retouch-cpu",
+    data={"crop_size": 96, "batch_size": 2, "n_classes": 4},
+    loss={"class_weights": [0.3, 0.7]},
     optim={"iterations": 2400},
 )

@@ -25,7 +25,7 @@ import numpy as np
 
 from segrenorm.data.grid import on_grid
 from segrenorm.errors import CacheError, SegrenormError
-from segrenorm.vocabulary import SITES, SLICE_AXES, source_site, target_site
+from segrenorm.vocabulary import SITES, SLICE_AXES, check_modality, source_site, target_site
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.intensity import IntensityScaling
 
@@ -80,11 +80,11 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
         more than :data:`~segrenorm.data.grid.GRID_TOLERANCE`), ``percentiles``,
         ``use_mask``, ``pad_multiple``, ``bias_correction`` (a
         :class:`~segrenorm.volumes.bias.BiasCorrection` dict; ``method`` ``"none"`` for a cache
-        prepared before bias correction existed), ``site_names`` and ``scaling`` (per site key
-        ``A``/``B``).
+        prepared before bias correction existed), ``modality`` (``"mri"`` for a cache from
+        before OCT), ``site_names`` and ``scaling`` (per site key ``A``/``B``).
 
     Raises:
-        ConfigError: the manifest's ``bias_correction`` is invalid.
+        ConfigError: the manifest's ``bias_correction`` or ``modality`` is invalid.
     """
     subjects = list(manifest["subjects"])
     percentiles = [float(p) for p in manifest.get("percentiles", [0.5, 99.5])]
@@ -108,6 +108,7 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "use_mask": bool(manifest.get("use_mask", True)),
         "pad_multiple": int(manifest.get("pad_multiple", 16)),
         "bias_correction": BiasCorrection.from_dict(manifest.get("bias_correction")).to_dict(),
+        "modality": check_modality(str(manifest.get("modality", "mri"))),
         "site_names": {k: str(v) for k, v in dict(manifest["sites"]).items()},
         "scaling": scaling,
     }
@@ -132,6 +133,8 @@ class TrainingFacts:
             source domain (``"AB"``: site A; ``"BA"``: site B).
         bias_correction: how volumes were bias-corrected before scaling; harmonization
             applies the same (``method="none"`` for checkpoints from before it existed).
+        modality: ``"mri"`` or ``"oct"``: the recipe's modality (retina mask, nearest-neighbour
+            resampling, background kept); ``"mri"`` for checkpoints from before OCT.
     """
 
     slice_axis: str
@@ -143,6 +146,7 @@ class TrainingFacts:
     scaling: Mapping[str, IntensityScaling]
     train_direction: str = "AB"
     bias_correction: BiasCorrection = NO_BIAS_CORRECTION
+    modality: str = "mri"
 
     def target_site(self, direction: str) -> str:
         """Cache site key (``A``/``B``) that ``direction``'s generator translates into.
@@ -245,6 +249,7 @@ class TrainingFacts:
                 scaling=scaling,
                 train_direction=train_direction,
                 bias_correction=BiasCorrection.from_dict(facts.get("bias_correction")),
+                modality=check_modality(str(facts.get("modality", "mri"))),
             )
         except (KeyError, TypeError, ValueError, SegrenormError) as exc:
             raise CacheError(f"malformed inference facts ({type(exc).__name__}: {exc})") from None

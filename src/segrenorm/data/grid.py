@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,7 @@ def choose_grid(
     *,
     spacing: Sequence[float] | None = None,
     target: str | None = None,
+    spacing_of: Callable[[Geometry], tuple[float, float, float]] = canonical_spacing,
 ) -> GridChoice:
     """The one spacing every volume of a cache is resampled to.
 
@@ -149,6 +150,9 @@ def choose_grid(
         spacing: the user's grid (mm, RAS axes), or None for the target site's median.
         target: the target site's name or cache key (``A``, ``B``, ...); default the second
             site when there are two.
+        spacing_of: a header's voxel size along the axes the cache's volumes get (default
+            :func:`canonical_spacing`, RAS; OCT keeps the stored voxel order:
+            :meth:`~segrenorm.data.slicing.SliceRecipe.grid_spacing`).
 
     Returns:
         The grid, its source and its target site (by name).
@@ -164,6 +168,6 @@ def choose_grid(
             raise ConfigError(f"spacing {tuple(spacing)!r} must be three positive numbers (mm)")
         return GridChoice((spacing[0], spacing[1], spacing[2]), "user", named)
     site = _default_target(site_names) if named is None else named
-    sizes = [canonical_spacing(read_geometry(r.image)) for r in records if r.site == site]
+    sizes = [spacing_of(read_geometry(r.image)) for r in records if r.site == site]
     median = np.median(np.asarray(sizes, dtype=np.float64), axis=0)
     return GridChoice((float(median[0]), float(median[1]), float(median[2])), "target-median", site)

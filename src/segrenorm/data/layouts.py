@@ -11,6 +11,9 @@ and their rules are in ``docs/studies.md``.
 - ``bids``: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``; the site from a ``participants.tsv`` column;
   labels from ``derivatives/*/sub-*/[ses-*/]anat/*_dseg.nii[.gz]`` when present (one ``desc-``
   of them with ``label_desc``).
+- ``msseg``: MS-SEG 2016 FLAIR and consensus masks (:mod:`segrenorm.data.layout_msseg`).
+- ``retouch``: RETOUCH OCT volumes and fluid references, the site the vendor; OCT, so
+  ``prepare`` implies ``--modality oct`` (:mod:`segrenorm.data.layout_retouch`).
 
 Example:
     >>> listing = records_from_layout("ixi", "IXI-T1", labels="IXI-labels")  # doctest: +SKIP
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from segrenorm.data.layout_msseg import msseg_records
+from segrenorm.data.layout_retouch import retouch_records
 from segrenorm.data.listing import SubjectRecord
 from segrenorm.errors import ConfigError, InputError
 from segrenorm.volumes.paths import find_images, image_stem
@@ -58,11 +62,14 @@ class LayoutListing:
         notes: what was skipped or left unlabelled, one line each, for the user to read.
         class_names: the label classes the dataset defines (msseg: background, lesion), or
             None to let ``prepare`` name them.
+        modality: what the volumes are: ``"mri"`` or ``"oct"`` (retouch), for ``prepare`` to
+            pick its recipe (``--modality``) without being told.
     """
 
     records: list[SubjectRecord]
     notes: tuple[str, ...] = field(default=())
     class_names: tuple[str, ...] | None = None
+    modality: str = "mri"
 
 
 class DatasetLayout(Protocol):
@@ -405,9 +412,16 @@ def msseg_layout(root: Path, **options: Path | str | None) -> LayoutListing:
     return LayoutListing(*msseg_records(root, **options))
 
 
-#: Every dataset layout by name; the RETOUCH layout joins it in its own issue.
+def retouch_layout(root: Path, **options: Path | str | None) -> LayoutListing:
+    """RETOUCH (``RETOUCH-TrainingSet-<vendor>/TRAINxxx/``), OCT: see
+    :mod:`segrenorm.data.layout_retouch`."""
+    return LayoutListing(*retouch_records(root, **options), modality="oct")
+
+
+#: Every dataset layout by name.
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
     "ixi": ixi_layout,
     "bids": bids_layout,
     "msseg": msseg_layout,
+    "retouch": retouch_layout,
 }

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import CacheError, ConfigError
-from segrenorm.vocabulary import ALL_SITE_KEYS, site_keys
+from segrenorm.vocabulary import ALL_SITE_KEYS, MODALITIES, site_keys
 from segrenorm.volumes.bias import BiasCorrection
 
 __all__ = [
@@ -64,7 +64,8 @@ def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         CacheError: naming the cache and the problem, for a missing folder or manifest, an
-            incomplete or unknown-version cache, or a missing or mis-shaped array.
+            incomplete or unknown-version cache, an invalid bias correction or modality, or a
+            missing or mis-shaped array.
     """
     root = Path(cache_dir)
     if not root.is_dir():
@@ -98,6 +99,12 @@ def open_manifest(cache_dir: str | Path) -> dict[str, Any]:
         BiasCorrection.from_dict(manifest.get("bias_correction"))
     except (ConfigError, TypeError) as exc:
         raise CacheError(f"{path}: invalid bias_correction ({exc}); {RUN_PREPARE}") from None
+    modality = manifest.get("modality", "mri")  # absent in caches from before OCT: MRI
+    if modality not in MODALITIES:
+        raise CacheError(
+            f"{path}: unknown modality {modality!r} (this segrenorm knows "
+            f"{', '.join(MODALITIES)}); {RUN_PREPARE}"
+        )
     try:
         height, width = (int(v) for v in manifest["slice_shape"])
         subjects = manifest["subjects"]
@@ -186,7 +193,8 @@ def _grid_text(grid: dict[str, Any]) -> str:
 
 def summarize(manifest: dict[str, Any], where: str) -> str:
     """A few lines describing a cache: slices per site and split, slice shape, classes, the
-    bias correction when there is one, and the grid; a pseudo-labelled site says so.
+    bias correction when there is one, and the grid; an OCT cache and a pseudo-labelled site
+    say so.
 
     The val split is listed only when the cache has val subjects (older caches have none).
 
@@ -201,8 +209,9 @@ def summarize(manifest: dict[str, Any], where: str) -> str:
         subjects[subject["site"], subject["split"]] += 1
     height, width = manifest["slice_shape"]
     bias = BiasCorrection.from_dict(manifest.get("bias_correction"))
+    oct_note = "OCT (retina mask, background kept) " if manifest.get("modality") == "oct" else ""
     lines = [
-        f"cache {where}: {manifest['slice_axis']} slices {height}x{width}, "
+        f"cache {where}: {oct_note}{manifest['slice_axis']} slices {height}x{width}, "
         f"{manifest['n_classes']} classes"
         + ("" if manifest["has_labels"] else " (no labels)")
         + (f", bias-corrected ({bias.method}, shrink {bias.shrink})" if bias.enabled else "")

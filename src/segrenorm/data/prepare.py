@@ -27,7 +27,7 @@ from segrenorm._version import __version__
 from segrenorm.atomic import remove_stale_temporaries, replace_dir, temporary_dir
 from segrenorm.data.autolabels import PseudoLabeller, pseudo_label_name, write_pseudo_label
 from segrenorm.data.folds import LOSO, loso_folds
-from segrenorm.data.grid import canonical_spacing, choose_grid
+from segrenorm.data.grid import choose_grid
 from segrenorm.data.labelplan import plan_auto_labels
 from segrenorm.data.listing import SubjectRecord, check_distinct, site_order
 from segrenorm.data.manifest import ARRAY_DTYPES, FORMAT_VERSION
@@ -35,7 +35,7 @@ from segrenorm.data.slicing import ScaledVolume, SliceRecipe
 from segrenorm.data.splits import assign_splits
 from segrenorm.errors import CacheError, ConfigError, InputError
 from segrenorm.vocabulary import site_keys
-from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, BiasCorrection
+from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.readwrite import load_image, load_label
 from segrenorm.volumes.spatial import pad_to_shape
 
@@ -85,7 +85,7 @@ def _process_subject(
     ``pseudo_name``."""
     original = load_image(record.image)
     own_grid = original.geometry
-    original_spacing = canonical_spacing(original.geometry)
+    original_spacing = recipe.grid_spacing(original.geometry)
     label = None
     if record.label is not None:
         # load_label checks the label's grid against the image's before either is reoriented.
@@ -182,22 +182,23 @@ def prepare_cache(
     seed: int = 0,
     overwrite: bool = False,
     use_mask: bool = True,
-    bias_correction: BiasCorrection = DEFAULT_BIAS_CORRECTION,
+    bias_correction: BiasCorrection | None = None,
+    modality: str = "mri",
     auto_labels: str | PseudoLabeller | None = None,
     progress: bool = True,
 ) -> Path:
     """Slice two or more sites' volumes into one cache folder (layout: ``docs/cache-format.md``).
 
     Each volume is reoriented to RAS+, resampled to the cache's one grid, bias-corrected
-    inside its foreground (N4 by default), scaled to ``[-1, 1]`` from its own foreground percentiles
-    (background -1) and sliced along ``slice_axis``; slices whose foreground fraction is below
-    ``min_foreground`` are skipped and the rest are padded to one shared ``(H, W)`` (a multiple
-    of ``pad_multiple``). Label maps are only reoriented, resampled with
-    nearest neighbour and padded with 0. A record's ``split`` wins; the other subjects of each
-    site are split among themselves with ``seed`` (sorted by subject id, so the listing order does
-    not matter): ``test_fraction`` of them test, then ``val_fraction`` val, each rounded half up
-    (see :func:`~segrenorm.data.splits.assign_splits`); every subject of a site gets a fold
-    ``0..n_folds-1``.
+    inside its foreground (N4 by default), scaled to ``[-1, 1]`` from its own foreground
+    percentiles (background -1; OCT: see ``modality``) and sliced along ``slice_axis``; slices
+    whose foreground fraction is below ``min_foreground`` are skipped and the rest are padded to
+    one shared ``(H, W)`` (a multiple of ``pad_multiple``). Label maps are only reoriented,
+    resampled with nearest neighbour and padded with 0. A record's ``split`` wins; the other
+    subjects of each site are split among themselves with ``seed`` (sorted by subject id, so the
+    listing order does not matter): ``test_fraction`` of them test, then ``val_fraction`` val,
+    each rounded half up (see :func:`~segrenorm.data.splits.assign_splits`); every subject of a
+    site gets a fold ``0..n_folds-1``.
 
     Args:
         records: the subjects of two or more sites.
@@ -228,7 +229,12 @@ def prepare_cache(
             it every voxel is foreground, so ``min_foreground`` keeps every slice.
         bias_correction: the bias-field correction of every volume of both sites, stored in
             the manifest (and so in every checkpoint trained on the cache, which harmonize
-            applies); ``BiasCorrection(method="none")`` for OCT or already-corrected data.
+            applies); default N4 for MRI and none for OCT; ``BiasCorrection(method="none")``
+            for already-corrected data.
+        modality: ``"mri"`` or ``"oct"``: OCT images are resampled with nearest neighbour,
+            masked to the retina and scaled as whole B-scans (the background kept), never
+            bias-corrected (:class:`~segrenorm.data.slicing.SliceRecipe`); recorded in the
+            manifest.
         auto_labels: pseudo-labels for the sites without label maps (every subject of a site
             has one, or none has): ``"gmm"``, a :class:`~segrenorm.data.autolabels.PseudoLabeller`
             (``segnet``: :func:`segrenorm.workflows.autolabel.auto_labeller`), or None, which
@@ -244,6 +250,8 @@ def prepare_cache(
             unknown ``target``, or more than two sites without ``target`` or ``spacing``.
             InputError also when a site has too few subjects for the fractions.
     """
+    if bias_correction is None:
+        bias_correction = NO_BIAS_CORRECTION if modality == "oct" else DEFAULT_BIAS_CORRECTION
     recipe = SliceRecipe(
         axis=slice_axis,
         spacing=spacing,
@@ -251,6 +259,7 @@ def prepare_cache(
         use_mask=use_mask,
         pad_multiple=pad_multiple,
         bias=bias_correction,
+        modality=modality,
     )
     loso = n_folds == LOSO
     n_folds = 1 if loso else n_folds
@@ -288,7 +297,9 @@ def prepare_cache(
             )
     if not out.parent.is_dir():
         raise InputError(f"the folder {out.parent} for cache {out.name} does not exist")
-    grid = choose_grid(records, site_names, spacing=spacing, target=target)
+    grid = choose_grid(
+        records, site_names, spacing=spacing, target=target, spacing_of=recipe.grid_spacing
+    )
     recipe = dataclasses.replace(recipe, spacing=grid.spacing)
 
     ordered = [record for group in by_site for record in group]
@@ -377,7 +388,7 @@ def prepare_cache(
             "has_labels": has_labels,
             "auto_labels": plan.manifest_entry(keys),
             "slice_axis": slice_axis,
-            "canonical_orientation": "RAS",
+            "canonical_orientation": "stored" if recipe.is_oct else "RAS",  # OCT: voxel order
             "spacing": list(grid.spacing),
             "grid": grid.to_dict(),
             "slice_shape": list(slice_shape),
@@ -386,6 +397,7 @@ def prepare_cache(
             "min_foreground": min_foreground,
             "use_mask": use_mask,
             "bias_correction": bias_correction.to_dict(),
+            "modality": modality,
             "split": {
                 "seed": seed,
                 "test_fraction": test_fraction,

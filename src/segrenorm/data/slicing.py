@@ -14,6 +14,18 @@ volume into such slices follows one :class:`SliceRecipe`:
 5. scale to ``[-1, 1]`` from the volume's own foreground percentiles, background -1;
 6. cut along the slice axis and pad every slice to one shape, a multiple of ``pad_multiple``.
 
+The recipe's ``modality`` changes four steps for retinal OCT (``"oct"``; ``"mri"`` is the
+default and what caches and checkpoints without the field mean): step 1 keeps the stored voxel
+order (an OCT volume's axes are A-scan, depth, B-scan, not anatomical directions; reorienting
+an ``.mhd`` with the usual identity direction to RAS+ would flip depth and put the vitreous at
+the bottom), step 2 resamples images with
+nearest neighbour too (the paper's rule: voxels keep measured values and speckle statistics),
+step 3's foreground is the retina (:func:`~segrenorm.volumes.retina.retina_mask`: not the
+vitreous or the background), step 4 is refused (no N4 on OCT), and step 5 applies the scaling
+fitted inside the retina to the *whole* volume, clipped to ``[-1, 1]``: the background keeps its
+speckle instead of becoming -1, so background artefacts stay measurable. OCT volumes are cut
+along B-scans (``axial``: the third axis of the ``(x, y, z)`` OCT convention).
+
 ``segrenorm.data.prepare`` builds a cache with it; ``segrenorm.evaluate.data`` cuts harmonized
 volumes into the cache's rows with the recipe read back from the manifest
 (:meth:`SliceRecipe.from_manifest`; without the bias correction, since harmonized volumes are
@@ -38,13 +50,20 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from segrenorm.data.facts import TrainingFacts
-from segrenorm.data.grid import on_grid
+from segrenorm.data.grid import canonical_spacing, on_grid
 from segrenorm.errors import ConfigError
-from segrenorm.vocabulary import SLICE_AXES
+from segrenorm.vocabulary import SLICE_AXES, check_modality
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
-from segrenorm.volumes.images import LabelMap, ScalarImage
+from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
-from segrenorm.volumes.spatial import resample_to_spacing, round_up, slice_volume, to_canonical
+from segrenorm.volumes.retina import retina_mask
+from segrenorm.volumes.spatial import (
+    from_canonical,
+    resample_to_spacing,
+    round_up,
+    slice_volume,
+    to_canonical,
+)
 
 __all__ = ["ScaledVolume", "SliceRecipe"]
 
@@ -55,7 +74,8 @@ class ScaledVolume(NamedTuple):
     """A volume scaled by a recipe.
 
     Args:
-        scaled: (X, Y, Z) float32 in [-1, 1], background -1.
+        scaled: (X, Y, Z) float32 in [-1, 1], background -1 (OCT: the background keeps its
+            scaled intensities).
         mask: (X, Y, Z) bool foreground, or None when the recipe uses no mask.
         scaling: the fitted map from the volume's (bias-corrected) intensities to [-1, 1].
     """
@@ -78,10 +98,12 @@ class SliceRecipe:
         pad_multiple: slice height and width are padded to a multiple of this.
         bias: the bias-field correction before scaling; the default ``method="none"`` is what
             a cache or checkpoint without the setting means (``prepare`` chooses N4).
+        modality: ``"mri"`` (default) or ``"oct"`` (see the module docstring).
 
     Raises:
-        ConfigError: an unknown axis, a spacing that is not three positive numbers,
-            percentiles outside ``0 <= lower < upper <= 100``, or a ``pad_multiple`` below 1.
+        ConfigError: an unknown axis or modality, a spacing that is not three positive
+            numbers, percentiles outside ``0 <= lower < upper <= 100``, a ``pad_multiple``
+            below 1, or an OCT recipe with a bias correction.
     """
 
     axis: str = "axial"
@@ -90,6 +112,7 @@ class SliceRecipe:
     use_mask: bool = True
     pad_multiple: int = 16
     bias: BiasCorrection = NO_BIAS_CORRECTION
+    modality: str = "mri"
 
     def __post_init__(self) -> None:
         if self.axis not in SLICE_AXES:
@@ -110,6 +133,22 @@ class SliceRecipe:
             raise ConfigError(f"pad_multiple {self.pad_multiple} must be >= 1")
         if not isinstance(self.bias, BiasCorrection):
             raise ConfigError(f"bias {self.bias!r} must be a BiasCorrection")
+        check_modality(self.modality)
+        if self.is_oct and self.axis != "axial":
+            raise ConfigError(
+                f"OCT volumes are cut along B-scans, not {self.axis!r} planes (en-face or depth "
+                "slices): use --axis axial, the third voxel axis of (A-scan, depth, B-scan)"
+            )
+        if self.is_oct and self.bias.enabled:
+            raise ConfigError(
+                f"OCT volumes are not bias-corrected (asked for {self.bias.method}): OCT takes "
+                "--bias-correction none"
+            )
+
+    @property
+    def is_oct(self) -> bool:
+        """Whether the recipe is OCT's (nearest-neighbour images, retina mask, no N4)."""
+        return self.modality == "oct"
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> SliceRecipe:
@@ -131,6 +170,7 @@ class SliceRecipe:
             use_mask=bool(manifest.get("use_mask", True)),
             pad_multiple=int(manifest.get("pad_multiple", 16)),
             bias=BiasCorrection.from_dict(manifest.get("bias_correction")),
+            modality=str(manifest.get("modality", "mri")),  # absent before OCT: MRI
         )
 
     @classmethod
@@ -148,32 +188,75 @@ class SliceRecipe:
             use_mask=facts.use_mask,
             pad_multiple=facts.pad_multiple,
             bias=facts.bias_correction,
+            modality=facts.modality,
         )
 
+    def orient(self, volume: VolumeT) -> VolumeT:
+        """Step 1: the volume in RAS+ orientation; an OCT volume in its stored voxel order.
+
+        Args:
+            volume: a ``ScalarImage`` or ``LabelMap`` as loaded.
+        """
+        return volume if self.is_oct else to_canonical(volume)
+
+    def unorient(self, data: np.ndarray, original: Geometry) -> np.ndarray:
+        """Undo :meth:`orient` on an array of the oriented volume's shape.
+
+        Args:
+            data: ``(X, Y, Z)`` array in the oriented voxel order (a harmonized volume).
+            original: the geometry of the volume before :meth:`orient`.
+        """
+        return data if self.is_oct else from_canonical(data, original)
+
+    def grid_spacing(self, geometry: Geometry) -> tuple[float, float, float]:
+        """A volume's voxel size along the axes :meth:`orient` gives it (mm), from its header.
+
+        Args:
+            geometry: the volume's geometry as stored.
+        """
+        if self.is_oct:
+            return (float(geometry.spacing[0]), float(geometry.spacing[1]),
+                    float(geometry.spacing[2]))  # fmt: skip
+        return canonical_spacing(geometry)
+
     def to_grid(self, volume: VolumeT) -> VolumeT:
-        """Steps 1 and 2: the volume in RAS+ orientation, on the recipe's spacing if it has one.
+        """Steps 1 and 2: the volume oriented (:meth:`orient`), on the recipe's spacing if it
+        has one.
 
         A volume already on the spacing (:func:`~segrenorm.data.grid.on_grid`) is only
         reoriented, so its voxels are exactly the stored ones.
 
         Args:
-            volume: a ``ScalarImage`` (linear interpolation) or ``LabelMap`` (nearest).
+            volume: a ``ScalarImage`` (linear interpolation; OCT: nearest neighbour) or a
+                ``LabelMap`` (nearest).
         """
-        canonical = to_canonical(volume)
+        canonical = self.orient(volume)
         if self.spacing is None or on_grid(canonical.geometry.spacing, self.spacing):
             return canonical
-        return resample_to_spacing(canonical, self.spacing)
+        # Label maps are always nearest neighbour; images by the modality's rule.
+        how = self.interpolation if isinstance(canonical, ScalarImage) else None
+        return resample_to_spacing(canonical, self.spacing, interpolation=how)
+
+    @property
+    def interpolation(self) -> str:
+        """How images are resampled: ``"nearest"`` for OCT (the paper's rule), else linear."""
+        return "nearest" if self.is_oct else "linear"
 
     def mask(self, data: np.ndarray) -> np.ndarray | None:
         """Step 3: the automatic foreground of ``data``, or None when the recipe uses no mask.
+
+        MRI: the head (:func:`~segrenorm.volumes.intensity.foreground_mask`); OCT: the retina
+        (:func:`~segrenorm.volumes.retina.retina_mask`, depth along the second axis).
 
         Args:
             data: (X, Y, Z) intensities on the recipe's grid.
 
         Raises:
-            InputError: no voxel is above the foreground threshold.
+            InputError: no voxel is above the foreground threshold (OCT: no retina found).
         """
-        return foreground_mask(data) if self.use_mask else None
+        if not self.use_mask:
+            return None
+        return retina_mask(data) if self.is_oct else foreground_mask(data)
 
     def scale(
         self,
@@ -183,7 +266,7 @@ class SliceRecipe:
         mask_of: np.ndarray | None = None,
     ) -> ScaledVolume:
         """Steps 3 to 5: find the foreground, correct the bias field inside it, and fit and
-        apply the percentile scaling inside it.
+        apply the percentile scaling inside it (OCT: apply it to the whole volume).
 
         Args:
             data: (X, Y, Z) intensities on the recipe's grid.
@@ -206,7 +289,9 @@ class SliceRecipe:
                 )
             data = self.bias.apply(data, spacing, mask)
         scaling = fit_scaling(data, mask, *self.percentiles)
-        return ScaledVolume(scaling.apply(data, mask), mask, scaling)
+        # OCT keeps its background (clipped, not -1): the stripes a translator may paint there
+        # must stay measurable against the target scanner's own background.
+        return ScaledVolume(scaling.apply(data, None if self.is_oct else mask), mask, scaling)
 
     def cut(self, volume: np.ndarray) -> np.ndarray:
         """Step 6: the slices of a (X, Y, Z) array along the recipe's axis, ``(n, H, W)``.

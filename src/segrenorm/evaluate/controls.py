@@ -95,6 +95,7 @@ def wrong_segmentation_slices(
     *,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """The control's slices: each slice translated with its partner's segmentation.
 
@@ -107,6 +108,8 @@ def wrong_segmentation_slices(
         partner: (N,) partner row of each slice (:func:`partner_rows`).
         batch_size: slices per forward pass.
         device: where the translator lives.
+        keep: where the translation is kept (see
+            :func:`~segrenorm.evaluate.methods.translator_slices`); None: ``masks``.
 
     Returns:
         (N, H, W) float32 slices, row-aligned with ``images``.
@@ -116,4 +119,6 @@ def wrong_segmentation_slices(
         InputError: shapes that do not fit (see :func:`partner_stacks`).
     """
     pairs = partner_stacks(images, partner)
-    return translator_slices(translate_pair, pairs, masks, batch_size=batch_size, device=device)
+    return translator_slices(
+        translate_pair, pairs, masks, batch_size=batch_size, device=device, keep=keep
+    )

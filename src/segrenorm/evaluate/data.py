@@ -10,7 +10,10 @@ Harmonized volumes written by ``segrenorm harmonize`` are brought back into that
 ``segrenorm prepare`` cut its source volume (the cache's
 :class:`~segrenorm.data.slicing.SliceRecipe`), and scaled to ``[-1, 1]`` with its own
 foreground percentiles inside the source volume's foreground mask (the scaling every
-cached slice had), so harmonized and target slices share one intensity convention.
+cached slice had), so harmonized and target slices share one intensity convention. An OCT
+cache's recipe (its manifest's ``modality``) resamples with nearest neighbour, takes the
+retina as that foreground and keeps the background, as ``prepare`` did; the masks of
+:class:`SiteSlices` are the cache's own (the retina, for OCT).
 
 Example:
     >>> data = EvalData.from_cache(SliceCache.open("cache/"))  # doctest: +SKIP
@@ -300,7 +303,8 @@ def slices_from_volumes(
         on_subject: progress callback.
 
     Returns:
-        (N, H, W) float32 in [-1, 1], row-aligned with ``data.source``; background -1.
+        (N, H, W) float32 in [-1, 1], row-aligned with ``data.source``; background -1 (OCT:
+        the harmonized background, scaled like the retina; padding -1).
 
     Raises:
         InputError: the folder is missing, a subject's harmonized volume is missing, or it

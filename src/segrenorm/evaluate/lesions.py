@@ -1,5 +1,10 @@
 """Lesion-wise fidelity: detection, per-lesion Dice, lesion volume and lesion contrast.
 
+A *lesion* here is any pocket of a pocket class (:func:`segrenorm.vocabulary.pocket_classes`):
+an MS lesion (class ``lesion``) or a pocket of retinal fluid (``IRF``, ``SRF``, ``PED``). Every
+definition below applies to one pocket class at a time: the true and predicted masks are the
+voxels of that class.
+
 Every figure is computed per held-out subject on its **volume**: the subject's cache rows
 stacked in slice order (:func:`subject_volume`). A slice the cache does not hold (prepare
 skips slices with too little foreground) is an empty plane there, with no lesion, no
@@ -10,7 +15,10 @@ Definitions (``docs/evaluation.md``, "Lesion-wise fidelity"):
 * **Lesions** are the 3D connected components of a binary mask under 26-connectivity
   (:data:`STRUCTURE`: voxels touching by a face, an edge or a corner are one lesion), the
   rule of lesion counts in MS studies, so a lesion that is one voxel thick along a
-  diagonal is not split in two.
+  diagonal is not split in two. Connectivity is on the voxel grid whatever the spacing: on
+  OCT, whose B-scans lie 0.05 to 0.1 mm apart and A-scans 0.01 mm, a pocket continues into
+  the next B-scan when any of its voxels touches one there (volumes, by contrast, are in
+  mm³ from the cache's spacing).
 * **Detection** (:func:`detect_lesions`). A true lesion is *detected* (a true positive) when
   the predicted lesion voxels cover at least :data:`DETECTION_FRACTION` (10%) of its voxels,
   and at least one voxel; otherwise it is *removed* (a false negative). A predicted
@@ -18,17 +26,19 @@ Definitions (``docs/evaluation.md``, "Lesion-wise fidelity"):
   10% cover counts a lesion whose predicted extent shrank as found (per-lesion Dice measures
   the shrinking) while a stray voxel on the rim of a large lesion does not count as
   finding it. A predicted component overlapping only lesions it covers less than 10% of is
-  neither.
+  neither. Per class: an SRF pocket predicted as PED is a removed SRF and a hallucinated PED.
 * **Per-lesion Dice**: each true lesion against the predicted voxels inside its neighbourhood,
   the lesion dilated by :data:`DICE_MARGIN` voxels (26-connected) minus every other true
   lesion, so a prediction that bleeds past the lesion is penalised and a neighbour's
   prediction is not. A removed lesion scores 0 (or its few stray voxels' Dice).
-* **Lesion/NAWM contrast** (:func:`lesion_contrast`). Intensities are taken on the cache's
+* **Lesion contrast** (:func:`lesion_contrast`). Intensities are taken on the cache's
   scale mapped to ``[0, 1]`` (``(x + 1) / 2``: 0 is the scaling's low percentile, the
-  background). Normal-appearing white matter is defined without tissue labels: the shell of
+  background). The surrounding tissue (normal-appearing white matter for MS lesions, the
+  retina around a fluid pocket) is defined without tissue labels: the shell of
   :data:`NAWM_SHELL` voxels around the lesion (its 26-connected dilation) outside every true
-  lesion and inside the foreground mask. The ratio is ``median(lesion) / median(shell)``;
-  the signed contrast ``median(lesion) - median(shell)``.
+  lesion (of any pocket class, when given) and inside the foreground mask (the brain, or the
+  retina on OCT). The ratio is ``median(lesion) / median(shell)``: above 1 for bright FLAIR
+  lesions, below 1 for dark fluid; the signed contrast ``median(lesion) - median(shell)``.
 * **Inversion** (:func:`count_inversions`): a lesion whose signed contrast has one strict
   sign on the source image and the other on the harmonized one (a contrast that becomes 0
   is erased, not inverted).
@@ -54,6 +64,7 @@ import numpy as np
 from scipy import ndimage
 
 from segrenorm.errors import InputError
+from segrenorm.vocabulary import pocket_classes
 
 __all__ = [
     "DETECTION_FRACTION",
@@ -72,7 +83,8 @@ __all__ = [
     "volume_agreement",
 ]
 
-#: The class name (case-insensitive) whose voxels are lesions.
+#: The class name (case-insensitive) of MS lesions; the fluid classes are pockets too
+#: (:data:`segrenorm.vocabulary.POCKET_CLASS_NAMES`).
 LESION_CLASS = "lesion"
 #: 26-connectivity in 3D: face, edge and corner neighbours.
 STRUCTURE = ndimage.generate_binary_structure(3, 3)
@@ -85,17 +97,22 @@ NAWM_SHELL = 2
 
 
 def lesion_class(class_names: Sequence[str]) -> int | None:
-    """The index of the class named ``lesion`` (any case), or None when there is none.
+    """The first pocket class (``lesion``, ``IRF``, ``SRF``, ``PED``, any case), or None.
 
     Any cache with such a class gets the lesion lens: the MS-SEG layout's and
-    ``simulate flair``'s 2-class caches (``background``, ``lesion``), or a cache that keeps
-    tissue classes beside the lesions. A class of another name is never taken for lesions.
+    ``simulate flair``'s 2-class caches (``background``, ``lesion``), a cache that keeps
+    tissue classes beside the lesions, or a RETOUCH fluid cache (its first fluid class,
+    ``IRF``; the lens itself takes every one, :func:`segrenorm.vocabulary.pocket_classes`).
+    A class of another name is never taken for lesions, nor the background.
 
     Args:
         class_names: the cache's class names, background first.
+
+    Returns:
+        The index of the first pocket class, or None for a cache without one.
     """
-    found = [k for k, name in enumerate(class_names) if str(name).lower() == LESION_CLASS]
-    return found[0] if found and found[0] > 0 else None
+    found = pocket_classes(class_names)
+    return found[0] if found else None
 
 
 def subject_volume(rows: np.ndarray, index: np.ndarray, *, fill: float | bool = 0) -> np.ndarray:
@@ -235,14 +252,17 @@ def lesion_contrast(
     foreground: np.ndarray,
     *,
     shell: int = NAWM_SHELL,
+    others: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each true lesion's median intensity and that of its NAWM shell, on the [0, 1] scale.
+    """Each true lesion's median intensity and that of its tissue shell, on the [0, 1] scale.
 
     Args:
         image: (Z, H, W) intensities on the cache's [-1, 1] scale.
-        truth: (Z, H, W) bool true lesion mask.
+        truth: (Z, H, W) bool true lesion mask (one pocket class).
         foreground: (Z, H, W) bool foreground (the shell stays inside it).
         shell: the shell's thickness in voxels (>= 1).
+        others: (Z, H, W) bool voxels of the other pocket classes, which are not tissue
+            either (an SRF pocket under a PED); None for none.
 
     Returns:
         ``(lesion, nawm)``: float64 arrays of one median per true lesion, in component
@@ -258,6 +278,12 @@ def lesion_contrast(
             f"lesion contrast needs an image, a lesion mask and a foreground of one shape, got "
             f"{image.shape}, {truth.shape} and {foreground.shape}"
         )
+    if others is not None and np.shape(others) != truth.shape:
+        raise InputError(
+            f"lesion contrast got other pocket classes of shape {np.shape(others)} for lesions "
+            f"of shape {truth.shape}: pass one subject's volumes on one grid"
+        )
+    pockets = truth if others is None else truth | np.asarray(others, dtype=bool)
     if shell < 1:
         raise InputError(f"the NAWM shell must be at least 1 voxel thick, got {shell}")
     unit = (image + 1.0) / 2.0
@@ -267,7 +293,7 @@ def lesion_contrast(
         assert box is not None
         box = _padded_box(box, truth.shape, shell)
         inside = labels[box] == k
-        ring = _dilate(inside, shell) & ~truth[box] & foreground[box]
+        ring = _dilate(inside, shell) & ~pockets[box] & foreground[box]
         lesion.append(float(np.median(unit[box][inside])))
         nawm.append(float(np.median(unit[box][ring])) if ring.any() else math.nan)
     return np.asarray(lesion, np.float64), np.asarray(nawm, np.float64)

@@ -1,8 +1,9 @@
 """Harmonization methods as the evaluation sees them: held-out source slices in, slices out.
 
 Every method returns an array aligned row for row with ``EvalData.source.images``, on the
-cache's ``[-1, 1]`` scale with background -1. The classical baselines work per volume (the
-slices of one subject together), learned on the target site's *training* subjects:
+cache's ``[-1, 1]`` scale with background -1 (on OCT: the source's background). The
+classical baselines work per volume (the slices of one subject together), learned on the
+target site's *training* subjects:
 
 ``none``
     the source as it is.
@@ -33,9 +34,22 @@ slices of one subject together), learned on the target site's *training* subject
     (:func:`~segrenorm.evaluate.data.recut_source`). :func:`n4_corrected_baselines` says
     which rows ran on corrected inputs.
 
+**OCT caches** (manifest ``modality`` ``"oct"``). A B-scan's background is part of the
+image there (clipped to [-1, 1], not set to -1), so every pipeline acts inside the retina
+mask and leaves the background exactly as the source has it: a classical row's background
+artefact energy (:mod:`segrenorm.evaluate.artefacts`) is the source's. The ``n4-`` rows are
+left out (:func:`omitted_baselines` says why): OCT has no bias field to correct, and
+``prepare`` refuses N4 for it. WhiteStripe is kept: its mode is the brightest peak of the
+retina's histogram (the hyperreflective RNFL and RPE), a stable anchor like white matter is
+in T1, and the row shows how far a brain method carries. The Gaussian of
+``denoise-histogram`` averages speckle well enough for a baseline (a median filter is the
+classic speckle filter, but another row would change the MRI tables and the CLI's list).
+
 A trained translator is applied with :func:`translator_slices`: ``G(x | S(x))`` batch by
-batch, background kept at -1; a 2.5-D translator is given the k-slice stacks of
-:meth:`EvalData.source_stacks` and its centre output is kept.
+batch, background kept at -1 (MRI) or, given ``keep=`` :func:`output_region` (OCT), kept
+as the translator writes it inside the image, where its stripes are measured; a 2.5-D
+translator is given the k-slice stacks of :meth:`EvalData.source_stacks` and its centre
+output is kept.
 
 Example:
     >>> out = baseline_slices(data, ["none", "histogram"])  # doctest: +SKIP
@@ -54,6 +68,7 @@ from scipy import ndimage
 
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.artefacts import OCT, cache_modality, image_extent
 from segrenorm.evaluate.baselines import HistogramMatcher, NyulStandardizer, WhiteStripe
 from segrenorm.evaluate.data import EvalData, SubjectCallback, as_stacks, recut_source
 from segrenorm.models.inference import image_batch
@@ -64,7 +79,10 @@ __all__ = [
     "N4_BASELINES",
     "baseline_slices",
     "cache_is_bias_corrected",
+    "is_oct",
     "n4_corrected_baselines",
+    "omitted_baselines",
+    "output_region",
     "translator_slices",
 ]
 
@@ -85,9 +103,51 @@ N4_BASELINES: dict[str, str] = {
     "n4-denoise-histogram": "denoise-histogram",
 }
 
+#: Why a baseline is not run on an OCT cache.
+OCT_OMITTED: dict[str, str] = {
+    name: "OCT has no bias field for N4 to correct; prepare refuses N4 on OCT"
+    for name in N4_BASELINES
+}
+
 _DENOISE_SIGMA = 0.8
 
 Pipeline = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def is_oct(data: EvalData) -> bool:
+    """Whether ``data`` comes from an OCT cache (manifest ``modality``, ``"mri"`` if absent).
+
+    Args:
+        data: the evaluation data.
+    """
+    return cache_modality(data.cache.manifest) == OCT
+
+
+def omitted_baselines(data: EvalData) -> dict[str, str]:
+    """The baselines never run on ``data``'s cache, each with the reason (for the report).
+
+    Args:
+        data: the evaluation data.
+
+    Returns:
+        ``{name: reason}``: the ``n4-`` rows on an OCT cache, nothing otherwise.
+    """
+    return dict(OCT_OMITTED) if is_oct(data) else {}
+
+
+def output_region(data: EvalData) -> np.ndarray:
+    """Where a harmonized source slice holds the method's output, the rest being -1.
+
+    Args:
+        data: the evaluation data.
+
+    Returns:
+        (N, H, W) bool row-aligned with ``data.source``: the foreground mask on an MRI
+        cache, the whole image but its padding on an OCT cache.
+    """
+    if is_oct(data):
+        return image_extent(data, data.source)
+    return data.source.masks
 
 
 def cache_is_bias_corrected(data: EvalData) -> bool:
@@ -96,6 +156,8 @@ def cache_is_bias_corrected(data: EvalData) -> bool:
     Args:
         data: the evaluation data.
     """
+    if is_oct(data):
+        return False  # OCT is never N4-corrected; its manifest may lack the MRI fields
     return SliceRecipe.from_manifest(data.cache.manifest).bias.enabled
 
 
@@ -109,6 +171,8 @@ def n4_corrected_baselines(data: EvalData, names: Sequence[str]) -> list[str]:
         data: the evaluation data.
         names: baselines that ran.
     """
+    if is_oct(data):
+        return []
     corrected = cache_is_bias_corrected(data)
     return [n for n in names if corrected or n in N4_BASELINES]
 
@@ -130,8 +194,11 @@ def _target_foreground(data: EvalData) -> list[np.ndarray]:
 
 
 def _per_volume(data: EvalData, name: str, fn: Pipeline, images: np.ndarray) -> np.ndarray:
-    """``fn`` on each source subject's slices of ``images`` (the cache's masks), clipped."""
-    out = np.full(data.source.images.shape, -1.0, dtype=np.float32)
+    """``fn`` on each source subject's slices of ``images`` (the cache's masks), clipped.
+
+    Outside the mask the output is -1 (MRI) or, on an OCT cache, ``images`` unchanged."""
+    keep = is_oct(data)
+    out = images.astype(np.float32) if keep else np.full(images.shape, -1.0, dtype=np.float32)
     for subject, positions in data.source.subject_rows().items():
         x, mask = images[positions], data.source.masks[positions]
         if not mask.any():
@@ -140,7 +207,7 @@ def _per_volume(data: EvalData, name: str, fn: Pipeline, images: np.ndarray) -> 
             y = np.clip(fn(x, mask), -1.0, 1.0)
         except InputError as exc:
             raise InputError(f"baseline {name!r}, source subject {subject}: {exc}") from exc
-        out[positions] = np.where(mask, y, -1.0)
+        out[positions] = np.where(mask, y, x if keep else -1.0)
     return out
 
 
@@ -187,6 +254,10 @@ def baseline_slices(
             (default: ``DEFAULT_BIAS_CORRECTION``, what ``prepare`` uses).
         on_subject: progress callback while source volumes are corrected again.
 
+    Returns:
+        name -> (N, H, W) float32 slices row-aligned with ``data.source``, for every name
+        but those :func:`omitted_baselines` leaves out on this cache.
+
     Raises:
         ConfigError: an unknown baseline name, or a ``bias`` that corrects nothing.
         InputError: a volume a baseline cannot normalize (e.g. no white-matter stripe), or
@@ -198,6 +269,7 @@ def baseline_slices(
             f"unknown baseline(s) {', '.join(map(repr, unknown))}: choose from "
             f"{', '.join(BASELINES)}"
         )
+    names = [n for n in names if n not in omitted_baselines(data)]
     bias = DEFAULT_BIAS_CORRECTION if bias is None else bias
     if not bias.enabled:
         raise ConfigError(
@@ -230,8 +302,9 @@ def translator_slices(
     *,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Translate slices batch by batch; background (outside ``masks``) stays -1.
+    """Translate slices batch by batch; outside ``keep`` (default ``masks``) the output is -1.
 
     Args:
         translate: ``(B, k, H, W) -> (B, 1 or k, H, W)`` in [-1, 1], e.g.
@@ -243,21 +316,31 @@ def translator_slices(
         masks: (N, H, W) boolean foreground (of the centre slices).
         batch_size: slices per forward pass.
         device: where the model lives.
+        keep: (N, H, W) bool, where the translation is kept: :func:`output_region` (on an
+            OCT cache the whole image, whose background stripes are measured); None:
+            ``masks``.
 
     Returns:
-        (N, H, W) float32 translated slices, -1 outside ``masks``.
+        (N, H, W) float32 translated slices, -1 outside ``keep``.
 
     Raises:
         ConfigError: a batch size below 1.
-        InputError: images that are neither (N, H, W) nor (N, k, H, W) over ``masks``.
+        InputError: images that are neither (N, H, W) nor (N, k, H, W) over ``masks``, or
+            a ``keep`` of another shape than ``masks``.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1")
     stacks = as_stacks(images, masks, "translator_slices")  # (N, k, H, W)
+    region = masks if keep is None else keep
+    if region.shape != masks.shape:
+        raise InputError(
+            f"translator_slices: keep {region.shape} must have the masks' shape {masks.shape} "
+            "(one (H, W) region per slice)"
+        )
     out = np.empty(masks.shape, dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(stacks), batch_size):
             chunk = image_batch(stacks[start : start + batch_size])  # (b, k, H, W)
             y = translate(chunk.to(device))  # (b, 1 or k, H, W)
             out[start : start + batch_size] = y[:, y.shape[1] // 2].float().cpu().numpy()
-    return np.where(masks, out, -1.0).astype(np.float32)
+    return np.where(region, out, -1.0).astype(np.float32)

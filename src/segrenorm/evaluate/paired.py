@@ -15,8 +15,10 @@ Slices are paired by (subject, slice index) within the evaluated split
 Metrics are computed on the cache's ``[-1, 1]`` scale inside the label-defined brain mask
 (target labels > 0: the anatomy, the same at both sites, rather than an intensity threshold
 that depends on one scanner's noise), per subject (its slices together), then averaged. A
-cache whose labels are lesion masks only (classes ``background, lesion``) does not define the
-anatomy by its labels: there the mask is the foreground both paired scans share.
+cache whose foreground classes are all pocket classes (:func:`~segrenorm.vocabulary.pocket_classes`:
+FLAIR's ``background, lesion``, OCT's ``background, IRF, SRF, PED``) does not define the
+anatomy by its labels: there the mask is the foreground both paired scans share (the brain,
+or on OCT the retina).
 
 Example:
     >>> scores = paired_scores(data, {"none": data.source.images})  # doctest: +SKIP
@@ -35,8 +37,8 @@ import numpy as np
 
 from segrenorm.errors import InputError
 from segrenorm.evaluate.data import EvalData
-from segrenorm.evaluate.lesions import lesion_class
 from segrenorm.evaluate.metrics import mae, psnr, ssim
+from segrenorm.vocabulary import pocket_classes
 
 __all__ = ["METRICS", "clean_target_slices", "paired_scores"]
 
@@ -146,10 +148,10 @@ def paired_scores(data: EvalData, slices: Mapping[str, np.ndarray]) -> dict[str,
     order = list(dict.fromkeys(subjects.tolist()))
     picks = {str(s): subjects == s for s in order}
     # The brain as the labels define it, shared by both sites (same anatomy), not an
-    # intensity threshold of one scanner's image. Lesion masks (background and lesion only)
-    # do not cover the anatomy: there, the foreground both scans share.
-    lesions_only = len(data.class_names) == 2 and lesion_class(data.class_names) == 1
-    if lesions_only:
+    # intensity threshold of one scanner's image. Lesion or fluid masks do not cover the
+    # anatomy: there, the foreground (brain or retina) both scans share.
+    pockets_only = pocket_classes(data.class_names) == list(range(1, len(data.class_names)))
+    if pockets_only:
         shared = data.target.masks[tgt] & data.source.masks[src]
         brain = {s: shared[pick] for s, pick in picks.items()}
     else:
@@ -168,7 +170,7 @@ def paired_scores(data: EvalData, slices: Mapping[str, np.ndarray]) -> dict[str,
     result: dict[str, Any] = {
         "n_subjects": len(order),
         "n_slices": int(src.size),
-        "mask": "foreground of both scans" if lesions_only else "target labels > 0",
+        "mask": "foreground of both scans" if pockets_only else "target labels > 0",
         "methods": methods,
     }
     if clean is not None and with_clean:

@@ -19,7 +19,12 @@
    ``G(x | f(x))`` changes when a slice gets another slice's embedding, over ``|G(x) - x|``,
    inside the foreground (:mod:`segrenorm.evaluate.conditioning`); None for the translators
    that are not conditioned on an embedding.
-6. **Lesion-wise fidelity** (:mod:`~segrenorm.evaluate.lesion_lens`), for a class ``lesion``.
+6. **Lesion-wise fidelity** (:mod:`~segrenorm.evaluate.lesion_lens`), for pocket classes
+   (``lesion``, ``IRF``, ``SRF``, ``PED``).
+7. **Background artefacts** (:mod:`~segrenorm.evaluate.artefacts`), OCT caches only (manifest
+   ``modality`` ``"oct"``): stripe energy in the non-retina background, key ``artefacts``;
+   such results also carry ``modality`` and the classical rows left out with their reasons
+   (``omitted_baselines``).
 
 :func:`run_evaluation` returns plain JSON-ready numbers and the arrays the report draws.
 
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from segrenorm.errors import ConfigError, InputError
+from segrenorm.evaluate.artefacts import OCT, artefact_lens, cache_modality
 from segrenorm.evaluate.conditioning import slice_conditioning
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.distances import fid, kid
@@ -51,6 +57,7 @@ from segrenorm.evaluate.features import (
     train_autoencoder,
 )
 from segrenorm.evaluate.lesion_lens import LesionLens
+from segrenorm.evaluate.methods import omitted_baselines
 from segrenorm.evaluate.paired import paired_scores
 from segrenorm.evaluate.robustness import DEFAULT_SIGMAS, noise_sensitivity
 from segrenorm.evaluate.segmentors import SegmentorConfig
@@ -357,8 +364,11 @@ def run_evaluation(
         "methods": {k: m.kind for k, m in methods.items()},
         "pseudo_labels": _pseudo_labels(data),
     }
+    oct_cache = cache_modality(data.cache.manifest) == OCT
+    if oct_cache:  # absent on MRI, so MRI results read exactly as before OCT existed
+        results.update(modality=OCT, omitted_baselines=omitted_baselines(data))
     slices = {k: m.slices for k, m in methods.items()}
-    lesions = LesionLens.for_data(data, slices)  # None without a class named "lesion"
+    lesions = LesionLens.for_data(data, slices)  # None without a pocket class
     stages: list[tuple[str, str, Callable[[], Any]]] = [
         ("paired", "paired ground truth", lambda: paired_scores(data, slices)),
         ("histograms", "per-tissue histograms", lambda: _histograms(data, methods)),
@@ -367,6 +377,8 @@ def run_evaluation(
         ("segmentation", "post-hoc segmentors, Dice and IoU",
          lambda: _segmentation(data, methods, config, artifacts, lesions)),
         *([("lesions", "lesion-wise fidelity", lesions.results)] if lesions else []),
+        *([("artefacts", "background artefacts", lambda: artefact_lens(data, slices))]
+          if oct_cache else []),
         ("robustness", "noise robustness curves", lambda: _robustness(data, methods, config)),
         ("conditioning", "conditioning sensitivity",
          lambda: _conditioning(data, methods, config)),

@@ -331,11 +331,18 @@ def export_model(
             "slices). This graph translates what it is given.",
         },
         "preprocessing": {
-            "orientation": "RAS",
+            "orientation": "stored voxel order" if facts.modality == "oct" else "RAS",
             "slice_axis": facts.slice_axis,
             "spacing_mm": list(facts.spacing),
             "percentiles": list(facts.percentiles),
             "foreground_mask": facts.use_mask,
+            "modality": facts.modality,
+            # What the modality changes (segrenorm.data.slicing.SliceRecipe): OCT volumes are
+            # resampled with nearest neighbour, their foreground is the retina and their
+            # background keeps its scaled values instead of -1.
+            "image_resampling": "nearest" if facts.modality == "oct" else "linear",
+            "background": "scaled and kept" if facts.modality == "oct" else -1.0,
+            "bias_correction": facts.bias_correction.to_dict(),
             "pad_value": -1.0,
         },
         "target_scaling": scaling.to_dict(),

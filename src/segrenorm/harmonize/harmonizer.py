@@ -14,11 +14,13 @@ Each volume goes through the steps the training slices went through, then back:
    0.1%), for 2D and 2.5-D models alike: a 1x1x2 mm volume given to a model of a 1 mm cache
    is translated on 1 mm slices, as ``prepare`` cut such a volume for training. A ratio beyond
    ``max_spacing_ratio`` along any axis (e.g. a header in metres, or a 0.1 mm microscopy grid)
-   is refused: that is not the data the model knows.
+   is refused: that is not the data the model knows. OCT models resample with nearest
+   neighbour both ways (the paper's rule; it keeps the speckle statistics).
 3. **Intensity.** Bias-corrected inside the foreground exactly as the training volumes were
    (the checkpoint's :class:`~segrenorm.volumes.bias.BiasCorrection`, N4 by default: there is
    no option to differ), then scaled to ``[-1, 1]`` from the volume's own foreground
-   percentiles (the percentiles and masking of the training cache); background -1.
+   percentiles (the percentiles and masking of the training cache); background -1 (OCT: the
+   retina is the foreground, and the background keeps its scaled intensities).
 4. **Translation.** ``G(x | S(x))`` slice batch by slice batch along each view (one by
    default: the training plane; ``views`` fuses several by averaging), whole slices by
    default. ``tiles="auto"`` instead translates a model trained on crops in overlapping
@@ -30,7 +32,8 @@ Each volume goes through the steps the training slices went through, then back:
    site's typical scale (median foreground percentiles of its training subjects), so they
    are in the target scanner's units. Voxels outside the input's foreground mask are set to
    the background value: 0 (``background="zero"``, the default: air) or the target's low
-   intensity (``"low"``, what the model saw as -1).
+   intensity (``"low"``, what the model saw as -1). OCT keeps the translated background:
+   artefacts a translator paints there must stay measurable.
 6. **Geometry and dtype.** The array is put back in the input's voxel order and carries the
    input's affine and header (display window reset). It is float32 by default
    (``dtype="float32"``); ``dtype="input"`` keeps the input's on-disk type, rounding and
@@ -70,7 +73,6 @@ from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import SLICE_AXES, check_direction
 from segrenorm.volumes.images import ScalarImage
 from segrenorm.volumes.readwrite import load_image
-from segrenorm.volumes.spatial import from_canonical, to_canonical
 
 __all__ = [
     "BACKGROUNDS",
@@ -100,7 +102,8 @@ class HarmonizeOptions:
         seg_batch: slices per pass of the segmentation net inside a batch: it runs at full
             resolution and dominates peak memory (ixi at batch 16: 1.46 -> 1.06 GB with 4).
         dtype: ``"float32"``, ``"input"`` (keep the input's on-disk type) or a type name.
-        background: value outside the foreground: ``"zero"`` or ``"low"`` (target's low).
+        background: value outside the foreground: ``"zero"`` or ``"low"`` (target's low);
+            OCT models keep the translated background instead.
         spacing_tolerance: relative voxel-size difference from the model's grid tolerated
             on every axis without resampling (see the module docstring).
         max_spacing_ratio: spacing ratio (either way, along any axis) beyond which a volume
@@ -226,13 +229,14 @@ class Harmonizer:
         self.device = torch.device(device)
         first = self.primary
         for view, model in self.models.items():
-            same = (model.facts.percentiles, model.facts.use_mask)
-            if same != (first.facts.percentiles, first.facts.use_mask):
+            same = (model.facts.percentiles, model.facts.use_mask, model.facts.modality)
+            if same != (first.facts.percentiles, first.facts.use_mask, first.facts.modality):
                 raise ConfigError(
-                    f"{model.source} ({view}) scaled its training slices with percentiles "
-                    f"{model.facts.percentiles} and mask={model.facts.use_mask}, but "
-                    f"{first.source} with {first.facts.percentiles} and mask="
-                    f"{first.facts.use_mask}: fuse only models prepared the same way"
+                    f"{model.source} ({view}) scaled its {model.facts.modality} training slices "
+                    f"with percentiles {model.facts.percentiles} and mask={model.facts.use_mask}"
+                    f", but {first.source} its {first.facts.modality} slices with "
+                    f"{first.facts.percentiles} and mask={first.facts.use_mask}: fuse only "
+                    "models prepared the same way"
                 )
             bias, first_bias = model.facts.bias_correction, first.facts.bias_correction
             if bias != first_bias and (bias.enabled or first_bias.enabled):
@@ -372,9 +376,9 @@ class Harmonizer:
         notes = self.primary.facts.site_notes(
             site, self.options.direction, model=self.primary.source
         )
-        canonical = to_canonical(image)
         facts, opts = self.primary.facts, self.options
         recipe = SliceRecipe.from_facts(facts)
+        canonical = recipe.orient(image)  # RAS+ (MRI) or the stored voxel order (OCT)
         notes += obliquity_notes(
             image.geometry, where, max_deg=opts.oblique_warn_deg, plane=facts.slice_axis
         )
@@ -384,6 +388,7 @@ class Harmonizer:
             spacing=facts.spacing,
             tolerance=opts.spacing_tolerance,
             max_ratio=opts.max_spacing_ratio,
+            interpolation=recipe.interpolation,
         )
         notes += spacing_note
         # The training's bias correction (if any), fitted on the grid translated.
@@ -407,12 +412,16 @@ class Harmonizer:
             n_slices += int(scaled.shape[SLICE_AXES[view]])
         fused /= len(self.models)
         if work is not canonical:
-            fused = resample_onto(fused, work.geometry, canonical.geometry)
-            mask = recipe.mask(canonical.data)
+            # OCT goes back with nearest neighbour, as it came (the paper's rule: a linear
+            # resampling would average speckle and change its statistics).
+            fused = resample_onto(
+                fused, work.geometry, canonical.geometry, interpolation=recipe.interpolation
+            )
+            mask = None if recipe.is_oct else recipe.mask(canonical.data)
         target = facts.target_scaling(opts.direction)
-        if mask is not None:
+        if mask is not None and not recipe.is_oct:  # OCT keeps its (translated) background
             fused[~mask] = 0.0 if opts.background == "zero" else target.low
-        data = from_canonical(fused, image.geometry).astype(np.float32, copy=False)
+        data = recipe.unorient(fused, image.geometry).astype(np.float32, copy=False)
         data, geometry, dtype_note = apply_dtype(
             data, image.geometry, where, dtype=opts.dtype, target_name=self.target_name
         )

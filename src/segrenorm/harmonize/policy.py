@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from segrenorm.errors import ConfigError, InputError, SegrenormError
 from segrenorm.volumes.images import Geometry, ScalarImage
-from segrenorm.volumes.spatial import resample_to_spacing
+from segrenorm.volumes.spatial import INTERPOLATIONS, resample_to_spacing
 
 __all__ = ["apply_dtype", "obliquity_notes", "resample_onto", "to_training_grid"]
 
@@ -55,11 +55,13 @@ def to_training_grid(
     spacing: Sequence[float],
     tolerance: float,
     max_ratio: float,
+    interpolation: str = "linear",
 ) -> tuple[ScalarImage, list[str]]:
     """The volume on the model's grid: all three axes resampled when any one is off.
 
     If the voxel size along any axis is more than ``tolerance`` off the grid, the volume is
-    resampled (linear) to the grid along all three axes; otherwise it is used as it is.
+    resampled (``interpolation``: linear, or nearest for OCT) to the grid along all three axes;
+    otherwise it is used as it is.
 
     Args:
         canonical: the RAS+ volume.
@@ -67,6 +69,8 @@ def to_training_grid(
         spacing: the model's grid: its training cache's spacing (RAS, mm).
         tolerance: relative difference tolerated without resampling, per axis.
         max_ratio: ratio (either way, along any axis) beyond which the volume is refused.
+        interpolation: ``"linear"`` or ``"nearest"`` (see
+            :data:`~segrenorm.volumes.spatial.INTERPOLATIONS`).
 
     Returns:
         ``(volume, notes)``: ``canonical`` itself and no note, or the resampled volume and
@@ -89,7 +93,9 @@ def to_training_grid(
     off = [a for a in range(3) if abs(ratio[a] - 1) > tolerance]
     if not off:
         return canonical, []
-    resampled = resample_to_spacing(canonical, (float(want[0]), float(want[1]), float(want[2])))
+    resampled = resample_to_spacing(
+        canonical, (float(want[0]), float(want[1]), float(want[2])), interpolation=interpolation
+    )
     if any(n < 2 for n in resampled.geometry.shape):
         raise InputError(
             f"{where}: at the training spacing {_mm(want)} mm the volume is "
@@ -98,7 +104,8 @@ def to_training_grid(
     note = (
         f"{where}: voxel size {_mm(have)} mm differs from the training data's "
         f"{_mm(want)} mm by more than {tolerance:.0%} (along {', '.join('RAS'[a] for a in off)}); "
-        f"resampled to {_mm(want)} mm for translation and back to the input grid (linear "
+        f"resampled to {_mm(want)} mm for translation and back to the input grid "
+        f"({'nearest neighbour' if interpolation == 'nearest' else interpolation} "
         "interpolation)."
     )
     return resampled, [note]
@@ -146,14 +153,25 @@ def _mm(values: np.ndarray | Sequence[float]) -> str:
     return "x".join(f"{float(v):.3g}" for v in values)
 
 
-def resample_onto(data: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
-    """Linear resampling of ``data`` (on ``source``'s grid) onto ``target``'s voxel grid.
+def resample_onto(
+    data: np.ndarray, source: Geometry, target: Geometry, *, interpolation: str = "linear"
+) -> np.ndarray:
+    """Resampling of ``data`` (on ``source``'s grid) onto ``target``'s voxel grid.
 
     Args:
         data: an array on ``source``'s grid.
         source: its geometry.
         target: the grid to resample onto.
+        interpolation: ``"linear"`` (default) or ``"nearest"`` (OCT: the paper's rule).
+
+    Raises:
+        ConfigError: an unknown interpolation.
+        SegrenormError: a degenerate affine.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"interpolation {interpolation!r} is unknown: use {', '.join(INTERPOLATIONS)}"
+        )
     voxel_map = np.linalg.solve(source.affine, target.affine)  # target voxel -> source voxel
     if not np.all(np.isfinite(voxel_map)) or math.isclose(np.linalg.det(voxel_map[:3, :3]), 0):
         raise SegrenormError("cannot map the resampled volume back: degenerate affine")
@@ -163,7 +181,7 @@ def resample_onto(data: np.ndarray, source: Geometry, target: Geometry) -> np.nd
             voxel_map[:3, :3],
             offset=voxel_map[:3, 3],
             output_shape=target.shape,
-            order=1,
+            order=INTERPOLATIONS[interpolation],
             mode="nearest",
         ),
         dtype=np.float32,

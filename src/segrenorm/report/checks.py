@@ -135,7 +135,33 @@ def quality_checks(
             bool(a > b),
         ))  # fmt: skip
     checks += lesion_checks(results, method, rows)  # results with a lesion lens only
+    checks += _artefact_checks(results, method)  # OCT results only
     return checks
+
+
+def _artefact_checks(results: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
+    """Background stripe energy no higher than the target scanner's own (OCT, issue 13).
+
+    Absent without an artefact lens or without ``method`` in it. A method whose background
+    could not be measured (all -1: translated inside the retina only) fails, saying so; a
+    target whose own energy is 0 is compared in absolute energy (the ratio is undefined).
+    """
+    lens = results.get("artefacts") or {}
+    scores = (lens.get("methods") or {}).get(method)
+    if not scores:
+        return []
+    target = f"{method}: background artefact energy no higher than the target scanner's own"
+    if scores.get("blank_background"):
+        return [_check(target, "not measurable: its background is all -1 (kept inside the "
+                       "retina only)", False)]  # fmt: skip
+    ratio = scores.get("total_ratio")
+    if ratio is not None and ratio == ratio:  # not NaN
+        return [_check(target, f"{float(ratio):.2f}x the target's", bool(float(ratio) <= 1.0))]
+    mine = float(scores.get("total_mean", float("nan")))
+    own = float((lens.get("target") or {}).get("total_mean", float("nan")))
+    if not (mine == mine and own == own):
+        return [_check(target, "not measurable: no background energy to compare", False)]
+    return [_check(target, f"{mine:.3g} vs the target's {own:.3g}", bool(mine <= own))]
 
 
 def _seeds(seg: Mapping[str, Any]) -> str:

@@ -67,6 +67,7 @@ def qualitative_panel(
     predictions: Mapping[str, np.ndarray],
     class_names: Sequence[str],
     titles: tuple[str, str] = ("source", "target"),
+    oct: bool = False,
 ) -> Path:
     """One row per method: input, harmonized, target segmentor overlay, target scan.
 
@@ -78,9 +79,13 @@ def qualitative_panel(
         predictions: method -> (H, W) labels from the target segmentor.
         class_names: class names, background first.
         titles: names of the source and target sites.
+        oct: B-scans: depth grows downward (the vitreous on top, as OCT is read); otherwise
+            the slice's second axis points up (RAS).
     """
     plt = _pyplot()
     from matplotlib.patches import Patch
+
+    origin = "upper" if oct else "lower"
 
     names = list(harmonized)
     fig, axes = plt.subplots(len(names), 4, figsize=(9.2, 2.35 * len(names) + 0.5), squeeze=False)
@@ -95,9 +100,9 @@ def qualitative_panel(
         for c, image in enumerate(row):
             ax = axes[r, c]
             if image.ndim == 2:
-                ax.imshow(image.T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+                ax.imshow(image.T, cmap="gray", vmin=-1, vmax=1, origin=origin)
             else:
-                ax.imshow(np.transpose(image, (1, 0, 2)), origin="lower")
+                ax.imshow(np.transpose(image, (1, 0, 2)), origin=origin)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -1,7 +1,10 @@
 """Lesion insets (the paper's Fig. 6 insets): crops around held-out lesions, every method.
 
-:func:`pick_lesions` chooses a few held-out source lesions (the largest of each subject first,
-then the next largest), each shown on the slice where its cross-section is largest.
+:func:`pick_lesions` chooses a few held-out source lesions of one pocket class (the largest of
+each subject first, then the next largest), each shown on the slice where its cross-section
+is largest. A cache of one pocket class (``lesion``) shows three of them; a fluid cache
+(``IRF``, ``SRF``, ``PED``) at least one pocket of each class, in class order, each row
+labelled with its class and outlined with that class's truth and prediction.
 :func:`lesion_panel` draws one row per lesion: the source crop, each method's harmonized crop
 and a target-scanner crop (the same subject's paired target slice where the benchmark has
 one, otherwise the target site's largest held-out lesion). The true lesion's outline is
@@ -25,8 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from segrenorm.evaluate.lesions import label_lesions, lesion_class, subject_volume
+from segrenorm.evaluate.lesions import label_lesions, subject_volume
 from segrenorm.report.figures import _pyplot, _save
+from segrenorm.vocabulary import pocket_classes
 
 if TYPE_CHECKING:
     from segrenorm.evaluate.data import EvalData, SiteSlices
@@ -115,6 +119,7 @@ def lesion_panel(
     predictions: Sequence[Mapping[str, np.ndarray]],
     labels: Sequence[str],
     columns: Sequence[str],
+    oct: bool = False,
 ) -> Path:
     """One row of crops per lesion, one column per image (source, methods, target).
 
@@ -126,6 +131,8 @@ def lesion_panel(
             outline); a column without one gets none.
         labels: per lesion, the row's label.
         columns: the column names, in order; their titles.
+        oct: OCT B-scan crops: depth grows downward (the vitreous on top, as OCT is read),
+            and the legend says pocket; otherwise the slice's second axis points up (RAS).
     """
     plt = _pyplot()
     from matplotlib.lines import Line2D
@@ -138,8 +145,8 @@ def lesion_panel(
     for r, crops in enumerate(rows):
         for c, name in enumerate(columns):
             ax = axes[r, c]
-            ax.imshow(crops[name].T, cmap="gray", vmin=-1, vmax=1, origin="lower",
-                      interpolation="nearest")  # fmt: skip
+            ax.imshow(crops[name].T, cmap="gray", vmin=-1, vmax=1,
+                      origin="upper" if oct else "lower", interpolation="nearest")  # fmt: skip
             if c < len(columns) - 1 and truths[r].any():  # the target crop has its own lesions
                 ax.contour(truths[r].T.astype(float), levels=[0.5], colors="red", linewidths=0.9)
             mark = predictions[r].get(name)
@@ -151,40 +158,50 @@ def lesion_panel(
             if r == 0:
                 ax.set_title(name, fontsize=8)
         axes[r, 0].set_ylabel(labels[r], fontsize=7)
+    word = "pocket" if oct else "lesion"
     handles = [
-        Line2D([], [], color="red", label="true lesion"),
-        Line2D([], [], color="cyan", ls="--", label="target segmentor's lesion"),
+        Line2D([], [], color="red", label=f"true {word}"),
+        Line2D([], [], color="cyan", ls="--", label=f"target segmentor's {word}"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, out, dpi=110)
 
 
+def _spots_per_class(
+    data: EvalData, classes: Sequence[int], count: int
+) -> list[tuple[int, LesionSpot]]:
+    """``count`` lesions of one class; else ``count // len(classes)`` (>= 1) per class."""
+    each = count if len(classes) <= 1 else max(1, count // len(classes))
+    return [(c, spot) for c in classes for spot in pick_lesions(data.source, c, each)]
+
+
 def lesion_figures(
     folder: Path, artifacts: EvaluationArtifacts, data: EvalData, *, count: int = 3
 ) -> dict[str, Path]:
-    """``{"lesions": PNG}`` for a cache with a lesion class and held-out lesions, else ``{}``.
+    """``{"lesions": PNG}`` for a cache with pocket classes and held-out pockets, else ``{}``.
 
     Args:
         folder: where the PNG goes.
         artifacts: the evaluation's harmonized slices and first-seed target-segmentor labels.
         data: the evaluation data.
-        count: lesions shown.
+        count: lesions shown: all of one class, or split between several (one each at least).
+
+    Returns:
+        The figure's path under the key ``lesions``, or ``{}``.
     """
-    c = lesion_class(data.class_names)
-    if c is None:
-        return {}
-    spots = pick_lesions(data.source, c, count)
+    classes = pocket_classes(data.class_names)
+    spots = _spots_per_class(data, classes, count)
     if not spots:
         return {}
     src, tgt = data.paired_rows()
     paired = {int(s): int(t) for s, t in zip(src, tgt, strict=True)}
-    fallback = pick_lesions(data.target, c, 1)
+    fallbacks = {c: pick_lesions(data.target, c, 1) for c in classes}
     methods = [n for n in artifacts.harmonized if n != "none"]
     source_col, target_col = f"source ({data.source.name})", f"target ({data.target.name})"
     columns = [source_col, *methods, target_col]
     rows, truths, marks, labels = [], [], [], []
-    for spot in spots:
+    for c, spot in spots:
         crops = {source_col: _crop(data.source.images[spot.row], spot.window)}
         pred = {}
         for name in ["none", *methods]:
@@ -194,7 +211,7 @@ def lesion_figures(
                 pred[key] = _crop(label[spot.row] == c, spot.window)
         for name in methods:
             crops[name] = _crop(artifacts.harmonized[name][spot.row], spot.window)
-        where = paired.get(spot.row)
+        where, fallback = paired.get(spot.row), fallbacks[c]
         if where is not None:
             crops[target_col] = _crop(data.target.images[where], spot.window)
             note = ""
@@ -209,7 +226,9 @@ def lesion_figures(
         marks.append(pred)
         truths.append(_crop(data.source.labels[spot.row] == c, spot.window))
         z = int(data.source.index[spot.row])
-        labels.append(f"{spot.subject} z={z}\n{spot.voxels} vox{note}")
+        kind = "" if len(classes) == 1 else f"{data.class_names[c]}: "
+        labels.append(f"{kind}{spot.subject} z={z}\n{spot.voxels} vox{note}")
+    oct = str(data.cache.manifest.get("modality", "mri")) == "oct"
     path = lesion_panel(folder / "lesions.png", rows=rows, truths=truths, predictions=marks,
-                        labels=labels, columns=columns)  # fmt: skip
+                        labels=labels, columns=columns, oct=oct)  # fmt: skip
     return {"lesions": path}

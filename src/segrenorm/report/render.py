@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from segrenorm.report.artefacts import artefact_csv_rows, omitted_note
 from segrenorm.report.checks import quality_checks, verdict
 from segrenorm.report.lesions import lesion_csv_rows
 from segrenorm.report.tables import tables
@@ -116,6 +117,7 @@ def _intro(results: Mapping[str, Any]) -> str:
         f"{n['target']} target ({subjects.get('target', '?')} subjects). Cache: "
         f"{results['cache']}. Intensities on the cache's [-1, 1] scale."
         + _n4_note(results)
+        + omitted_note(results)
         + _pseudo_label_note(results)
     )
 
@@ -189,7 +191,7 @@ def csv_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, float
             rows.append(("paired", name, metric, "", float(scores[metric])))
             if "clean" in scores:  # against the clean (noise-free, bias-free) target render
                 rows.append(("paired-clean", name, metric, "", float(scores["clean"][metric])))
-    return rows + lesion_csv_rows(results)
+    return rows + lesion_csv_rows(results) + artefact_csv_rows(results)
 
 
 def _num(value: float | None) -> float:

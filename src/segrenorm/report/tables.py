@@ -2,7 +2,8 @@
 
 :func:`tables` lays the results out like the paper (Table IV: distribution distances;
 Table V: segmentation of source, target and harmonized source; Fig. 9 as numbers) plus the
-paired ground-truth table; both Markdown and HTML reports use them.
+paired ground-truth table, the lesion-wise and (OCT) background-artefact tables; both
+Markdown and HTML reports use them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from segrenorm.report.artefacts import artefact_tables
 from segrenorm.report.controls import Table, control_tables
 from segrenorm.report.lesions import lesion_tables
 from segrenorm.report.spread import (
@@ -233,6 +235,8 @@ def _paired(results: Mapping[str, Any]) -> list[Table]:
         return []
     header = ["method", "SSIM", "PSNR (dB)", "MAE"]
     inside = "inside the brain (target labels > 0)"
+    if results.get("modality") == "oct":  # the retina, not a brain; say what was scored
+        inside = f"inside the {paired.get('mask', 'target labels > 0')}"
     note = (
         f"Harmonized source against the same subject's true target scan ({paired['n_subjects']} "
         f"held-out subjects, {paired['n_slices']} slice pairs), {inside}, [-1, 1] scale; "
@@ -290,6 +294,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         _robustness(results),
         _conditioning(results),
         *lesion_tables(results),
+        *artefact_tables(results),
         *control_tables(results),
     ]
     return [t for t in found if t is not None]

@@ -79,6 +79,7 @@ def _figures(
             predictions={k: artifacts.target_predictions[k][row] for k in artifacts.harmonized},
             class_names=data.class_names,
             titles=(data.source.name, data.target.name),
+            oct=str(data.cache.manifest.get("modality", "mri")) == "oct",
         )  # fmt: skip
     if results.get("robustness"):
         figures["sensitivity"] = rf.sensitivity_curves(

@@ -178,6 +178,35 @@ def _resolve_scanners(scanners: Sequence[str | Path | ScannerProfile]) -> list[S
     return profiles
 
 
+def _draw_subjects(
+    names: Sequence[str], per_site: int, n_test: int, n_val: int, rng: np.random.Generator
+) -> tuple[list[str], list[str], dict[str, list[str]], dict[str, list[int]]]:
+    """Subject ids and who is scanned where: held-out subjects on every site, training ones
+    on one site each (``per_site`` per site, none scanned twice).
+
+    Args:
+        names: the sites (scanners or vendors), in order.
+        per_site: training subjects per site.
+        n_test, n_val: held-out subjects (test, validation), rendered on every site.
+        rng: the split's random stream (one permutation of all ids is drawn from it).
+
+    Returns:
+        ``(test, val, train, sites)``: the sorted test and validation ids, the sorted training
+        ids per site name, and per subject id the indices of the sites that scan it.
+    """
+    total = per_site * len(names) + n_test + n_val
+    width = max(3, len(str(total)))
+    ids = [f"sub-{i:0{width}d}" for i in range(1, total + 1)]
+    order = [ids[i] for i in rng.permutation(total)]
+    test, val = sorted(order[:n_test]), sorted(order[n_test : n_test + n_val])
+    rest = order[n_test + n_val :]
+    train = {name: sorted(rest[k * per_site : (k + 1) * per_site]) for k, name in enumerate(names)}
+    sites = {s: list(range(len(names))) for s in test + val}
+    for k, name in enumerate(names):
+        sites.update({s: [k] for s in train[name]})
+    return test, val, train, sites
+
+
 def _check_int(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
@@ -237,19 +266,10 @@ def simulate_flair(
     n_test, n_val = _held_out_counts(n_train, test_fraction, val_fraction)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
-    total = n_train + n_test + n_val
-    width = max(3, len(str(total)))
-    ids = [f"sub-{i:0{width}d}" for i in range(1, total + 1)]
-    order = [ids[i] for i in np.random.default_rng([seed, _SPLIT]).permutation(total)]
-    test, val = sorted(order[:n_test]), sorted(order[n_test : n_test + n_val])
-    rest = order[n_test + n_val :]
-    train = {
-        p.name: sorted(rest[k * subjects_per_scanner : (k + 1) * subjects_per_scanner])
-        for k, p in enumerate(profiles)
-    }
-    sites = {s: list(range(len(profiles))) for s in test + val}
-    for k, profile in enumerate(profiles):
-        sites.update({s: [k] for s in train[profile.name]})
+    rng = np.random.default_rng([seed, _SPLIT])
+    test, val, train, sites = _draw_subjects(
+        [p.name for p in profiles], subjects_per_scanner, n_test, n_val, rng
+    )
     settings = lesions or LesionSettings()
 
     out.parent.mkdir(parents=True, exist_ok=True)

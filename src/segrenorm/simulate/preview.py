@@ -4,6 +4,10 @@
 one row per scanner, the clean target render where the simulation wrote one, then a label
 overlay row; columns axial / coronal / sagittal mid slices. On a ``simulate flair`` folder it
 shows every scanner, the clean render on the last (best) one and the lesion mask in red.
+
+On a ``simulate oct`` folder it shows the central B-scan (through the fovea) of the subject on
+every vendor beside its clean render, the fluid pockets outlined per class
+(:func:`segrenorm.simulate.preview_oct.save_oct_preview`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 from segrenorm.atomic import atomic_file
 from segrenorm.errors import InputError
 from segrenorm.simulate.anatomy import LABEL_NAMES
-from segrenorm.simulate.subjects import read_subjects
+from segrenorm.simulate.preview_oct import OctView, save_oct_preview
+from segrenorm.simulate.subjects import SubjectEntry, read_subjects
 
 __all__ = ["preview_subject", "save_subject_preview"]
 
@@ -27,6 +32,7 @@ _LABEL_COLOURS = ("#00000000", "#3b75af", "#ef8636", "#f5e15a")
 # Transparent background, then lesion.
 _LESION_COLOURS = ("#00000000", "#e8283c")
 _VIEWS = ("axial", "coronal", "sagittal")
+_OCT_SUFFIX = "_oct.nii.gz"
 
 
 def _load_nifti(path: Path) -> nib.Nifti1Image:
@@ -155,7 +161,8 @@ def preview_subject(
     """Render one held-out subject of a simulated benchmark on both scanners, with labels.
 
     Args:
-        data_dir: Folder written by :func:`segrenorm.simulate.benchmark.simulate_t1`.
+        data_dir: Folder written by :func:`segrenorm.simulate.benchmark.simulate_t1`, by
+            ``simulate flair`` or by ``simulate oct`` (then: ``save_oct_preview``).
         out_png: Output PNG path.
         subject: Test subject id (e.g. ``"sub-004"``); default: the first test subject.
 
@@ -163,14 +170,16 @@ def preview_subject(
         The PNG path.
 
     Raises:
-        InputError: If the folder has no listing, no test subject on both sites, or the
-            requested subject is not one of them.
+        InputError: If the folder has no listing, no test subject on both sites (every vendor,
+            for OCT), or the requested subject is not one of them.
     """
     root = Path(data_dir)
     entries = read_subjects(root / "subjects.csv")
     sites = list(dict.fromkeys(e.site for e in entries))
     meta_path = root / "simulation.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    if _is_oct(meta, entries):
+        return _preview_oct(root, entries, meta, out_png, subject)
     flair = meta.get("benchmark") == "flair"  # every scanner, from the weakest to the best
     if meta:
         sites = (
@@ -183,19 +192,7 @@ def preview_subject(
             f"{root / 'subjects.csv'}: lists {len(sites)} site(s) ({', '.join(sites)}); "
             "a preview needs exactly a source and a target site"
         )
-    tests = {(e.subject, e.site): e for e in entries if e.split == "test"}
-    paired = sorted({s for s, _ in tests if all((s, site) in tests for site in sites)})
-    if not paired:
-        raise InputError(
-            f"{root / 'subjects.csv'}: no test subject is listed on both sites "
-            f"{', '.join(sites)}; simulate with a test fraction above 0"
-        )
-    chosen = subject or paired[0]
-    if chosen not in paired:
-        shown = ", ".join(paired[:10]) + (" ..." if len(paired) > 10 else "")
-        raise InputError(
-            f"{root}: subject {chosen!r} is not a test subject on both sites; choose one of {shown}"
-        )
+    chosen, tests = _chosen_subject(root, entries, sites, subject)
     rows = []
     for site in sites:
         entry = tests[(chosen, site)]
@@ -212,3 +209,71 @@ def preview_subject(
     if flair:
         title = f"{chosen}: {', '.join(sites)} (FLAIR)"
     return save_subject_preview(rows, labels, out_png, zooms=zooms, title=title, lesions=flair)
+
+
+def _chosen_subject(
+    root: Path, entries: Sequence[SubjectEntry], sites: Sequence[str], subject: str | None
+) -> tuple[str, dict[tuple[str, str], SubjectEntry]]:
+    """The test subject to show (``subject``, or the first one on every site) and the test
+    rows by (subject, site)."""
+    tests = {(e.subject, e.site): e for e in entries if e.split == "test"}
+    every = "both sites" if len(sites) == 2 else "every site"
+    paired = sorted({s for s, _ in tests if all((s, site) in tests for site in sites)})
+    if not paired:
+        raise InputError(
+            f"{root / 'subjects.csv'}: no test subject is listed on {every} "
+            f"{', '.join(sites)}; simulate with a test fraction above 0"
+        )
+    chosen = subject or paired[0]
+    if chosen not in paired:
+        shown = ", ".join(paired[:10]) + (" ..." if len(paired) > 10 else "")
+        raise InputError(
+            f"{root}: subject {chosen!r} is not a test subject on {every}; choose one of {shown}"
+        )
+    return chosen, tests
+
+
+# --------------------------------------------------------------------------- OCT
+
+
+def _is_oct(meta: dict[str, object], entries: Sequence[SubjectEntry]) -> bool:
+    """Whether a simulated folder holds OCT: its metadata says so, or its scans are named so."""
+    if meta.get("benchmark") == "oct" or meta.get("modality") == "oct":
+        return True
+    return bool(entries) and all(e.image.name.endswith(_OCT_SUFFIX) for e in entries)
+
+
+def _oct_vendors(meta: dict[str, object], entries: Sequence[SubjectEntry]) -> list[str]:
+    """The vendors, source first: ``simulation.json``'s ``vendors`` (names, or objects with a
+    ``name``) where it lists them, else the listing's order."""
+    listed = meta.get("vendors")
+    if isinstance(listed, list) and listed:
+        names = [v["name"] if isinstance(v, dict) else v for v in listed]
+        if all(isinstance(n, str) for n in names):
+            return [str(n) for n in names]
+    return list(dict.fromkeys(e.site for e in entries))
+
+
+def _preview_oct(
+    root: Path,
+    entries: Sequence[SubjectEntry],
+    meta: dict[str, object],
+    out_png: str | Path,
+    subject: str | None,
+) -> Path:
+    """:func:`preview_subject` on a ``simulate oct`` folder."""
+    vendors = _oct_vendors(meta, entries)
+    chosen, tests = _chosen_subject(root, entries, vendors, subject)
+    views = []
+    for vendor in vendors:
+        entry = tests[(chosen, vendor)]
+        image = _load_nifti(entry.image)
+        zx, zy, zz = (float(z) for z in image.header.get_zooms()[:3])
+        clean = None
+        if entry.clean is not None:  # speckle-free, where the simulation rendered one
+            clean = np.asarray(_load_nifti(entry.clean).get_fdata(dtype=np.float32))
+        scan = np.asarray(image.get_fdata(dtype=np.float32))
+        labels = np.asarray(_load_nifti(entry.label).dataobj).astype(np.uint8)
+        views.append(OctView(vendor, scan, labels, (zx, zy, zz), clean))
+    title = f"{chosen}: {', '.join(vendors)} (OCT, central B-scan)"
+    return save_oct_preview(views, out_png, title=title)

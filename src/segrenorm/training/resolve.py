@@ -25,6 +25,7 @@ from segrenorm.config.overrides import apply_overrides
 from segrenorm.config.schema import Config
 from segrenorm.errors import ConfigError
 from segrenorm.models.checkpoint import config_of, load_checkpoint, resolve_checkpoint
+from segrenorm.vocabulary import POCKET_CLASS_NAMES, pocket_classes
 
 if TYPE_CHECKING:
     from segrenorm.data.slice_cache import SliceCache
@@ -40,15 +41,20 @@ SPARSE_LESION_FRACTION = 0.02
 def semgan_exclusion(cache: SliceCache) -> str | None:
     """Why SemGAN cannot train on ``cache`` (sparse lesion masks), or None if it can.
 
-    A cache is a lesion cache when it has two classes and its class 1 is named ``lesion``
-    (any name holding the word, e.g. ``ms_lesion``), or its class 1 covers less than
-    :data:`SPARSE_LESION_FRACTION` of the foreground voxels of the two sites shown (all
-    splits). SemGAN's semantic dropout hides random classes from the generator's
-    segmentation input; with one foreground class, dropping it leaves no semantic
-    information, so the paper excludes SemGAN on MS-SEG.
+    A cache is a lesion cache when it has two classes and its class 1 is a pocket class
+    (:func:`segrenorm.vocabulary.pocket_classes`: named ``lesion``, ``IRF``, ``SRF`` or
+    ``PED``, any case), or its class 1 covers less than :data:`SPARSE_LESION_FRACTION` of the
+    foreground voxels of the two sites shown (all splits). SemGAN's semantic dropout hides
+    random classes from the generator's segmentation input; with one foreground class,
+    dropping it leaves no semantic information, so the paper excludes SemGAN on MS-SEG. A
+    cache of three or more classes keeps SemGAN, sparse or not: the paper runs it on
+    RETOUCH's four (background, IRF, SRF, PED), where dropout always leaves a class.
 
     Args:
         cache: the opened cache (a pair view of a many-site cache: its two sites).
+
+    Returns:
+        The reason, worded as a ConfigError message, or None when SemGAN may train.
     """
     if cache.n_classes != 2:
         return None
@@ -61,12 +67,14 @@ def semgan_exclusion(cache: SliceCache) -> str | None:
             lesion += int(np.count_nonzero(np.asarray(labels[start : start + 256])[mask]))
             inside += int(np.count_nonzero(mask))
     fraction = lesion / inside if inside else 0.0
-    if "lesion" not in name.lower() and fraction >= SPARSE_LESION_FRACTION:
+    if pocket_classes(cache.class_names) != [1] and fraction >= SPARSE_LESION_FRACTION:
         return None
+    named = "/".join(POCKET_CLASS_NAMES)
     return (
         f"model.translator=semgan is excluded on {cache.path}: its labels are sparse lesion "
         f"masks (2 classes, class 1 {name!r} covering {100 * fraction:.2f}% of the foreground "
-        f"voxels; the rule: class 1 named lesion, or under {100 * SPARSE_LESION_FRACTION:g}%). "
+        f"voxels; the rule: class 1 named {named} (any case), or under "
+        f"{100 * SPARSE_LESION_FRACTION:g}%). "
         "SemGAN's semantic dropout hides random classes from its generator, and dropping the "
         "only foreground class leaves it no semantic information, so the paper excludes SemGAN "
         "on MS-SEG; use model.translator=segrenorm (or s-cyclegan, cyclegan) instead"

@@ -28,6 +28,7 @@ from segrenorm.vocabulary import SLICE_AXES
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 
 __all__ = [
+    "INTERPOLATIONS",
     "from_canonical",
     "pad_to_shape",
     "resample_to_spacing",
@@ -42,6 +43,9 @@ __all__ = [
 _RAS = ("R", "A", "S")
 VolumeT = TypeVar("VolumeT", ScalarImage, LabelMap)
 Pads = tuple[tuple[int, int], tuple[int, int]]
+#: Image interpolations of :func:`resample_to_spacing` and their spline orders. OCT images use
+#: ``"nearest"`` (the paper's rule: resampled voxels keep measured values and speckle).
+INTERPOLATIONS: dict[str, int] = {"nearest": 0, "linear": 1, "cubic": 3}
 
 
 # --------------------------------------------------------------------------- orientation
@@ -166,11 +170,40 @@ def stack_slices(slices: np.ndarray, axis: str | int) -> np.ndarray:
 # --------------------------------------------------------------------------- resampling
 
 
+def _spline_order(
+    volume: ScalarImage | LabelMap, order: int | None, interpolation: str | None
+) -> int:
+    """The spline order of one resampling: labels 0 only, images by ``interpolation``/``order``."""
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"interpolation {interpolation!r} is unknown: use {', '.join(INTERPOLATIONS)}"
+        )
+    chosen = None if interpolation is None else INTERPOLATIONS[interpolation]
+    if chosen is not None and order is not None and order != chosen:
+        raise ConfigError(
+            f"order={order} contradicts interpolation={interpolation!r} (order {chosen}); "
+            "give one of them"
+        )
+    chosen = order if chosen is None else chosen
+    if isinstance(volume, LabelMap):
+        if chosen not in (None, 0):
+            raise ConfigError(
+                f"label maps are resampled with order 0 only (nearest neighbour), got "
+                f"order={chosen}"
+            )
+        return 0
+    spline = 1 if chosen is None else chosen
+    if spline not in INTERPOLATIONS.values():
+        raise ConfigError(f"image resampling order must be 0, 1 or 3, got {chosen}")
+    return spline
+
+
 def resample_to_spacing(
     volume: VolumeT,
     spacing: tuple[float, float, float],
     *,
     order: int | None = None,
+    interpolation: str | None = None,
 ) -> VolumeT:
     """Resample a volume to a new voxel spacing, keeping its field of view and world position.
 
@@ -180,23 +213,31 @@ def resample_to_spacing(
     Args:
         volume: a ``ScalarImage`` or ``LabelMap``.
         spacing: target voxel size in mm along the volume's three voxel axes.
-        order: spline order for images, 1 (default, linear) or 3 (cubic). Label maps are
-            always resampled with nearest neighbour (order 0) and refuse any other order.
+        order: spline order for images, 0 (nearest), 1 (default, linear) or 3 (cubic).
+        interpolation: the same by name (see :data:`INTERPOLATIONS`): ``"nearest"``,
+            ``"linear"`` or ``"cubic"``. Label maps are always resampled with nearest
+            neighbour and refuse anything else.
 
     Returns:
-        A new object of the same type with updated data, shape, spacing and affine.
+        A new object of the same type with updated data, shape, spacing and affine; with
+        nearest neighbour its values are a subset of the input's, in the input's dtype.
+
+    Raises:
+        ConfigError: a spacing that is not three positive numbers, an unknown interpolation
+            or order, ``order`` and ``interpolation`` that disagree, or a label map asked for
+            another interpolation than nearest neighbour.
+
+    Example:
+        >>> image = ScalarImage(np.arange(8.0).reshape(2, 2, 2), Geometry.from_affine(
+        ...     np.eye(4), (2, 2, 2)))
+        >>> finer = resample_to_spacing(image, (0.5, 1.0, 1.0), interpolation="nearest")
+        >>> finer.data[:, 0, 0].tolist()
+        [0.0, 0.0, 4.0, 4.0]
     """
     target = np.asarray(spacing, dtype=np.float64)
     if target.shape != (3,) or not np.all(np.isfinite(target)) or np.any(target <= 0):
         raise ConfigError(f"spacing {spacing!r} must be three positive numbers (mm)")
-    if isinstance(volume, LabelMap):
-        if order not in (None, 0):
-            raise ConfigError(f"label maps are resampled with order 0 only, got order={order}")
-        spline = 0
-    else:
-        spline = 1 if order is None else order
-        if spline not in (1, 3):
-            raise ConfigError(f"image resampling order must be 1 or 3, got {order}")
+    spline = _spline_order(volume, order, interpolation)
     geometry = volume.geometry
     old = np.asarray(geometry.spacing, dtype=np.float64)
     step = target / old  # old voxels per new voxel

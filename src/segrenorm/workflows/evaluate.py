@@ -34,6 +34,7 @@ from segrenorm.evaluate.methods import (
     BASELINES,
     baseline_slices,
     n4_corrected_baselines,
+    output_region,
     translator_slices,
 )
 from segrenorm.evaluate.suite import EvaluationConfig, MethodInput, run_evaluation
@@ -176,8 +177,9 @@ def evaluate_cache(
                 translate, tile_of[name], sw_batch_size=config.batch_size, stride=model.stride
             )
             slices = translator_slices(
-                tiled, stacks, data.source.masks, batch_size=config.batch_size, device=device
-            )
+                tiled, stacks, data.source.masks, batch_size=config.batch_size, device=device,
+                keep=output_region(data),  # OCT: the background too, whose stripes are scored
+            )  # fmt: skip
         methods[name] = MethodInput(slices, translator=translator, kind="translator")
         if translator is not None and stacks is not None and is_conditioned(translator):
             say(f"translating held-out slices with {name}, each given another's segmentation")
@@ -242,7 +244,7 @@ def _wrong_segmentation(
     partner = partner_rows(len(data.source), config.seed)
     return wrong_segmentation_slices(
         translate_pair, stacks, data.source.masks, partner,
-        batch_size=config.batch_size, device=device,
+        batch_size=config.batch_size, device=device, keep=output_region(data),
     )  # fmt: skip
 
 
