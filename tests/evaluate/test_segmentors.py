@@ -210,3 +210,24 @@ def test_labelled_slices_teach_a_sparse_class_a_uniform_draw_misses() -> None:
     b = train_segmentor(x, y, 2, dataclasses.replace(config, labelled_slices=0.0))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize(
+    ("names", "weights", "share", "steps"),
+    [
+        (("background", "csf", "gm", "wm"), None, 0.0, 150),
+        (("background", "lesion"), (0.05, 0.95), 0.5, 400),
+        (("background", "IRF", "SRF", "PED"), (0.05, 0.95, 0.95, 0.95), 0.5, 400),
+        (("background", "csf", "Lesion"), (0.05, 0.5, 0.95), 0.5, 400),
+    ],
+)  # fmt: skip
+def test_automatic_settings_weigh_up_sparse_pocket_classes(
+    names: tuple[str, ...], weights: tuple[float, ...] | None, share: float, steps: int
+) -> None:
+    resolved = SegmentorConfig().resolved(names)
+    assert resolved.class_weights == (None if weights is None else pytest.approx(weights))
+    assert (resolved.labelled_slices, resolved.iterations, resolved.steps) == (share, steps, steps)
+    # What the user set is kept.
+    mine = SegmentorConfig(iterations=20, class_weights=(1.0,) * len(names), labelled_slices=0.25)
+    assert mine.resolved(names) == mine
+    assert SegmentorConfig().steps == 150  # train_segmentor's budget when left automatic

@@ -24,6 +24,10 @@ keys a single-seed lens had, with the spread beside it:
     per class, Dice[source→source] - Dice[target→none]: ``mean``, ``seed_std``, ``per_seed``.
 ``segmentor_seeds``
     the seeds used.
+``segmentor``
+    the steps, class weights and labelled-slice share the segmentors trained with, automatic
+    ones filled in (:meth:`~segrenorm.evaluate.segmentors.SegmentorConfig.resolved`: a cache
+    with pocket classes gets weights 0.05/0.95, half-labelled batches and 400 steps).
 
 Means and standard deviations skip seeds where a value is undefined; a standard deviation
 needs two defined seeds (else None, or NaN in the recovery lists). With one seed every mean
@@ -45,7 +49,6 @@ import numpy as np
 
 from segrenorm.errors import ConfigError
 from segrenorm.evaluate.data import EvalData
-from segrenorm.evaluate.lesions import lesion_class
 from segrenorm.evaluate.overlap import subject_scores
 from segrenorm.evaluate.segmentors import SegmentorConfig, predict_labels, train_segmentor
 
@@ -199,9 +202,7 @@ def segmentation_lens(
     if "none" not in slices:
         raise ConfigError("the segmentation lens needs the 'none' method: the gap refers to it")
     per_seed, predictions = [], {}
-    if segmentor.labelled_slices is None:  # sparse lesion masks: half of each batch shows one
-        share = 0.5 if lesion_class(data.class_names) is not None else 0.0
-        segmentor = dataclasses.replace(segmentor, labelled_slices=share)
+    segmentor = segmentor.resolved(data.class_names)  # sparse pockets: weights, budget
     for k, seed in enumerate(seeds):
         config = dataclasses.replace(segmentor, seed=int(seed))
         rows, preds = _one_seed(data, slices, config, batch_size)
@@ -227,5 +228,13 @@ def segmentation_lens(
         "gap_recovery_per_seed": values,
         "dice_gap": _stats(gap_lists),
         "segmentor_seeds": [int(s) for s in seeds],
+        # The settings the segmentors trained with, automatic ones filled in.
+        "segmentor": {
+            "iterations": segmentor.steps,
+            "class_weights": None
+            if segmentor.class_weights is None
+            else list(segmentor.class_weights),
+            "labelled_slices": segmentor.labelled_slices,
+        },
         "class_names": list(data.class_names),
     }, predictions
