@@ -102,7 +102,8 @@ PRESETS["msseg-cpu"] = _variant(
 # of 96 (4.5 mm wide, 0.77 mm deep; the retina about 0.3 mm) hold most of the retina of a
 # B-scan, and with retouch's batch 2 a step costs about what an msseg-cpu step does (2 x 96^2
 # pixels against cpu's 4 x 64^2: 1.13x). Measured on 2 cores (BENCHMARKS.md): about 0.15 s a
-# step, so 2400 + 600 steps take about 8 minutes, and the evaluation of one run about 5 more.
+# step, so 2400 + 600 steps take about 8 minutes; evaluating it takes about 10 more (the
+# fluid segmentors' 400 steps dominate).
 PRESETS["retouch-cpu"] = _variant(
     PRESETS["cpu"],
     "retouch-cpu",
