@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="slice two or more sites' volumes into a training cache",
         description=(
-            "Reorient volumes to RAS, correct their bias field (N4; not for --modality oct), "
+            "Reorient volumes to RAS (OCT: keep the stored voxel order), correct their bias "
+            "field (N4; not for --modality oct), "
             "scale each to [-1, 1] from its foreground percentiles (OCT: inside the retina), "
             "cut them into 2D slices and store every site in "
             "one cache folder (docs/cache-format.md). Give the subjects one way: --csv, "
@@ -167,9 +168,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--modality",
         choices=list(MODALITIES),
-        help="mri (default) or oct (the default of --dataset retouch): OCT volumes are "
-        "resampled with nearest neighbour, masked to the retina, scaled as whole B-scans "
-        "(background kept) and never bias-corrected; slice them along B-scans (--axis axial)",
+        help="mri (default) or oct (the default of --dataset retouch): OCT volumes keep their "
+        "stored voxel order (A-scan, depth, B-scan), are resampled with nearest neighbour, "
+        "masked to the retina, scaled as whole B-scans (background kept) and never "
+        "bias-corrected; they are sliced along B-scans (--axis axial)",
     )
     parser.add_argument(
         "--bias-correction",
@@ -301,13 +303,8 @@ def _records(
             site_column=args.site_column,
             label_desc=args.label_desc,
         )
-        # Layouts name their modality (retouch: oct); one without the field holds MRI.
-        return (
-            listing.records,
-            listing.notes,
-            listing.class_names,
-            getattr(listing, "modality", "mri"),
-        )
+        # Layouts name their modality (retouch: oct; the others mri).
+        return listing.records, listing.notes, listing.class_names, listing.modality
     if given[0] == "--site":
         if args.sites is not None:
             raise ConfigError("--sites goes with --csv, --dataset or --site-a/--site-b; the "
