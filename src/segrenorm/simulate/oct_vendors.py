@@ -9,20 +9,17 @@ built-in "Cirrus" and "Spectralis" are editable, commented YAML files in
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-import yaml
 
 from segrenorm.errors import ConfigError
+from segrenorm.simulate.profile_files import packaged_files, read_device_file
 from segrenorm.simulate.retina import FLUID_CLASSES, LAYER_NAMES
 
 __all__ = ["OctVendor", "load_vendor", "vendor_names"]
@@ -31,7 +28,7 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _MAX_LEVELS = int(np.iinfo(np.int16).max)  # scans are stored as int16
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMPRESSIONS = ("log", "power")
-_PACKAGE, _FOLDER = "segrenorm.simulate", "oct_profiles"
+_FOLDER = "oct_profiles"
 _FLUIDS = FLUID_CLASSES[1:]
 
 
@@ -238,30 +235,9 @@ def _by_name(source: str, key: str, value: object, names: tuple[str, ...]) -> tu
     return tuple(value[name] for name in names)
 
 
-def _packaged() -> dict[str, Traversable]:
-    folder = resources.files(_PACKAGE).joinpath(_FOLDER)
-    if not folder.is_dir():
-        return {}
-    return {
-        entry.name.rsplit(".", 1)[0]: entry
-        for entry in folder.iterdir()
-        if entry.is_file() and entry.name.lower().endswith((".yaml", ".yml", ".json"))
-    }
-
-
 def vendor_names() -> list[str]:
     """Every OCT vendor :func:`load_vendor` knows by name (the packaged files), sorted."""
-    return sorted(_packaged())
-
-
-def _parse(text: str, suffix: str, source: str, stem: str) -> OctVendor:
-    try:
-        data = json.loads(text) if suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{source}: cannot read OCT vendor ({exc}); fix the file") from None
-    if isinstance(data, Mapping) and "name" not in data:
-        data = {**data, "name": stem}
-    return OctVendor.from_dict(data, source=source)
+    return sorted(packaged_files(_FOLDER))
 
 
 def load_vendor(spec: str | Path | OctVendor) -> OctVendor:
@@ -279,19 +255,13 @@ def load_vendor(spec: str | Path | OctVendor) -> OctVendor:
     """
     if isinstance(spec, OctVendor):
         return spec
-    packaged = _packaged()
-    if isinstance(spec, str) and spec in packaged:
-        entry = packaged[spec]
-        text = entry.read_text(encoding="utf-8")
-        return _parse(text, Path(entry.name).suffix, f"packaged OCT vendor {entry.name}", spec)
-    path = Path(spec)
-    if path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
-        raise ConfigError(
-            f"unknown OCT vendor {str(spec)!r}: use one of {', '.join(vendor_names())} "
+    data, source = read_device_file(
+        spec,
+        packaged_files(_FOLDER),
+        kind="OCT vendor",
+        unknown=lambda name: (
+            f"unknown OCT vendor {name!r}: use one of {', '.join(vendor_names())} "
             "or the path of an existing .yaml/.json vendor file"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read OCT vendor ({exc}); fix the file") from None
-    return _parse(text, path.suffix, str(path), path.stem)
+        ),
+    )
+    return OctVendor.from_dict(data, source=source)

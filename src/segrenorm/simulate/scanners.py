@@ -20,21 +20,18 @@ with a ``lesion`` intensity also renders a lesion map, which replaces white matt
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-import yaml
 from scipy import ndimage
 
 from segrenorm.errors import ConfigError
+from segrenorm.simulate.profile_files import packaged_files, read_device_file
 
 __all__ = [
     "SCANNERS",
@@ -51,7 +48,6 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _MAX_OUTPUT_LEVEL = 16000.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Packaged profile files, found by name (their stem) through importlib so zipped installs work.
-_PROFILE_PACKAGE = "segrenorm.simulate"
 _PROFILE_FOLDER = "profiles"
 
 
@@ -228,36 +224,13 @@ SCANNERS: dict[str, ScannerProfile] = {
 }
 
 
-def _packaged_profiles() -> dict[str, Traversable]:
-    """The profile files shipped with the package, keyed by file stem."""
-    folder = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER)
-    if not folder.is_dir():
-        return {}
-    return {
-        entry.name.rsplit(".", 1)[0]: entry
-        for entry in folder.iterdir()
-        if entry.is_file() and entry.name.lower().endswith((".yaml", ".yml", ".json"))
-    }
-
-
 def scanner_names() -> list[str]:
     """Every scanner :func:`load_scanner` knows by name: :data:`SCANNERS` and packaged files.
 
     Returns:
         The names, sorted.
     """
-    return sorted({*SCANNERS, *_packaged_profiles()})
-
-
-def _parse_profile(text: str, suffix: str, source: str, stem: str) -> ScannerProfile:
-    """Parse a profile file's text; a file without ``name`` is named after its stem."""
-    try:
-        data = json.loads(text) if suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{source}: cannot read scanner profile ({exc}); fix the file") from None
-    if isinstance(data, Mapping) and "name" not in data:
-        data = {**data, "name": stem}
-    return ScannerProfile.from_dict(data, source=source)
+    return sorted({*SCANNERS, *packaged_files(_PROFILE_FOLDER)})
 
 
 def load_scanner(spec: str | Path) -> ScannerProfile:
@@ -278,23 +251,16 @@ def load_scanner(spec: str | Path) -> ScannerProfile:
     """
     if isinstance(spec, str) and spec in SCANNERS:
         return SCANNERS[spec]
-    packaged = _packaged_profiles()
-    if isinstance(spec, str) and spec in packaged:
-        entry = packaged[spec]
-        source = f"packaged scanner profile {entry.name}"
-        text = entry.read_text(encoding="utf-8")
-        return _parse_profile(text, Path(entry.name).suffix, source, spec)
-    path = Path(spec)
-    if path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
-        raise ConfigError(
-            f"unknown scanner {str(spec)!r}: use one of {', '.join(scanner_names())} "
+    data, source = read_device_file(
+        spec,
+        packaged_files(_PROFILE_FOLDER),
+        kind="scanner profile",
+        unknown=lambda name: (
+            f"unknown scanner {name!r}: use one of {', '.join(scanner_names())} "
             "or the path of an existing .yaml/.json profile file"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read scanner profile ({exc}); fix the file") from None
-    return _parse_profile(text, path.suffix, str(path), path.stem)
+        ),
+    )
+    return ScannerProfile.from_dict(data, source=source)
 
 
 def smooth_random_fields(

@@ -1,0 +1,88 @@
+"""Editable device files: the packaged ones found by name, a user's read from its path.
+
+MRI scanner profiles (:mod:`segrenorm.simulate.scanners`, folder ``profiles/``) and OCT vendor
+files (:mod:`segrenorm.simulate.oct_vendors`, folder ``oct_profiles/``) are both YAML or JSON
+mappings; this module finds and parses them, and each module builds its own dataclass from the
+mapping. A file without a ``name`` field is named after its stem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segrenorm.errors import ConfigError
+
+__all__ = ["PROFILE_SUFFIXES", "packaged_files", "read_device_file"]
+
+#: The endings a device file may have.
+PROFILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
+
+
+def packaged_files(folder: str) -> dict[str, Traversable]:
+    """The device files shipped in ``segrenorm/simulate/<folder>/``, keyed by file stem.
+
+    Args:
+        folder: the package folder (``"profiles"`` or ``"oct_profiles"``).
+    """
+    root = resources.files("segrenorm.simulate").joinpath(folder)
+    if not root.is_dir():
+        return {}
+    return {
+        entry.name.rsplit(".", 1)[0]: entry
+        for entry in root.iterdir()
+        if entry.is_file() and entry.name.lower().endswith(PROFILE_SUFFIXES)
+    }
+
+
+def _parse(text: str, suffix: str, source: str, stem: str, kind: str) -> Any:
+    try:
+        data = json.loads(text) if suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: cannot read {kind} ({exc}); fix the file") from None
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {**data, "name": stem}
+    return data
+
+
+def read_device_file(
+    spec: str | Path,
+    packaged: Mapping[str, Traversable],
+    *,
+    kind: str,
+    unknown: Callable[[str], str],
+) -> tuple[Any, str]:
+    """The parsed mapping of a packaged device file (by name) or of a file (by path).
+
+    Args:
+        spec: a key of ``packaged`` or the path of a ``.yaml``/``.yml``/``.json`` file.
+        packaged: :func:`packaged_files` of the device kind's folder.
+        kind: what the file holds, for messages (``"scanner profile"``, ``"OCT vendor"``).
+        unknown: the message for a ``spec`` that is neither (given ``str(spec)``).
+
+    Returns:
+        ``(data, source)``: the parsed content (``name`` filled in from the stem) and where it
+        came from, for the dataclass's own validation messages.
+
+    Raises:
+        ConfigError: an unknown name or missing file, unreadable text, or invalid YAML/JSON.
+    """
+    if isinstance(spec, str) and spec in packaged:
+        entry = packaged[spec]
+        source = f"packaged {kind} {entry.name}"
+        text = entry.read_text(encoding="utf-8")
+        return _parse(text, Path(entry.name).suffix, source, spec, kind), source
+    path = Path(spec)
+    if path.suffix.lower() not in PROFILE_SUFFIXES or not path.is_file():
+        raise ConfigError(unknown(str(spec)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {kind} ({exc}); fix the file") from None
+    return _parse(text, path.suffix, str(path), path.stem, kind), str(path)
