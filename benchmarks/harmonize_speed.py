@@ -6,10 +6,16 @@ plane with untrained weights of each preset (speed does not depend on training).
 configuration runs in a fresh child process so that its peak resident memory is its own,
 and measures, under the same load, an fp32 matmul peak to compare the achieved GFLOP/s with.
 
+In the same child, the inference graph the harmonizer runs (``ConditionedGenerator``) and the
+eager reference's (``benchmarks/eager_reference.py``, weights copied) translate the same batch
+of padded slices of the volume, alternately (ours, reference, ours, ...), so that the ratio
+survives drifts of the machine's speed; each gets its % of the matmul peak.
+
 Usage:
     .venv/bin/python benchmarks/harmonize_speed.py                       # ixi and cpu, batch 16
     .venv/bin/python benchmarks/harmonize_speed.py --batch-sizes 1,4,16 --compile
     .venv/bin/python benchmarks/harmonize_speed.py --json results.json --max-load 0.6 --wait 600
+    .venv/bin/python benchmarks/harmonize_speed.py --no-reference     # skip the eager reference
 """
 
 from __future__ import annotations
@@ -43,8 +49,14 @@ def matmul_peak(threads: int, n: int = 2048, repeats: int = 8) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _checkpoint(preset: str, folder: Path) -> Path:
-    """An untrained translator of ``preset`` saved with 1 mm axial inference facts."""
+def untrained_checkpoint(preset: str, folder: Path, spacing_mm: float = 1.0) -> Path:
+    """An untrained translator of ``preset`` saved with axial inference facts at a grid.
+
+    Args:
+        preset: a preset name.
+        folder: where ``PRESET.pt`` is written.
+        spacing_mm: the isotropic grid the checkpoint says it was trained on.
+    """
     import torch
 
     from segrenorm.config.load import load_config
@@ -56,7 +68,7 @@ def _checkpoint(preset: str, folder: Path) -> Path:
     model = Translator.from_config(config)
     scaling = {"low": 50.0, "high": 100.0, "lower_pct": 0.5, "upper_pct": 99.5}
     facts = {
-        "slice_axis": "axial", "orientation": "RAS", "spacing": [1.0, 1.0, 1.0],
+        "slice_axis": "axial", "orientation": "RAS", "spacing": [spacing_mm] * 3,
         "resampled": True, "percentiles": [0.5, 99.5], "use_mask": True, "pad_multiple": 16,
         "site_names": {"A": "source", "B": "target"}, "scaling": {"A": scaling, "B": scaling},
     }  # fmt: skip
@@ -92,10 +104,119 @@ def write_template(folder: Path) -> Path:
     return path
 
 
-def run_one(
-    preset: str, batch: int, compile: bool, repeats: int, threads: int, volume: Path
+def slice_batch(data: Any, batch: int, shape: tuple[int, int]) -> Any:
+    """``batch`` axial slices around the middle of the foreground, in [-1, 1], padded with -1.
+
+    Args:
+        data: the volume (X, Y, Z) as a NumPy array.
+        batch: slices wanted (the volume's foreground slices repeat if it has fewer).
+        shape: padded slice shape, at least the volume's (X, Y).
+
+    Returns:
+        A float32 tensor (batch, 1, H, W).
+    """
+    import numpy as np
+    import torch
+
+    from segrenorm.volumes.intensity import foreground_mask
+
+    rows = np.flatnonzero(foreground_mask(data).any(axis=(0, 1)))
+    middle = len(rows) // 2
+    picked = rows[(middle - batch // 2 + np.arange(batch)) % len(rows)]
+    low, high = float(np.min(data)), float(np.max(data))
+    slices = (np.moveaxis(data[:, :, picked], -1, 0) - low) / max(high - low, 1e-6) * 2 - 1
+    out = np.full((batch, 1, *shape), -1.0, dtype=np.float32)
+    out[:, 0, : data.shape[0], : data.shape[1]] = slices
+    return torch.from_numpy(out)
+
+
+def time_against_reference(
+    harmonizer: Any, x: Any, rounds: int, compile: bool, peak: float
 ) -> dict[str, Any]:
-    """Time one configuration in this process; return its numbers."""
+    """Ours (``ConditionedGenerator``) and the eager reference on the batch ``x``, alternately.
+
+    Args:
+        harmonizer: the loaded harmonizer (its primary model, direction and ``seg_batch``).
+        x: (B, 1, H, W) padded slices in [-1, 1].
+        rounds: timed calls of each, alternating after one untimed call of each.
+        compile: time ours under ``torch.compile`` (static shapes), as ``--compile`` runs it.
+        peak: the matmul peak in GFLOP/s that the fractions refer to.
+
+    Returns:
+        Seconds per batch (best, all), FLOPs, % of the peak and the ratios, as JSON fields.
+    """
+    import statistics
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from eager_reference import reference_of, reference_translate
+    from segrenorm.models.inference import ConditionedGenerator
+
+    model, opts = harmonizer.primary, harmonizer.options
+    # What the harmonizer builds for whole slices (Harmonizer._translation, without tiling).
+    module = ConditionedGenerator(model.translator, opts.direction, seg_chunk=opts.seg_batch).eval()
+    ours_fn = torch.compile(module, dynamic=False) if compile else module
+    ref = reference_of(model.translator, model.config).eval()
+
+    def ours() -> None:
+        with torch.inference_mode():
+            ours_fn(x)
+
+    def theirs() -> None:
+        reference_translate(ref, x, opts.direction)
+
+    counts = []
+    for graph in (module, lambda t: reference_translate(ref, t, opts.direction)):
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            graph(x)
+        counts.append(float(counter.get_total_flops()))
+    ours()  # warm-up (compilation with --compile)
+    theirs()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, record in ((ours, times[0]), (theirs, times[1])):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    best = (min(times[0]), min(times[1]))
+    pairs = [r / o for o, r in zip(*times, strict=True)]
+    return {
+        "reference_batch": int(x.shape[0]),
+        "ours_batch_seconds": round(best[0], 6),
+        "reference_batch_seconds": round(best[1], 6),
+        "ours_batch_all_seconds": [round(t, 6) for t in times[0]],
+        "reference_batch_all_seconds": [round(t, 6) for t in times[1]],
+        "ours_batch_gflop": round(counts[0] / 1e9, 1),
+        "reference_batch_gflop": round(counts[1] / 1e9, 1),
+        "ours_batch_fraction_of_peak": round(counts[0] / best[0] / 1e9 / peak, 3),
+        "reference_fraction_of_peak": round(counts[1] / best[1] / 1e9 / peak, 3),
+        "speedup_vs_reference": round(best[1] / best[0], 3),
+        "paired_speedup_vs_reference": round(statistics.median(pairs), 3),
+    }
+
+
+def run_one(
+    preset: str,
+    batch: int,
+    compile: bool,
+    repeats: int,
+    threads: int,
+    volume: Path,
+    reference_rounds: int = 0,
+) -> dict[str, Any]:
+    """Time one configuration in this process; return its numbers.
+
+    Args:
+        preset: the preset of the untrained model.
+        batch: slices per forward pass.
+        compile: harmonize with ``torch.compile``.
+        repeats: whole-volume runs (the best counts).
+        threads: torch intra-op threads.
+        volume: the NIfTI volume.
+        reference_rounds: alternating timed calls of ours and the eager reference on one
+            batch of the volume's slices; 0 skips the reference.
+    """
     import torch
 
     from segrenorm.harmonize.harmonizer import Harmonizer
@@ -107,7 +228,7 @@ def run_one(
     image = load_image(volume)
     data = image.data
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = _checkpoint(preset, Path(tmp))
+        ckpt = untrained_checkpoint(preset, Path(tmp))
         harmonizer = Harmonizer.load(ckpt, batch_size=batch, compile=compile, device="cpu")
     stride = harmonizer.primary.translator.stride
     shape = (round_up(data.shape[0], stride), round_up(data.shape[1], stride))
@@ -123,6 +244,12 @@ def run_one(
         harmonizer.run(image)
         times.append(time.perf_counter() - start)
     best = min(times)
+    # Before the reference runs: the peak resident memory of our harmonize alone.
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    versus: dict[str, Any] = {}
+    if reference_rounds > 0:
+        x = slice_batch(data, batch, shape)
+        versus = time_against_reference(harmonizer, x, reference_rounds, compile, peak)
     return {
         "preset": preset,
         "batch": batch,
@@ -138,9 +265,27 @@ def run_one(
         "gflops_achieved": round(flops / best / 1e9, 1),
         "gflops_matmul_peak": round(peak, 1),
         "fraction_of_peak": round(flops / best / 1e9 / peak, 3),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "peak_rss_gb": round(peak_rss_gb, 2),
         "load_1min_end": round(os.getloadavg()[0], 2),
+        **versus,
     }
+
+
+def describe_reference(result: dict[str, Any]) -> str:
+    """The line comparing ours with the eager reference on one batch.
+
+    Args:
+        result: a child's numbers with the fields of :func:`time_against_reference`.
+    """
+    r = result
+    return (
+        f"     vs eager reference: batch of {r['reference_batch']} slices in "
+        f"{r['ours_batch_seconds']:.2f} s against {r['reference_batch_seconds']:.2f} s, "
+        f"{r['speedup_vs_reference']:.2f}x faster ({r['paired_speedup_vs_reference']:.2f}x "
+        f"median of {len(r['ours_batch_all_seconds'])} alternating pairs); "
+        f"{100 * r['ours_batch_fraction_of_peak']:.0f}% against "
+        f"{100 * r['reference_fraction_of_peak']:.0f}% of the matmul peak"
+    )
 
 
 def _wait_for_quiet(max_load: float, wait: float) -> float:
@@ -152,7 +297,15 @@ def _wait_for_quiet(max_load: float, wait: float) -> float:
     return load
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Time every configuration, each in a child process, and print (and append) the results.
+
+    Args:
+        argv: command-line arguments (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        0; a failing configuration is reported and skipped.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="ixi,cpu", help="comma-separated presets")
     parser.add_argument("--batch-sizes", default="16", help="comma-separated slice batches")
@@ -161,13 +314,25 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-load", type=float, default=0.6, help="wait for a quieter CPU")
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the eager reference (benchmarks/eager_reference.py)",
+    )
+    parser.add_argument(
+        "--reference-rounds", type=int, default=2, help="alternating timed batches of each"
+    )
     parser.add_argument("--json", type=Path, help="append results to this JSON-lines file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.reference_rounds < 1:
+        parser.error(f"--reference-rounds={args.reference_rounds} must be >= 1")
     if args.child:
         preset, batch, compiled, volume = args.child.split(":", 3)
+        rounds = args.reference_rounds if args.reference else 0
         result = run_one(
-            preset, int(batch), compiled == "1", args.repeats, args.threads, Path(volume)
+            preset, int(batch), compiled == "1", args.repeats, args.threads, Path(volume), rounds
         )
         print(json.dumps(result))
         return 0
@@ -187,7 +352,10 @@ def _run_all(args: argparse.Namespace, volume: Path) -> int:
         load = _wait_for_quiet(args.max_load, args.wait)
         child = f"{preset}:{batch}:{int(compiled)}:{volume}"
         command = [sys.executable, __file__, "--child", child, "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]  # fmt: skip
+                   "--threads", str(args.threads),
+                   "--reference-rounds", str(args.reference_rounds)]  # fmt: skip
+        if not args.reference:
+            command.append("--no-reference")
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"{preset} {batch} {compiled}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -204,6 +372,8 @@ def _run_all(args: argparse.Namespace, volume: Path) -> int:
             f"load {result['load_1min_start']}->{result['load_1min_end']}",
             flush=True,
         )
+        if "speedup_vs_reference" in result:
+            print(describe_reference(result), flush=True)
         if args.json:
             with args.json.open("a") as handle:
                 handle.write(json.dumps(result) + "\n")

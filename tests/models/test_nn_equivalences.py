@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segrenorm.models.nn.blocks import RenormResBlock, ResBlock, upsample2x
-from segrenorm.models.nn.extractor import SemanticExtractor, _conv_halve, _halve
+from segrenorm.models.nn.extractor import SemanticExtractor, _conv_halve, _halve, spread_kernel
 from segrenorm.models.nn.generator import Generator
 from segrenorm.models.nn.segnet import SegUNet
 from segrenorm.models.nn.upsample import (
@@ -158,6 +158,17 @@ def test_extractor_conv_then_pool_is_one_strided_conv(side: tuple[int, int]) -> 
     params = [x, *conv.parameters()]
     for g_fast, g_direct in zip(_grads(fast, *params), _grads(direct, *params), strict=True):
         torch.testing.assert_close(g_fast, g_direct, rtol=0, atol=1e-11)
+
+
+def test_spread_kernel_by_hand() -> None:
+    # A single tap at (row, col) of the 3x3 kernel covers rows row..row+1 and columns
+    # col..col+1 of the 4x4 kernel, with 1/4 each.
+    for row, col in [(0, 0), (1, 2), (2, 1)]:
+        weight = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+        weight[0, 0, row, col] = 1.0
+        expected = torch.zeros(4, 4, dtype=torch.float64)
+        expected[row : row + 2, col : col + 2] = 0.25
+        torch.testing.assert_close(spread_kernel(weight)[0, 0], expected, rtol=0, atol=0)
 
 
 def test_extractor_matches_the_direct_stages() -> None:

@@ -69,7 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "axial,coronal,sagittal (default: the training plane)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=16, metavar="N", help="slices per forward (16)"
+        "--batch-size",
+        default="auto",
+        metavar="auto|N",
+        help="slices per forward pass; auto (default): the batch that measures fastest for the "
+        "model and slice size on this machine, within a memory cap (timed once a run; 16 with "
+        "--compile)",
     )
     parser.add_argument(
         "--dtype",
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed command line.
     """
+    from segrenorm.harmonize.batching import parse_batch_size
     from segrenorm.harmonize.files import harmonize_paths
     from segrenorm.harmonize.harmonizer import HarmonizeOptions
     from segrenorm.harmonize.sites import harmonize_listing
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         )
     options = HarmonizeOptions(
         direction=args.direction,
-        batch_size=args.batch_size,
+        batch_size=parse_batch_size(args.batch_size, "--batch-size"),
         dtype=args.dtype,
         background=args.background,
         spacing_tolerance=args.spacing_tolerance,

@@ -253,6 +253,9 @@ class RunConfig:
         compile: wrap the networks with ``torch.compile``.
         parallel_directions: on CPU, build and back-propagate the two cycle directions of
             each step in two threads (same computation; faster on few cores).
+        channels_last: on CPU, keep weights and activations channels-last (NHWC): oneDNN's
+            convolutions and the fused norm kernel run faster on it (the same function up to
+            float rounding; BENCHMARKS.md, issue 14).
     """
 
     seed: int = 0
@@ -264,6 +267,7 @@ class RunConfig:
     amp: AmpMode = AmpMode.AUTO
     compile: bool = False
     parallel_directions: bool = True
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)

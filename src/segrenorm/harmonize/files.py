@@ -7,6 +7,9 @@ still processed; the caller turns failures into a non-zero exit code. Under ``to
 rank ``r`` of ``N`` harmonizes files ``r, r + N, ...`` and rank 0 prints the table.
 :func:`harmonize_paths` is the whole ``segrenorm harmonize`` command: it loads the models,
 joins the ``torchrun`` process group, shows progress and gathers every rank's results.
+A folder is overlapped by default: the next file is read while one is translated and the
+previous one written (:mod:`segrenorm.harmonize.pipeline`), with outputs bit for bit those of
+one file after another.
 
 Example:
     >>> summary = harmonize_paths(["scans/"], "harmonized/", "runs/00000-ixi")  # doctest: +SKIP
@@ -18,16 +21,25 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from segrenorm.atomic import remove_stale_temporaries
-from segrenorm.errors import ConfigError, InputError, SegrenormError, one_line
+from segrenorm.errors import ConfigError, InputError
 from segrenorm.harmonize.fusion import BatchCallback
 from segrenorm.harmonize.harmonizer import HarmonizeOptions, Harmonizer
+from segrenorm.harmonize.outcomes import (
+    PER_FILE_ERRORS,
+    FileCallback,
+    FileResult,
+    existing_output,
+    failure,
+    failure_reason,
+)
+from segrenorm.harmonize.pipeline import harmonize_overlapped
 from segrenorm.training.distributed import DistContext, init_distributed, shutdown_distributed
 from segrenorm.volumes.paths import find_images, image_suffix
 from segrenorm.volumes.readwrite import save_image
@@ -44,30 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Called before each file with (index within this rank's share, share size, input path).
-FileCallback = Callable[[int, int, Path], None]
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome of one input file.
-
-    Args:
-        input: the input file.
-        output: the output file (None when no output was planned).
-        status: ``"ok"``, ``"skipped"`` (output existed, ``skip_existing``) or ``"failed"``.
-        seconds: wall time spent on it.
-        message: the error for a failure, the warnings for a success.
-        rank: the process that handled it.
-    """
-
-    input: Path
-    output: Path | None
-    status: str
-    seconds: float = 0.0
-    message: str = ""
-    rank: int = 0
 
 
 def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -119,8 +107,14 @@ def harmonize_files(
     ctx: DistContext | None = None,
     on_file: FileCallback | None = None,
     on_batch: BatchCallback | None = None,
+    overlap: bool = True,
 ) -> list[FileResult]:
     """Harmonize every input volume into ``out_dir`` (this rank's share under torchrun).
+
+    With ``overlap`` (the default) the next file is read and prepared in a background thread
+    while one is translated, and the previous one is finished and written in another
+    (:func:`~segrenorm.harmonize.pipeline.run_overlapped`): the outputs are bit for bit those
+    of one file after another, with two more volumes in memory.
 
     Args:
         harmonizer: the loaded models and options.
@@ -131,6 +125,7 @@ def harmonize_files(
         ctx: the distributed context; None means a single process.
         on_file: progress callback per file.
         on_batch: progress callback per slice batch.
+        overlap: overlap reading, translating and writing across files.
 
     Returns:
         This rank's results in input order (see :func:`gather_results` for all ranks').
@@ -144,6 +139,11 @@ def harmonize_files(
     share = plan[rank::world]
     Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(Path(out_dir).expanduser())  # partial outputs of killed runs
+    if overlap and len(share) > 1:
+        return harmonize_overlapped(
+            harmonizer, share, skip_existing=skip_existing, overwrite=overwrite, rank=rank,
+            on_file=on_file, on_batch=on_batch,
+        )  # fmt: skip
     results: list[FileResult] = []
     for index, (src, dst) in enumerate(share):
         if on_file is not None:
@@ -183,32 +183,20 @@ def harmonize_one(
     Returns:
         The file's result; a failure of this file is reported in it, never raised.
     """
-    if dst.exists() and skip_existing:
-        return FileResult(src, dst, "skipped", 0.0, "output exists", rank)
-    if dst.exists() and not overwrite:
-        message = "output exists; pass --skip-existing to keep it or --overwrite to replace it"
-        return FileResult(src, dst, "failed", 0.0, message, rank)
+    early = existing_output(src, dst, skip_existing, overwrite, rank)
+    if early is not None:
+        return early
     start = time.perf_counter()
     try:
         result = harmonizer.run(src, on_batch=on_batch, site=site)
         image = result.image
         save_image(image.data, dst, geometry=image.geometry, overwrite=overwrite)
-    except SegrenormError as exc:
-        return _failure(src, dst, str(exc), start, rank)
-    except (OSError, EOFError, ValueError, RuntimeError, MemoryError) as exc:
-        # Anything else from one file must not stop the others; the table shows it.
-        return _failure(src, dst, f"{type(exc).__name__}: {one_line(exc)}", start, rank)
+    except PER_FILE_ERRORS as exc:
+        return failure(src, dst, failure_reason(exc), time.perf_counter() - start, rank)
     for note in result.notes:
         log.warning("%s", note)
     seconds = time.perf_counter() - start
     return FileResult(src, dst, "ok", seconds, " ".join(result.notes), rank)
-
-
-def _failure(src: Path, dst: Path, message: str, start: float, rank: int) -> FileResult:
-    # io's messages start with the path; the table has a file column, so keep the reason.
-    reason = message.removeprefix(f"{src}: ")
-    log.error("%s: %s", src, reason)
-    return FileResult(src, dst, "failed", time.perf_counter() - start, reason, rank)
 
 
 def gather_results(results: list[FileResult], ctx: DistContext | None) -> list[FileResult]:
@@ -294,6 +282,7 @@ def harmonize_paths(
     skip_existing: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    overlap: bool = True,
 ) -> HarmonizeSummary:
     """Load a model and harmonize volumes, folders or globs into ``out_dir``.
 
@@ -312,6 +301,11 @@ def harmonize_paths(
         overwrite: replace existing outputs (never inputs).
         progress: print each file to stderr and show a slice bar on a terminal (files are
             always printed, with their rank, under ``torchrun``).
+        overlap: read the next file and write the previous one while one is translated
+            (see :func:`harmonize_files`).
+
+    Returns:
+        Every file's result; its notes give the slice batch used (``auto``: the one timed).
 
     Raises:
         ConfigError: ``views`` given with one model per view, or bad options.
@@ -347,7 +341,7 @@ def harmonize_paths(
 
         tiles = {v: harmonizer.tile_of(m) for v, m in harmonizer.models.items()}
         log.info(
-            "harmonizing to %s (%s, views %s, batch %d, tiles %s) on %s",
+            "harmonizing to %s (%s, views %s, batch %s, tiles %s) on %s",
             harmonizer.target_name,
             options.direction,
             ",".join(harmonizer.views),
@@ -364,9 +358,11 @@ def harmonize_paths(
             ctx=ctx,
             on_file=on_file if progress or ctx.world_size > 1 else None,
             on_batch=None if bar.disable else on_batch,
+            overlap=overlap,
         )
         bar.close()
         results = gather_results(mine, ctx)
     finally:
         shutdown_distributed(ctx)
-    return HarmonizeSummary(tuple(results), ctx.is_main)
+    notes = tuple(choice.note() for choice in harmonizer.batch_choices.values())
+    return HarmonizeSummary(tuple(results), ctx.is_main, notes)

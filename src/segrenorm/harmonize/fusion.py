@@ -32,7 +32,6 @@ from segrenorm.volumes.spatial import (
     resolve_slice_axis,
     round_up,
     slice_volume,
-    stack_slices,
     unpad,
 )
 
@@ -130,16 +129,25 @@ def translate_view(
     if foreground is not None:
         has_fg = slice_volume(foreground, axis).reshape(n, -1).any(axis=1)
         todo = np.flatnonzero(has_fg)
-    out = np.full((n, height, width), -1.0, dtype=np.float32)
+    # Rows are written straight into the output volume through a slice view: no restacking.
+    volume = np.full(scaled.shape, -1.0, dtype=np.float32)
+    out = slice_volume(volume, axis)  # (n, H, W) view of ``volume``
     target = torch.device(device)
     stacks = context_positions(np.arange(n), context)  # (n, k) slice indices
+    # One padded batch for the whole view, filled in place batch after batch (its border stays
+    # -1, the background); the padding rule is pad_to_shape's, so inputs are what they were.
+    pads = pad_to_shape(np.empty((0, height, width), np.float32), shape, -1.0)[1]
+    (top, _), (left, _) = pads
+    rows_per_batch = batch_size if fixed_batch else max(1, min(batch_size, todo.size))
+    buffer = np.full((rows_per_batch, context, *shape), -1.0, dtype=np.float32)
     for start in range(0, todo.size, batch_size):
         rows = todo[start : start + batch_size]
-        padded, pads = pad_to_shape(slices[stacks[rows]], shape, -1.0)  # (b, k, H', W')
+        for i, row in enumerate(rows):
+            for j, index in enumerate(stacks[row]):
+                buffer[i, j, top : top + height, left : left + width] = slices[index]
         if fixed_batch and rows.size < batch_size:
-            fill = np.full((batch_size - rows.size, context, *shape), -1.0, dtype=np.float32)
-            padded = np.concatenate([padded, fill])
-        x = image_batch(padded)  # (b, k, H', W')
+            buffer[rows.size :] = -1.0  # background slices fill the last batch
+        x = image_batch(buffer if fixed_batch else buffer[: rows.size])  # (b, k, H', W')
         with torch.inference_mode():
             y = translate(x.to(target))[: rows.size]  # (b, 1 or k, H', W')
         if y.dim() != 4 or y.shape[1] not in (1, context):
@@ -150,7 +158,7 @@ def translate_view(
         out[rows] = unpad(y[:, y.shape[1] // 2].float().cpu().numpy(), pads)  # the centre
         if on_batch is not None:
             on_batch(int(min(start + batch_size, todo.size)), int(todo.size))
-    return np.ascontiguousarray(stack_slices(out, axis))
+    return volume
 
 
 def interslice_jump(volume: np.ndarray, axis: str | int, mask: np.ndarray | None = None) -> float:

@@ -57,22 +57,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from segrenorm.config.schema import Config
-from segrenorm.data.facts import TrainingFacts
 from segrenorm.data.slicing import SliceRecipe
 from segrenorm.errors import ConfigError
+from segrenorm.harmonize.batching import (
+    AUTO_BATCH,
+    FIXED_BATCH,
+    BatchChoice,
+    parse_batch_size,
+    resolve_batch,
+)
 from segrenorm.harmonize.fusion import BatchCallback, TranslateFn, parse_views, translate_view
-from segrenorm.harmonize.policy import (
-    apply_dtype,
-    obliquity_notes,
-    resample_onto,
-    to_training_grid,
+from segrenorm.harmonize.policy import apply_dtype, obliquity_notes, resample_onto, to_training_grid
+from segrenorm.harmonize.records import (
+    HarmonizeResult,
+    PreparedVolume,
+    ViewModel,
+    check_prepared_alike,
+    load_view_model,
 )
 from segrenorm.models.tiling import inference_tile, parse_tiles, tiled_translation
-from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import SLICE_AXES, check_direction
 from segrenorm.volumes.images import ScalarImage
 from segrenorm.volumes.readwrite import load_image
+from segrenorm.volumes.spatial import round_up
 
 __all__ = [
     "BACKGROUNDS",
@@ -80,9 +87,11 @@ __all__ = [
     "HarmonizeResult",
     "HarmonizeWarning",
     "Harmonizer",
+    "PreparedVolume",
     "ViewModel",
     "load_view_model",
 ]
+
 
 BACKGROUNDS = ("zero", "low")
 _SAVE_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -98,7 +107,9 @@ class HarmonizeOptions:
 
     Args:
         direction: ``"AB"`` (the model's G: its training source -> target) or ``"BA"``.
-        batch_size: slices per forward pass; bounds memory.
+        batch_size: slices per forward pass, or ``"auto"`` (the default): the fastest for
+            the model and slice size within a memory cap, timed once per process (see
+            :mod:`~segrenorm.harmonize.batching`); 16 with ``torch.compile``.
         seg_batch: slices per pass of the segmentation net inside a batch: it runs at full
             resolution and dominates peak memory (ixi at batch 16: 1.46 -> 1.06 GB with 4).
         dtype: ``"float32"``, ``"input"`` (keep the input's on-disk type) or a type name.
@@ -115,7 +126,7 @@ class HarmonizeOptions:
     """
 
     direction: str = "AB"
-    batch_size: int = 16
+    batch_size: int | str = AUTO_BATCH
     seg_batch: int = 4
     dtype: str = "float32"
     background: str = "zero"
@@ -127,10 +138,9 @@ class HarmonizeOptions:
     def __post_init__(self) -> None:
         check_direction(self.direction)
         object.__setattr__(self, "tiles", parse_tiles(self.tiles))
-        if self.batch_size < 1 or self.seg_batch < 1:
-            raise ConfigError(
-                f"batch size {self.batch_size} and seg_batch {self.seg_batch} must be at least 1"
-            )
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size, "batch size"))
+        if isinstance(self.seg_batch, bool) or self.seg_batch < 1:
+            raise ConfigError(f"seg_batch {self.seg_batch} must be at least 1")
         if self.dtype not in ("input", *_SAVE_TYPES):
             raise ConfigError(
                 f"output dtype {self.dtype!r} is unknown: use input or one of "
@@ -145,62 +155,6 @@ class HarmonizeOptions:
                 f"spacing_tolerance {self.spacing_tolerance} must be in [0, 1) and "
                 f"max_spacing_ratio {self.max_spacing_ratio} above 1"
             )
-
-
-@dataclass(frozen=True)
-class ViewModel:
-    """A trained translator with what harmonization needs to know about its training.
-
-    Args:
-        translator: the networks, in eval mode.
-        config: the run's configuration.
-        facts: how its training slices were made.
-        source: the checkpoint file.
-    """
-
-    translator: Translator
-    config: Config
-    facts: TrainingFacts
-    source: Path
-
-
-def load_view_model(path: str | Path, device: str | torch.device = "cpu") -> ViewModel:
-    """Load a run directory or checkpoint for harmonization.
-
-    Args:
-        path: a run directory (``final.pt`` preferred) or a ``.pt`` checkpoint.
-        device: where the networks go.
-
-    Raises:
-        InputError: the path does not exist.
-        CheckpointError: the checkpoint is truncated, corrupt, from another format version,
-            or lacks what harmonization needs.
-    """
-    from segrenorm.models.checkpoint import load_checkpoint, load_translator, resolve_checkpoint
-
-    file = resolve_checkpoint(path, prefer=("final.pt", "last.pt"))
-    facts = TrainingFacts.from_checkpoint(load_checkpoint(file), file)
-    translator, config = load_translator(file, device)
-    return ViewModel(translator=translator, config=config, facts=facts, source=file)
-
-
-@dataclass(frozen=True)
-class HarmonizeResult:
-    """A harmonized volume and what happened on the way.
-
-    Args:
-        image: the harmonized volume on the input's grid (float32 data).
-        notes: warnings raised for this volume (resampling, obliquity, clipping).
-        views: the planes translated.
-        n_slices: slices along all views (those without foreground are not translated).
-        seconds: wall time.
-    """
-
-    image: ScalarImage
-    notes: tuple[str, ...]
-    views: tuple[str, ...]
-    n_slices: int
-    seconds: float
 
 
 class Harmonizer:
@@ -227,42 +181,50 @@ class Harmonizer:
         self.models = dict(models)
         self.options = options or HarmonizeOptions()
         self.device = torch.device(device)
-        first = self.primary
-        for view, model in self.models.items():
-            same = (model.facts.percentiles, model.facts.use_mask, model.facts.modality)
-            if same != (first.facts.percentiles, first.facts.use_mask, first.facts.modality):
-                raise ConfigError(
-                    f"{model.source} ({view}) scaled its {model.facts.modality} training slices "
-                    f"with percentiles {model.facts.percentiles} and mask={model.facts.use_mask}"
-                    f", but {first.source} its {first.facts.modality} slices with "
-                    f"{first.facts.percentiles} and mask={first.facts.use_mask}: fuse only "
-                    "models prepared the same way"
-                )
-            bias, first_bias = model.facts.bias_correction, first.facts.bias_correction
-            if bias != first_bias and (bias.enabled or first_bias.enabled):
-                raise ConfigError(
-                    f"{model.source} ({view}) was trained on volumes bias-corrected with "
-                    f"{bias.to_dict()}, but {first.source} with {first_bias.to_dict()}: fuse "
-                    "only models prepared the same way"
-                )
+        check_prepared_alike(self.models)
         self.compiled = compile
+        #: The slice batch used for each padded slice shape met so far.
+        self.batch_choices: dict[tuple[int, int], BatchChoice] = {}
         self._translate: dict[str, TranslateFn] = {}
         for view, model in self.models.items():
             self._translate[view] = self._translation(model, compile)
 
     def _translation(self, model: ViewModel, compile: bool) -> TranslateFn:
-        from segrenorm.models.inference import ConditionedGenerator
+        from segrenorm.models.inference import ConditionedGenerator, channels_last_call
 
         module = ConditionedGenerator(
             model.translator, self.options.direction, seg_chunk=self.options.seg_batch
         ).eval()
         tile = self.tile_of(model)
         run: TranslateFn = module
+        if self.device.type == "cpu" and not compile:
+            run = channels_last_call(module)  # faster on CPU (BENCHMARKS.md, issue 14)
         if compile:
             # Static shapes: one compilation per view's slice (or tile) size; batches are padded.
             run = torch.compile(module, dynamic=False)
         stride = model.translator.stride
-        return tiled_translation(run, tile, sw_batch_size=self.options.batch_size, stride=stride)
+        batch = self.options.batch_size
+        tiles_per_pass = batch if isinstance(batch, int) else FIXED_BATCH
+        return tiled_translation(run, tile, sw_batch_size=tiles_per_pass, stride=stride)
+
+    def batch_for(self, shape: tuple[int, int]) -> BatchChoice:
+        """The slice batch for padded slices of ``shape`` (``auto``: timed once a process).
+
+        Args:
+            shape: the first view's padded slice shape (H, W).
+
+        Returns:
+            The choice, also kept in :attr:`batch_choices` for the run's notes.
+        """
+        model, opts = self.models[self.views[0]], self.options
+        key = (str(model.source), opts.direction, opts.seg_batch, self.tile_of(model))
+        choice = resolve_batch(
+            opts.batch_size, key, self._translate[self.views[0]], shape, compiled=self.compiled,
+            channels=model.translator.context_slices, width=model.config.model.ngf,
+            device=self.device,
+        )  # fmt: skip
+        self.batch_choices[shape] = choice
+        return choice
 
     def tile_of(self, model: ViewModel) -> int | None:
         """The tile side of ``model`` by ``options.tiles`` (None: whole slices; a slice no
@@ -365,10 +327,31 @@ class Harmonizer:
     ) -> HarmonizeResult:
         """Harmonize one volume, returning it with notes instead of issuing warnings.
 
+        The same as :meth:`prepare`, :meth:`translate` and :meth:`finish` in turn (the
+        steps a folder overlaps across files).
+
         Args:
             volume: a loaded :class:`ScalarImage` or a path.
             on_batch: progress callback (slices done, slices in the current view).
             site: the volume's site name, when known (see :meth:`harmonize`).
+
+        Raises:
+            InputError: unreadable, not 3D, or spacing far from the training data.
+        """
+        prepared = self.prepare(volume, site=site)
+        return self.finish(prepared, self.translate(prepared, on_batch=on_batch))
+
+    def prepare(
+        self, volume: ScalarImage | str | Path, *, site: str | None = None
+    ) -> PreparedVolume:
+        """Read a volume and bring it to the model's grid and scale (steps 1-3), no model run.
+
+        Args:
+            volume: a loaded :class:`ScalarImage` or a path.
+            site: the volume's site name, when known (see :meth:`harmonize`).
+
+        Raises:
+            InputError: unreadable, not 3D, or spacing far from the training data.
         """
         start = time.perf_counter()
         image = volume if isinstance(volume, ScalarImage) else load_image(volume)
@@ -383,34 +366,60 @@ class Harmonizer:
             image.geometry, where, max_deg=opts.oblique_warn_deg, plane=facts.slice_axis
         )
         work, spacing_note = to_training_grid(
-            canonical,
-            where,
-            spacing=facts.spacing,
-            tolerance=opts.spacing_tolerance,
-            max_ratio=opts.max_spacing_ratio,
-            interpolation=recipe.interpolation,
-        )
+            canonical, where, spacing=facts.spacing, tolerance=opts.spacing_tolerance,
+            max_ratio=opts.max_spacing_ratio, interpolation=recipe.interpolation,
+        )  # fmt: skip
         notes += spacing_note
         # The training's bias correction (if any), fitted on the grid translated.
         scaled, mask, _scaling = recipe.scale(work.data, spacing=work.geometry.spacing)
-        fused = np.zeros(work.data.shape, dtype=np.float32)
-        n_slices = 0
+        seconds = time.perf_counter() - start
+        return PreparedVolume(image, canonical, work, scaled, mask, list(notes), where, seconds)
+
+    def translate(
+        self, prepared: PreparedVolume, *, on_batch: BatchCallback | None = None
+    ) -> np.ndarray:
+        """Translate a prepared volume along every view and fuse (step 4, target units).
+
+        Args:
+            prepared: what :meth:`prepare` returned.
+            on_batch: progress callback (slices done, slices in the current view).
+
+        Returns:
+            The fused (X, Y, Z) float32 volume on the training grid, in the target's units.
+        """
+        start = time.perf_counter()
+        scaled, opts = prepared.scaled, self.options
+        first = self.models[self.views[0]]
+        _, height, width = np.moveaxis(scaled, SLICE_AXES[self.views[0]], 0).shape
+        stride = first.translator.stride
+        batch = self.batch_for((round_up(height, stride), round_up(width, stride))).batch
+        fused = np.zeros(scaled.shape, dtype=np.float32)
         for view, model in self.models.items():
             translated = translate_view(
-                self._translate[view],
-                scaled,
-                view,
-                stride=model.translator.stride,
-                batch_size=opts.batch_size,
-                foreground=mask,
-                device=self.device,
-                on_batch=on_batch,
-                fixed_batch=self.compiled,
+                self._translate[view], scaled, view, stride=model.translator.stride,
+                batch_size=batch, foreground=prepared.mask, device=self.device,
+                on_batch=on_batch, fixed_batch=self.compiled,
                 context=model.translator.context_slices,
-            )
+            )  # fmt: skip
             fused += model.facts.target_scaling(opts.direction).invert(translated)
-            n_slices += int(scaled.shape[SLICE_AXES[view]])
         fused /= len(self.models)
+        prepared.seconds += time.perf_counter() - start
+        return fused
+
+    def finish(self, prepared: PreparedVolume, fused: np.ndarray) -> HarmonizeResult:
+        """Put a translated volume back on the input's grid, background and type (steps 5-6).
+
+        Args:
+            prepared: what :meth:`prepare` returned.
+            fused: what :meth:`translate` returned for it (modified in place).
+
+        Returns:
+            The harmonized volume, its notes and the time of all three steps.
+        """
+        start = time.perf_counter()
+        facts, opts, image = self.primary.facts, self.options, prepared.image
+        recipe = SliceRecipe.from_facts(facts)
+        work, canonical, mask = prepared.work, prepared.canonical, prepared.mask
         if work is not canonical:
             # OCT goes back with nearest neighbour, as it came (the paper's rule: a linear
             # resampling would average speckle and change its statistics).
@@ -423,9 +432,10 @@ class Harmonizer:
             fused[~mask] = 0.0 if opts.background == "zero" else target.low
         data = recipe.unorient(fused, image.geometry).astype(np.float32, copy=False)
         data, geometry, dtype_note = apply_dtype(
-            data, image.geometry, where, dtype=opts.dtype, target_name=self.target_name
+            data, image.geometry, prepared.where, dtype=opts.dtype, target_name=self.target_name
         )
-        notes += dtype_note
+        notes = (*prepared.notes, *dtype_note)
         out = ScalarImage(data=data, geometry=geometry, path=None)
-        seconds = time.perf_counter() - start
-        return HarmonizeResult(out, tuple(notes), self.views, n_slices, seconds)
+        seconds = prepared.seconds + time.perf_counter() - start
+        n_slices = sum(int(prepared.scaled.shape[SLICE_AXES[v]]) for v in self.views)
+        return HarmonizeResult(out, notes, self.views, n_slices, seconds)

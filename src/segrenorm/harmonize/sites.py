@@ -309,6 +309,8 @@ def harmonize_listing(
             )  # fmt: skip
             mine.append(result)
         results = gather_results(mine, ctx)
+        for harmonizer in harmonizers.values():  # the slice batch of each model (auto: timed)
+            notes.extend(choice.note() for choice in harmonizer.batch_choices.values())
     finally:
         shutdown_distributed(ctx)
     at_target = sum(model is None for model in chosen)

@@ -10,6 +10,8 @@ forms of the layers are in :mod:`segrenorm.export.portable`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -19,7 +21,7 @@ from segrenorm.models.nn.extractor import SemanticExtractor, standardize_embeddi
 from segrenorm.models.translator import Translator
 from segrenorm.vocabulary import check_direction
 
-__all__ = ["ConditionedGenerator", "image_batch"]
+__all__ = ["ConditionedGenerator", "channels_last_call", "image_batch"]
 
 
 def image_batch(array: np.ndarray) -> Tensor:
@@ -35,6 +37,24 @@ def image_batch(array: np.ndarray) -> Tensor:
     """
     flat = np.ascontiguousarray(array, dtype=np.float32)
     return torch.from_numpy(flat.reshape(-1)).view(flat.shape)
+
+
+def channels_last_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``module`` with its weights and inputs channels-last (NHWC); outputs C-contiguous.
+
+    The same function up to float rounding: on CPU oneDNN's convolutions and the fused norm
+    kernel (``models/nn/norm_act.py``) run faster on that layout (BENCHMARKS.md, issue 14).
+    The module's weights are converted in place.
+
+    Args:
+        module: a network taking and returning (B, C, H, W) tensors.
+    """
+    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def run(x: Tensor) -> Tensor:
+        return module(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    return run
 
 
 def _pool_matrix(n_in: int, n_out: int) -> Tensor:

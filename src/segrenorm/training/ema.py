@@ -59,12 +59,19 @@ class WeightAverage:
         """
         decay = min(self.decay, (1.0 + step) / (10.0 + step))
         state = model.state_dict()
+        floats: list[torch.Tensor] = []
+        currents: list[torch.Tensor] = []
         for key, average in self.shadow.items():
             current = state[key].detach()
-            if average.is_floating_point():
+            if average.is_floating_point() and current.dtype == average.dtype:
+                floats.append(average)
+                currents.append(current)
+            elif average.is_floating_point():
                 average.lerp_(current.to(average.dtype), 1.0 - decay)
             else:  # counters and the like follow the model
                 average.copy_(current)
+        if floats:  # one multi-tensor kernel instead of one lerp per tensor
+            torch._foreach_lerp_(floats, currents, 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights, keyed like the model's state dict."""

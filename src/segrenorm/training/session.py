@@ -114,6 +114,8 @@ class TrainingSession:
         from segrenorm.models.translator import Translator
 
         self.config, self.ctx, self.device = config, ctx, ctx.device
+        # Channels-last on CPU only: measured there (BENCHMARKS.md); GPUs are unmeasured.
+        self.channels_last = config.run.channels_last and self.device.type == "cpu"
         self.cache = SliceCache.open(cache, pair=(config.data.source, config.data.target))
         check_against_cache(config, self.cache)
         self.cache_info = describe_cache(self.cache)
@@ -126,6 +128,8 @@ class TrainingSession:
         np.random.seed(config.run.seed)  # noqa: NPY002 - seeds code using the global RNG
         torch.manual_seed(config.run.seed)
         self.model = Translator.from_config(config).to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         broadcast_module(self.model, ctx)
         self.optimizers = build_optimizers(self.model, config.optim)
         decay = config.optim.ema_decay

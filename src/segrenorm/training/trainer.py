@@ -226,6 +226,11 @@ def _iteration(
                 raise KeyboardInterrupt from None
             raise
     batch = {k: v.to(session.device, non_blocking=True) for k, v in batch.items()}
+    if session.channels_last:  # images (B, k, h, w); label maps (B, h, w) stay as they are
+        batch = {
+            k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+            for k, v in batch.items()
+        }
     for opt in session.optimizers.values():
         opt.zero_grad(set_to_none=True)
     gen = session.runner.generator(batch)

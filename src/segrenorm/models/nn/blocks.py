@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segrenorm.errors import InputError
+from segrenorm.models.nn.norm_act import norm_act, use_fused
 from segrenorm.models.nn.renorm import FILM_INIT_STD, SegRenorm
 from segrenorm.models.nn.upsample import upsample_cat_conv
 
@@ -106,6 +107,13 @@ class ResBlock(nn.Module):
 
     def _finish(self, h: Tensor, shortcut: Tensor) -> Tensor:
         """Norm, act, second conv and norm on conv1's output ``h``; add the shortcut; act."""
+        if use_fused(h):  # the same function in fewer passes (models/nn/norm_act.py)
+            b, slope = h.shape[0], self.negative_slope
+            h = self.conv2(norm_act(h, *_affine(self.norm1, b), slope=slope, eps=self.norm1.eps))
+            if self.skip_norm is not None:
+                shortcut = norm_act(shortcut, *_affine(self.skip_norm, b), eps=self.norm2.eps)
+            scale, shift = _affine(self.norm2, b)
+            return norm_act(h, scale, shift, residual=shortcut, slope=slope, eps=self.norm2.eps)
         h = F.leaky_relu(self.norm1(h), self.negative_slope, inplace=True)
         h = self.norm2(self.conv2(h))
         if self.skip_norm is not None:
@@ -177,11 +185,25 @@ class RenormResBlock(nn.Module):
 
     def _finish(self, h: Tensor, shortcut: Tensor, emb: Tensor) -> Tensor:
         """Renorm, act, second conv and renorm on conv1's output ``h``; add the shortcut; act."""
+        if use_fused(h):  # the same function in fewer passes (models/nn/norm_act.py)
+            n1, n2 = self.norm1, self.norm2
+            h = self.conv2(norm_act(h, *n1.affine(h, emb), slope=LRELU_SLOPE, eps=n1.eps))
+            if self.skip_norm is not None:
+                sn = self.skip_norm
+                shortcut = norm_act(shortcut, *sn.affine(shortcut, emb), eps=sn.eps)
+            scale, shift = n2.affine(h, emb)
+            return norm_act(h, scale, shift, residual=shortcut, slope=LRELU_SLOPE, eps=n2.eps)
         h = F.leaky_relu(self.norm1(h, emb), LRELU_SLOPE, inplace=True)
         h = self.norm2(self.conv2(h), emb)
         if self.skip_norm is not None:
             shortcut = self.skip_norm(shortcut, emb)
         return F.leaky_relu(h + shortcut, LRELU_SLOPE, inplace=True)
+
+
+def _affine(norm: nn.InstanceNorm2d, batch: int) -> tuple[Tensor, Tensor]:
+    """An affine instance norm's per-channel weight and bias as per-sample (B, C) maps."""
+    assert norm.weight is not None and norm.bias is not None  # affine=True
+    return norm.weight.expand(batch, -1), norm.bias.expand(batch, -1)
 
 
 def _require_emb(emb: Tensor | None) -> Tensor:

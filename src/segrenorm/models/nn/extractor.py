@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from segrenorm.errors import InputError
 from segrenorm.models.nn.init import KAIMING, init_weights, mark_init
 
-__all__ = ["EMBED_EPS", "SemanticExtractor", "standardize_embedding"]
+__all__ = ["EMBED_EPS", "SemanticExtractor", "spread_kernel", "standardize_embedding"]
 
 N_STAGES = 4
 #: Added to the embedding's variance before standardising (an all-zero embedding stays 0).
@@ -66,12 +66,27 @@ def _conv_halve(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """
     if not _even(x):
         return _halve(conv(x))
-    w = conv.weight  # (O, C, 3, 3)
-    out_ch, in_ch = w.shape[:2]
-    # Spread each 3x3 kernel over a 2x2 box (a full 2D convolution with 1/4s): 4x4 kernels.
-    box = w.new_full((1, 1, 2, 2), 0.25)
-    spread = F.conv2d(w.reshape(out_ch * in_ch, 1, 3, 3), box, padding=1)
-    return F.conv2d(x, spread.view(out_ch, in_ch, 4, 4), conv.bias, stride=2, padding=1)
+    return F.conv2d(x, spread_kernel(conv.weight), conv.bias, stride=2, padding=1)
+
+
+def spread_kernel(weight: Tensor) -> Tensor:
+    """Each 3x3 kernel spread over a 2x2 box of 1/4s (a full 2D convolution): 4x4 kernels.
+
+    Tap (i, j) of the result sums the taps (k, l) of the 3x3 kernel with k in {i - 1, i} and
+    l in {j - 1, j}, each weighted 1/4: a separable map written as one small matrix product.
+    (As a convolution of the O*C kernels with the box, oneDNN ran it as O*C one-channel
+    images: 20% of a ``cpu``-preset training step.)
+
+    Args:
+        weight: (O, C, 3, 3) kernels.
+
+    Returns:
+        (O, C, 4, 4) kernels.
+    """
+    rows = torch.arange(4, device=weight.device)[:, None]
+    cols = torch.arange(3, device=weight.device)[None, :]
+    taps = ((cols == rows) | (cols == rows - 1)).to(weight.dtype) * 0.5  # (4, 3)
+    return torch.einsum("ik,jl,ockl->ocij", taps, taps, weight)
 
 
 class SemanticExtractor(nn.Module):

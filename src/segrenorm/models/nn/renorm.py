@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,6 +43,10 @@ def modulated_instance_norm(x: Tensor, scale: Tensor, shift: Tensor, eps: float 
         sample and channel.
     """
     b, c, h, w = x.shape
+    if not x.is_contiguous():
+        # torch 2.13 back-propagates wrong input gradients through batch_norm when the
+        # reshape below aliases a channels-last tensor (B = 1); a copy keeps them right.
+        x = x.contiguous()
     out = F.batch_norm(
         x.reshape(1, b * c, h, w),
         None,
@@ -108,6 +113,14 @@ class SegRenorm(nn.Module):
         Returns:
             (B, C, H, W) renormalised features.
         """
+        if not self.enabled:
+            self.check(x, emb)
+            return F.instance_norm(x, eps=self.eps)
+        scale, shift = self.affine(x, emb)
+        return modulated_instance_norm(x, scale, shift, self.eps)
+
+    def check(self, x: Tensor, emb: Tensor) -> None:
+        """Raise :class:`InputError` unless ``x`` is (B, C, H, W) and ``emb`` (B, embed_dim)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise InputError(
                 f"SegRenorm expects features (B, {self.channels}, H, W), got {tuple(x.shape)}."
@@ -118,11 +131,22 @@ class SegRenorm(nn.Module):
                 f"for features {tuple(x.shape)}, got {tuple(emb.shape)}: pass one embedding "
                 "per image from the semantic extractor."
             )
+
+    def affine(self, x: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-sample scale ``1 + gamma`` and shift ``beta`` (B, C) for features ``x``.
+
+        Args:
+            x: features (B, C, H, W) (checked, not read).
+            emb: embeddings (B, embed_dim).
+
+        Returns:
+            ``(scale, shift)``: ones and zeros when FiLM is disabled.
+        """
+        self.check(x, emb)
         if not self.enabled:
-            return F.instance_norm(x, eps=self.eps)
-        gamma = self.gamma(emb)  # (B, C)
-        beta = self.beta(emb)  # (B, C)
-        return modulated_instance_norm(x, 1.0 + gamma, beta, self.eps)
+            ones = x.new_ones(x.shape[0], self.channels)
+            return ones, torch.zeros_like(ones)
+        return 1.0 + self.gamma(emb), self.beta(emb)
 
 
 def set_film_enabled(root: nn.Module, enabled: bool) -> int:
