@@ -151,12 +151,13 @@ def time_against_reference(
     from torch.utils.flop_counter import FlopCounterMode
 
     from eager_reference import reference_of, reference_translate
-    from segrenorm.models.inference import ConditionedGenerator
+    from segrenorm.models.inference import ConditionedGenerator, channels_last_call
 
     model, opts = harmonizer.primary, harmonizer.options
     # What the harmonizer builds for whole slices (Harmonizer._translation, without tiling).
     module = ConditionedGenerator(model.translator, opts.direction, seg_chunk=opts.seg_batch).eval()
-    ours_fn = torch.compile(module, dynamic=False) if compile else module
+    # As Harmonizer._translation runs it: compiled, or channels-last on CPU.
+    ours_fn = torch.compile(module, dynamic=False) if compile else channels_last_call(module)
     ref = reference_of(model.translator, model.config).eval()
 
     def ours() -> None:

@@ -68,7 +68,9 @@ MATMUL_SIZE = 4096
 MATMUL_REPS = 5
 
 
-def make_batch(config: Config, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+def make_batch(
+    config: Config, device: torch.device, seed: int = 0, *, channels_last: bool = False
+) -> dict[str, Tensor]:
     """A batch shaped like the trainer's: head-like phantoms with nested tissue labels.
 
     Each image is a noisy ellipse on a -1 background whose rings carry the classes
@@ -78,6 +80,8 @@ def make_batch(config: Config, device: torch.device, seed: int = 0) -> dict[str,
     Args:
         config: supplies batch size, crop size and class count.
         device: where the tensors go.
+        channels_last: images channels-last, as the trainer makes them with
+            ``run.channels_last`` on CPU.
         seed: seed of the phantoms' random centres, radii and noise.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -96,6 +100,8 @@ def make_batch(config: Config, device: torch.device, seed: int = 0) -> dict[str,
         image = image + 0.05 * torch.randn(n, side, side, generator=gen)
         image = torch.where(labels > 0, image.clamp(-1.0, 1.0), torch.full_like(image, -1.0))
         batch[site] = image[:, None].to(device)  # (n, 1, side, side)
+        if channels_last:
+            batch[site] = batch[site].contiguous(memory_format=torch.channels_last)
         batch[f"{site}_label"] = labels.to(device)  # (n, side, side)
     return batch
 
@@ -218,11 +224,14 @@ def measure(job: Job) -> Result:
     torch.manual_seed(config.run.seed)
     model = Translator.from_config(config).to(device)
     model.train()
+    channels_last = config.run.channels_last and device.type == "cpu"  # as the trainer does
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if job.compile:
         for net in model.children():
             net.compile()
     optimizers = build_optimizers(model, config.optim)
-    batch = make_batch(config, device)
+    batch = make_batch(config, device, channels_last=channels_last)
     # FLOP counting sees only the calling thread's operations: count a sequential step.
     counted, close_counted = make_iteration(model, optimizers, batch, amp=None, parallel=False)
     step, close = make_iteration(model, optimizers, batch, amp=None, parallel=job.parallel)
@@ -241,9 +250,10 @@ def measure(job: Job) -> Result:
     if job.reference:
         ref = reference_of(model, config)
         ref_opts = reference_optimizers(ref, config.optim)
+        plain = {k: v.contiguous() for k, v in batch.items()}  # the reference's own layout
 
         def ref_step() -> None:
-            reference_iteration(ref, ref_opts, batch)
+            reference_iteration(ref, ref_opts, plain)
 
         time_calls(ref_step, 1, device)  # optimiser state, as for ours
         ref_flops = count_flops(ref_step)

@@ -239,3 +239,18 @@ def test_reused_batch_buffer_gives_what_fresh_padding_gave(
     translate_view(spy, volume, "axial", stride=4, batch_size=5, foreground=mask, fixed_batch=True)
     assert [s.shape[0] for s in seen] == [5, 5, 5]  # 12 slices with foreground
     assert np.all(seen[2][2:] == -1.0) and not np.all(seen[1][2:] == -1.0)  # tail refilled
+
+
+@pytest.mark.parametrize(("cores", "overlapped"), [(2, False), (1, False), (4, True)])
+def test_the_default_overlaps_only_with_more_than_two_cores(
+    cores: int, overlapped: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segrenorm.harmonize import files
+
+    calls: list[str] = []
+    monkeypatch.setattr(files.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(files, "harmonize_overlapped", lambda *a, **k: calls.append("o") or [])
+    monkeypatch.setattr(files, "harmonize_one", lambda *a, **k: calls.append("s"))
+    monkeypatch.setattr(files, "plan_outputs", lambda i, o: [(Path("x"), Path("y"))] * 2)
+    files.harmonize_files(object(), ["in"], tmp_path / "out")  # type: ignore[arg-type]
+    assert calls == (["o"] if overlapped else ["s", "s"])

@@ -7,9 +7,9 @@ still processed; the caller turns failures into a non-zero exit code. Under ``to
 rank ``r`` of ``N`` harmonizes files ``r, r + N, ...`` and rank 0 prints the table.
 :func:`harmonize_paths` is the whole ``segrenorm harmonize`` command: it loads the models,
 joins the ``torchrun`` process group, shows progress and gathers every rank's results.
-A folder is overlapped by default: the next file is read while one is translated and the
-previous one written (:mod:`segrenorm.harmonize.pipeline`), with outputs bit for bit those of
-one file after another.
+On more than two cores a folder is overlapped: the next file is read while one is
+translated and the previous one written (:mod:`segrenorm.harmonize.pipeline`), with outputs
+bit for bit those of one file after another.
 
 Example:
     >>> summary = harmonize_paths(["scans/"], "harmonized/", "runs/00000-ixi")  # doctest: +SKIP
@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,7 @@ def harmonize_files(
     ctx: DistContext | None = None,
     on_file: FileCallback | None = None,
     on_batch: BatchCallback | None = None,
-    overlap: bool = True,
+    overlap: bool | None = None,
 ) -> list[FileResult]:
     """Harmonize every input volume into ``out_dir`` (this rank's share under torchrun).
 
@@ -125,7 +126,10 @@ def harmonize_files(
         ctx: the distributed context; None means a single process.
         on_file: progress callback per file.
         on_batch: progress callback per slice batch.
-        overlap: overlap reading, translating and writing across files.
+        overlap: overlap reading, translating and writing across files; None (the default):
+            only with more than two CPU cores (on two, the reader's N4 and the writer's
+            compression compete with translation for the cores: 0.93x measured,
+            BENCHMARKS.md).
 
     Returns:
         This rank's results in input order (see :func:`gather_results` for all ranks').
@@ -139,6 +143,8 @@ def harmonize_files(
     share = plan[rank::world]
     Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(Path(out_dir).expanduser())  # partial outputs of killed runs
+    if overlap is None:
+        overlap = (os.cpu_count() or 1) > 2
     if overlap and len(share) > 1:
         return harmonize_overlapped(
             harmonizer, share, skip_existing=skip_existing, overwrite=overwrite, rank=rank,
@@ -282,7 +288,7 @@ def harmonize_paths(
     skip_existing: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    overlap: bool = True,
+    overlap: bool | None = None,
 ) -> HarmonizeSummary:
     """Load a model and harmonize volumes, folders or globs into ``out_dir``.
 
@@ -301,8 +307,8 @@ def harmonize_paths(
         overwrite: replace existing outputs (never inputs).
         progress: print each file to stderr and show a slice bar on a terminal (files are
             always printed, with their rank, under ``torchrun``).
-        overlap: read the next file and write the previous one while one is translated
-            (see :func:`harmonize_files`).
+        overlap: read the next file and write the previous one while one is translated;
+            None picks by the machine's cores (see :func:`harmonize_files`).
 
     Returns:
         Every file's result; its notes give the slice batch used (``auto``: the one timed).

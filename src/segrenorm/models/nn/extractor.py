@@ -86,7 +86,10 @@ def spread_kernel(weight: Tensor) -> Tensor:
     rows = torch.arange(4, device=weight.device)[:, None]
     cols = torch.arange(3, device=weight.device)[None, :]
     taps = ((cols == rows) | (cols == rows - 1)).to(weight.dtype) * 0.5  # (4, 3)
-    return torch.einsum("ik,jl,ockl->ocij", taps, taps, weight)
+    # (9, 16): tap (k, l) -> tap (i, j), weight taps[i, k] * taps[j, l]; one matrix product.
+    spread = (taps[:, None, :, None] * taps[None, :, None, :]).permute(2, 3, 0, 1).reshape(9, 16)
+    out_ch, in_ch = weight.shape[:2]
+    return (weight.reshape(out_ch * in_ch, 9) @ spread).view(out_ch, in_ch, 4, 4)
 
 
 class SemanticExtractor(nn.Module):

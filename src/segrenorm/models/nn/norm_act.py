@@ -152,19 +152,23 @@ def kernel_status() -> str:
 
 
 def use_fused(x: Tensor) -> bool:
-    """True when :func:`norm_act` will run the kernel for ``x``."""
+    """True when :func:`norm_act` will run the kernel for ``x``.
+
+    Called twice per residual block, so the cheap tests come first.
+    """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.compiler.is_compiling():
-        return False
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    if not (channels_last or x.is_contiguous()):
-        return False
-    if not channels_last and torch.get_num_threads() > 1:
-        # The kernel runs on one thread: on NCHW features torch's multi-threaded norm passes
-        # are as fast (measured, BENCHMARKS.md); on channels-last ones they must copy.
+    if not channels_last:
+        if not x.is_contiguous():
+            return False
+        if torch.get_num_threads() > 1:
+            # The kernel runs on one thread: on NCHW features torch's multi-threaded norm
+            # passes are as fast (measured, BENCHMARKS.md); channels-last ones they copy.
+            return False
+    if torch._C._get_tracing_state() is not None or torch.compiler.is_compiling():
+        return False  # jit.trace and the TorchScript ONNX exporter; dynamo and torch.export
+    if torch.onnx.is_in_onnx_export():
         return False
     return fused_kernel() is not None
 
