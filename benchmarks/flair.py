@@ -273,6 +273,8 @@ def _cache(args: argparse.Namespace, data: Path, out: Path) -> Path:
     cache = out / "cache"
     if (cache / "manifest.json").is_file():
         return cache
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)  # with --data nothing else has made it
     if args.dry_run:
         print(f"would prepare {cache} (grid of {args.grid})")
         return cache

@@ -111,7 +111,8 @@ class ResBlock(nn.Module):
             b, slope = h.shape[0], self.negative_slope
             h = self.conv2(norm_act(h, *_affine(self.norm1, b), slope=slope, eps=self.norm1.eps))
             if self.skip_norm is not None:
-                shortcut = norm_act(shortcut, *_affine(self.skip_norm, b), eps=self.norm2.eps)
+                sn = self.skip_norm
+                shortcut = norm_act(shortcut, *_affine(sn, b), eps=sn.eps)
             scale, shift = _affine(self.norm2, b)
             return norm_act(h, scale, shift, residual=shortcut, slope=slope, eps=self.norm2.eps)
         h = F.leaky_relu(self.norm1(h), self.negative_slope, inplace=True)

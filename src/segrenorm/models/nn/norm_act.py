@@ -16,8 +16,10 @@ The kernel is compiled once per machine with the compiler the machine has (``mak
 runs ``python -m segrenorm.models.nn.norm_act``) and cached under
 ``$SEGRENORM_KERNEL_DIR`` (default ``~/.cache/segrenorm/kernels``). Where it cannot be built
 or loaded, or for CUDA tensors, tracing, export or ``torch.compile``, the reference
-composition runs instead; ``SEGRENORM_FUSED=0`` forces that everywhere. Both compute the same
-function (to float rounding; tests compare them to 1e-5).
+composition runs instead; also on NCHW features when torch uses more than one thread, since
+the kernel runs on the calling thread (it is used on channels-last features, and in the
+trainer's one-thread direction workers). ``SEGRENORM_FUSED=0`` forces the composition.
+Both compute the same function (to float rounding; tests compare them to 1e-5).
 """
 
 from __future__ import annotations
