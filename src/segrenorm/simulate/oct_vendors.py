@@ -19,7 +19,12 @@ from typing import Any, Self
 import numpy as np
 
 from segrenorm.errors import ConfigError
-from segrenorm.simulate.profile_files import packaged_files, read_device_file
+from segrenorm.simulate.profile_files import (
+    check_fields,
+    check_range,
+    packaged_files,
+    read_device_file,
+)
 from segrenorm.simulate.retina import FLUID_CLASSES, LAYER_NAMES
 
 __all__ = ["OctVendor", "load_vendor", "vendor_names"]
@@ -94,16 +99,16 @@ class OctVendor:
             _check_number(where, key, getattr(self, key), float)
         for key in ("speckle_looks", "levels"):
             _check_number(where, key, getattr(self, key), int)
-        _check_range(where, "rolloff_mm", self.rolloff_mm, 1e-3, 1e6)
-        _check_range(where, "psf_axial_um", self.psf_axial_um, 0.0, 1000.0)
-        _check_range(where, "psf_lateral_um", self.psf_lateral_um, 0.0, 1000.0)
-        _check_range(where, "speckle_looks", self.speckle_looks, 0, 64)
-        _check_range(where, "noise_floor", self.noise_floor, 0.0, 1.0)
-        _check_range(where, "dynamic_range_db", self.dynamic_range_db, 1.0, 200.0)
-        _check_range(where, "power", self.power, 0.01, 1.0)
-        _check_range(where, "gain", self.gain, 1e-6, 1e6)
-        _check_range(where, "levels", self.levels, 1, _MAX_LEVELS)
-        _check_range(where, "stripe", self.stripe, 0.0, 1.0)
+        check_range(where, "rolloff_mm", self.rolloff_mm, 1e-3, 1e6)
+        check_range(where, "psf_axial_um", self.psf_axial_um, 0.0, 1000.0)
+        check_range(where, "psf_lateral_um", self.psf_lateral_um, 0.0, 1000.0)
+        check_range(where, "speckle_looks", self.speckle_looks, 0, 64)
+        check_range(where, "noise_floor", self.noise_floor, 0.0, 1.0)
+        check_range(where, "dynamic_range_db", self.dynamic_range_db, 1.0, 200.0)
+        check_range(where, "power", self.power, 0.01, 1.0)
+        check_range(where, "gain", self.gain, 1e-6, 1e6)
+        check_range(where, "levels", self.levels, 1, _MAX_LEVELS)
+        check_range(where, "stripe", self.stripe, 0.0, 1.0)
         if self.compression not in _COMPRESSIONS:
             raise ConfigError(
                 f"{where}: field 'compression' = {self.compression!r} is unknown; use "
@@ -125,19 +130,8 @@ class OctVendor:
         Raises:
             ConfigError: On unknown or missing fields or names and on out-of-range values.
         """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                f"known fields are {', '.join(known)}"
-            )
         required = ("name", "shape", "spacing", "reflectivity", "fluid")
-        missing = [key for key in required if key not in data]
-        if missing:
-            raise ConfigError(f"{source}: missing required field(s) {', '.join(missing)}")
+        data = check_fields(source, data, [f.name for f in fields(cls)], required)
         values = dict(data)
         values["reflectivity"] = _by_name(source, "reflectivity", data["reflectivity"], LAYER_NAMES)
         values["fluid"] = _by_name(source, "fluid", data["fluid"], _FLUIDS)
@@ -199,11 +193,6 @@ def _check_number(where: str, key: str, value: object, kind: type) -> None:
         raise ConfigError(f"{where}: field {key!r} must be {wanted}, got {value!r}")
 
 
-def _check_range(where: str, key: str, value: Any, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{where}: field {key!r} = {value!r} is outside [{low:g}, {high:g}]")
-
-
 def _numbers(
     where: str,
     key: str,
@@ -218,7 +207,7 @@ def _numbers(
     items: tuple[object, ...] = tuple(value)
     for item in items:
         _check_number(where, key, item, kind)
-        _check_range(where, key, item, low, high)
+        check_range(where, key, item, low, high)
     return tuple(kind(item) for item in items)
 
 

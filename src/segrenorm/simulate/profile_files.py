@@ -9,7 +9,7 @@ mapping. A file without a ``name`` field is named after its stem.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -19,7 +19,13 @@ import yaml
 
 from segrenorm.errors import ConfigError
 
-__all__ = ["PROFILE_SUFFIXES", "packaged_files", "read_device_file"]
+__all__ = [
+    "PROFILE_SUFFIXES",
+    "check_fields",
+    "check_range",
+    "packaged_files",
+    "read_device_file",
+]
 
 #: The endings a device file may have.
 PROFILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
@@ -86,3 +92,37 @@ def read_device_file(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read {kind} ({exc}); fix the file") from None
     return _parse(text, path.suffix, str(path), path.stem, kind), str(path)
+
+
+def check_fields(
+    source: str, data: object, known: Sequence[str], required: Sequence[str]
+) -> Mapping[str, Any]:
+    """``data`` as a mapping with only ``known`` fields and every ``required`` one.
+
+    Args:
+        source: where the mapping came from, for messages (e.g. a file path).
+        data: the parsed file.
+        known: the dataclass's field names.
+        required: the fields without defaults.
+
+    Raises:
+        ConfigError: not a mapping, an unknown field or a missing one (all named).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"known fields are {', '.join(known)}"
+        )
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ConfigError(f"{source}: missing required field(s) {', '.join(missing)}")
+    return data
+
+
+def check_range(where: str, key: str, value: Any, low: float, high: float) -> None:
+    """Raise :class:`ConfigError` naming field ``key`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: field {key!r} = {value!r} is outside [{low:g}, {high:g}]")

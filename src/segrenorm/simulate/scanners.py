@@ -31,7 +31,12 @@ import numpy as np
 from scipy import ndimage
 
 from segrenorm.errors import ConfigError
-from segrenorm.simulate.profile_files import packaged_files, read_device_file
+from segrenorm.simulate.profile_files import (
+    check_fields,
+    check_range,
+    packaged_files,
+    read_device_file,
+)
 
 __all__ = [
     "SCANNERS",
@@ -113,20 +118,20 @@ class ScannerProfile:
             if isinstance(value, bool) or not ok_type or not math.isfinite(value):
                 kind = "an integer" if wanted_int else "a finite number"
                 raise ConfigError(f"{where}: field {key!r} must be {kind}, got {value!r}")
-        _check_range(where, "csf", self.csf, 0.0, _MAX_OUTPUT_LEVEL)
-        _check_range(where, "gm", self.gm, 0.0, _MAX_OUTPUT_LEVEL)
-        _check_range(where, "wm", self.wm, 1e-6, _MAX_OUTPUT_LEVEL)
-        _check_range(where, "bias_amplitude", self.bias_amplitude, 0.0, 1.0)
-        _check_range(where, "bias_smoothness_mm", self.bias_smoothness_mm, 1.0, 1000.0)
-        _check_range(where, "fwhm_inplane_mm", self.fwhm_inplane_mm, 0.0, 50.0)
-        _check_range(where, "fwhm_through_mm", self.fwhm_through_mm, 0.0, 50.0)
-        _check_range(where, "slice_axis", self.slice_axis, 0, 2)
-        _check_range(where, "noise", self.noise, 0.0, 1.0)
-        _check_range(where, "gamma", self.gamma, 0.1, 10.0)
-        _check_range(where, "texture", self.texture, 0.0, 3.0)
-        _check_range(where, "scale", self.scale, 1e-6, math.inf)
+        check_range(where, "csf", self.csf, 0.0, _MAX_OUTPUT_LEVEL)
+        check_range(where, "gm", self.gm, 0.0, _MAX_OUTPUT_LEVEL)
+        check_range(where, "wm", self.wm, 1e-6, _MAX_OUTPUT_LEVEL)
+        check_range(where, "bias_amplitude", self.bias_amplitude, 0.0, 1.0)
+        check_range(where, "bias_smoothness_mm", self.bias_smoothness_mm, 1.0, 1000.0)
+        check_range(where, "fwhm_inplane_mm", self.fwhm_inplane_mm, 0.0, 50.0)
+        check_range(where, "fwhm_through_mm", self.fwhm_through_mm, 0.0, 50.0)
+        check_range(where, "slice_axis", self.slice_axis, 0, 2)
+        check_range(where, "noise", self.noise, 0.0, 1.0)
+        check_range(where, "gamma", self.gamma, 0.1, 10.0)
+        check_range(where, "texture", self.texture, 0.0, 3.0)
+        check_range(where, "scale", self.scale, 1e-6, math.inf)
         if self.lesion is not None:
-            _check_range(where, "lesion", self.lesion, 0.0, _MAX_OUTPUT_LEVEL)
+            check_range(where, "lesion", self.lesion, 0.0, _MAX_OUTPUT_LEVEL)
         peak = self.scale * max(self.csf, self.gm, self.wm, self.lesion or 0.0)
         if peak > _MAX_OUTPUT_LEVEL:
             raise ConfigError(
@@ -148,18 +153,9 @@ class ScannerProfile:
         Raises:
             ConfigError: On unknown or missing fields and on out-of-range values.
         """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                f"known fields are {', '.join(known)}"
-            )
-        missing = [key for key in ("name", "csf", "gm", "wm") if key not in data]
-        if missing:
-            raise ConfigError(f"{source}: missing required field(s) {', '.join(missing)}")
+        data = check_fields(
+            source, data, [f.name for f in fields(cls)], ("name", "csf", "gm", "wm")
+        )
         try:
             return cls(**dict(data))
         except ConfigError as exc:
@@ -184,11 +180,6 @@ class ScannerProfile:
             (0.0, 1.0)
         """
         return replace(self, noise=0.0, bias_amplitude=0.0)
-
-
-def _check_range(where: str, key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{where}: field {key!r} = {value!r} is outside [{low:g}, {high:g}]")
 
 
 #: Built-in scanners. "1.5T" has lower grey/white contrast (a gamma under 1 compresses it
