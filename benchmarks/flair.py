@@ -3,8 +3,9 @@
 Issue 12, Deliver items 2 and 6. Steps, each skipped when its output is already there:
 
 1. ``segrenorm simulate flair --out OUT/data --resolution R`` (or ``--data DIR``);
-2. ``segrenorm prepare --csv DATA/subjects.csv --out OUT/cache --target GRID`` (3 sites on the
-   grid of ``--grid``, SV by default; classes ``background, lesion``);
+2. ``segrenorm prepare --csv DATA/subjects.csv --out OUT/cache --target GRID --headroom H``
+   (3 sites on the grid of ``--grid``, SV by default; classes ``background, lesion``; headroom
+   1 by default, so that lesions keep their contrast instead of clipping at 1);
 3. for each direction (``--directions``, default the paper's SA:SV,SA:PI,SV:PI), translator
    (``--translators``, default segrenorm s-cyclegan cyclegan: SemGAN is excluded on lesion
    masks, as in the paper) and seed (``--seeds``): the ``--config`` preset (default
@@ -26,7 +27,8 @@ same numbers go to ``OUT/flair.json``, under the split (a val run and a test run
 
 Usage:
     .venv/bin/python benchmarks/flair.py --out OUT [--data DIR] [--resolution 2]
-        [--subjects-per-scanner 5] [--grid SV] [--bias-correction n4|none] [--baselines ...]
+        [--subjects-per-scanner 5] [--grid SV] [--headroom 1] [--bias-correction n4|none]
+        [--baselines ...]
         [--config msseg-cpu] [--set optim.iterations=3000] [--seeds 0 1 2]
         [--translators segrenorm s-cyclegan cyclegan] [--directions SA:SV,SA:PI,SV:PI]
         [--split val|test] [--eval-set ...] [--dry-run] [--prepare-only]
@@ -282,7 +284,7 @@ def _cache(args: argparse.Namespace, data: Path, out: Path) -> Path:
         sys.exit(f"flair: {cache} is missing: run once with --prepare-only, then the shards")
     argv = ["prepare", "--csv", str(data / "subjects.csv"), "--out", str(cache), "--target",
             args.grid, "--class-names", "background", "lesion", "--bias-correction",
-            args.bias_correction, "--quiet"]  # fmt: skip
+            args.bias_correction, "--headroom", str(args.headroom), "--quiet"]  # fmt: skip
     if cli(argv) != 0:
         sys.exit(f"flair: segrenorm {' '.join(argv)} failed (see above)")
     return cache
@@ -304,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subjects-per-scanner", type=int, help="simulate flair's (default 5)")
     parser.add_argument("--grid", default="SV", help="prepare --target: the grid's site")
     parser.add_argument("--bias-correction", default="n4", help="prepare --bias-correction")
+    parser.add_argument("--headroom", type=float, default=1.0, help="prepare --headroom")
     parser.add_argument("--config", default=PRESET, help="preset or YAML")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

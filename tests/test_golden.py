@@ -9,9 +9,13 @@ four translators (losses logged at every step) -> ``harmonize`` of one held-out 
 ``evaluate`` with tiny budgets. Every figure that does not depend on the wall clock is kept.
 
 Float results depend on the kernels torch and NumPy pick for the CPU, so the figures are
-compared exactly in the environment they were recorded in (same library versions and CPU
-capability, written under ``environment``); elsewhere floats are compared to a relative 1e-4
-and byte digests are left out, and the test says so.
+compared exactly in the environment they were recorded in (same library versions, CPU model
+and capability, written under ``environment``). Elsewhere only what float rounding cannot move
+far is compared, to a relative 1e-4 without float digests: the cache (manifest and integer
+arrays) and the first ``STABLE_STEPS`` losses of each translator. Later steps, the harmonized
+volume and the evaluation are left out there, because 50 adversarial steps amplify rounding
+differences of 1e-8 (measured between an Intel and an AMD CPU with the same AVX512 capability)
+to 1e-2 by step 16; the test says so.
 
 Record anew (only when a change of behaviour is intended, and say so in the commit):
 ``.venv/bin/python tests/test_golden.py --record``
@@ -31,6 +35,8 @@ from typing import Any
 GOLDEN = Path(__file__).with_name("golden_figures.json")
 TRANSLATORS = ("cyclegan", "s-cyclegan", "semgan", "segrenorm")
 STEPS = 50
+#: Training steps whose losses agree to 1e-6 across CPUs (2 measured; chaos takes over after).
+STABLE_STEPS = 2
 TRAIN_SET = [
     "model.ngf=4", "model.ndf=4", "model.n_downsample=2", "model.n_middle_blocks=1",
     "model.seg_ngf=4", "model.seg_depth=2", "model.embed_dim=8", "data.crop_size=32",
@@ -74,6 +80,19 @@ def _numbers(value: Any, *, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (oneDNN picks kernels per microarchitecture, not only per ISA)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict[str, str]:
     """What decides the exact float results: library versions and the CPU kernels in use."""
     import platform
@@ -84,6 +103,7 @@ def environment() -> dict[str, str]:
 
     return {
         "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -185,14 +205,23 @@ def test_golden_figures_are_reproduced_exactly(tmp_path: Path) -> None:
     exact = recorded_in == environment()
     figures = json.loads(json.dumps(compute_figures(tmp_path)))  # same float round trip
     problems: list[str] = []
+    if not exact:
+        golden, figures = _stable_part(golden), _stable_part(figures)
     _same(golden, figures, "figures", problems, rtol=0.0 if exact else 1e-4)
     assert not problems, "\n".join(problems[:40])
     if not exact:
         warnings.warn(
             f"golden figures were recorded in {recorded_in}, this is {environment()}: "
-            "compared to rtol 1e-4 without digests, not exactly",
+            f"compared the cache and the first {STABLE_STEPS} training steps to rtol 1e-4 "
+            "without digests, not the whole run exactly",
             stacklevel=1,
         )
+
+
+def _stable_part(figures: dict[str, Any]) -> dict[str, Any]:
+    """What another CPU reproduces to rounding: the cache and the first training steps."""
+    train = {kind: losses[:STABLE_STEPS] for kind, losses in figures["train"].items()}
+    return {"prepare": figures["prepare"], "train": train}
 
 
 def test_a_changed_figure_is_reported() -> None:
@@ -209,6 +238,8 @@ def test_a_changed_figure_is_reported() -> None:
     problems = []
     _same({"a": 1.0}, {"a": 1.001}, "f", problems, rtol=1e-4)
     assert problems == ["f.a: golden 1.0, now 1.001 (beyond rtol 0.0001)"]
+    run = {"prepare": {"m": 1}, "train": {"k": [{"l": 1.0}, {"l": 2.0}, {"l": 3.0}]}, "x": 0}
+    assert _stable_part(run) == {"prepare": {"m": 1}, "train": {"k": [{"l": 1.0}, {"l": 2.0}]}}
 
 
 if __name__ == "__main__" and "--record" in sys.argv:

@@ -81,6 +81,7 @@ def test_prepare_from_folders(sites: Path, capsys: pytest.CaptureFixture[str]) -
         f"sub-b{k}" for k in range(3)
     }
     assert manifest["bias_correction"] == DEFAULT_BIAS_CORRECTION.to_dict()  # N4, shrink 4
+    assert manifest["headroom"] == 0.0  # no headroom outside --dataset msseg
 
     # A second run onto the same folder is refused without --overwrite, with a one-line error.
     assert main(argv) == 2
@@ -96,6 +97,14 @@ def test_prepare_from_folders(sites: Path, capsys: pytest.CaptureFixture[str]) -
     stored = open_manifest(out)["bias_correction"]
     assert BiasCorrection.from_dict(stored) == BiasCorrection("n4", shrink=2)
     assert manifest["subjects"][0]["n_slices"] == 12  # 24 * 1.5 / 3 coronal slices, none skipped
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--bias-correction", "none", "--headroom", "0.25"]) == 0
+    assert open_manifest(out)["headroom"] == 0.25
+    assert "axial slices 32x32, 3 classes, headroom 0.25, grid" in capsys.readouterr().out
+    assert main([*argv, "--overwrite", "--headroom", "-0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "headroom -0.5 must be between 0 and 10" in err
+    assert open_manifest(out)["headroom"] == 0.25  # the refused run left the cache as it was
 
 
 def test_prepare_from_csv(sites: Path, capsys: pytest.CaptureFixture[str]) -> None:

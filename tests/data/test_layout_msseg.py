@@ -198,6 +198,7 @@ def test_prepare_dataset_msseg_through_the_cli(
     manifest = open_manifest(out)
     assert manifest["sites"] == {"A": "Center_01", "B": "Center_07", "C": "Center_08"}
     assert manifest["class_names"] == ["background", "lesion"] and manifest["n_classes"] == 2
+    assert manifest["headroom"] == 1.0  # MS-SEG's default: lesions keep their contrast
     assert [s["subject"] for s in manifest["subjects"]] == [p.replace("/", "_") for p in PATIENTS]
     assert all(Path(s["label"]).name == "Consensus.nii.gz" for s in manifest["subjects"])
     labels = np.concatenate([np.load(out / site / "labels.npy") for site in "ABC"])

@@ -162,6 +162,60 @@ def test_an_old_manifest_without_bias_correction_means_none(tmp_path: Path) -> N
     assert inference_facts(old)["bias_correction"] == NO_BIAS_CORRECTION.to_dict()
 
 
+def _lesion_records(tmp_path: Path) -> list[SubjectRecord]:
+    """Two subjects per site: a tissue ball with a small hyperintense blob (about 0.8 %)."""
+    records = []
+    for site, scale in (("siteA", 1.0), ("siteB", 2.0)):
+        for k in range(2):
+            rng = np.random.default_rng(10 + k)
+            labels = np.zeros(SHAPE, dtype=np.uint8)
+            labels[_ball(7.0)] = 2
+            labels[8:10, 10:12, 6:9] = 1  # the "lesion": 12 voxels in the ball
+            data = np.abs(rng.normal(0.0, 5.0, SHAPE))
+            data[labels == 2] = rng.normal(300.0, 5.0, int((labels == 2).sum()))
+            data[labels == 1] = rng.normal(322.0, 1.0, 12)
+            geometry = Geometry.from_affine(AFFINE, SHAPE)
+            folder = tmp_path / "data" / site
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"sub-{site}{k}"
+            image = save_image(data * scale, folder / f"{name}_FLAIR.nii.gz", geometry=geometry)
+            label = save_label(labels, folder / f"{name}_dseg.nii.gz", geometry=geometry)
+            records.append(SubjectRecord(name, site, image, label, "train"))
+    return records
+
+
+def test_headroom_keeps_a_hyperintense_class_off_the_clip_and_prepare_warns_without_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _lesion_records(tmp_path)
+    options = {"bias_correction": NO_BIAS_CORRECTION, "upper_pct": 99.0, "progress": False}
+    with caplog.at_level("WARNING", logger="segrenorm.data.prepare"):
+        plain = prepare_cache(records, tmp_path / "plain", **options)
+    warned = [r.getMessage() for r in caplog.records if "clip at +1" in r.getMessage()]
+    assert len(warned) == 2  # one per site
+    assert warned[0].startswith("site 'siteA': 100% of its 'class_1' voxels (24 of 24) clip at")
+    assert "(the 99th percentile)" in warned[0] and "--headroom (1)" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segrenorm.data.prepare"):
+        roomy = prepare_cache(records, tmp_path / "roomy", headroom=1.0, **options)
+    assert not [r for r in caplog.records if "clip at +1" in r.getMessage()]
+
+    for out, headroom in ((plain, 0.0), (roomy, 1.0)):
+        manifest = open_manifest(out)
+        assert manifest["headroom"] == headroom
+        assert inference_facts(manifest)["headroom"] == headroom
+        assert all(s["scaling"]["headroom"] == headroom for s in manifest["subjects"])
+    pairs = zip(open_manifest(plain)["subjects"], open_manifest(roomy)["subjects"], strict=True)
+    for a, b in pairs:  # same low, twice the range above it
+        assert b["scaling"]["low"] == a["scaling"]["low"]
+        span = a["scaling"]["high"] - a["scaling"]["low"]
+        assert b["scaling"]["high"] - b["scaling"]["low"] == pytest.approx(2 * span)
+    images, labels = np.load(roomy / "A" / "images.npy"), np.load(roomy / "A" / "labels.npy")
+    lesion, tissue = images[labels == 1], images[labels == 2]
+    assert lesion.max() < 1.0 and lesion.min() > np.percentile(tissue, 99)
+    assert (np.load(plain / "A" / "images.npy")[labels == 1] == 1.0).all()
+
+
 def test_slices_with_little_foreground_are_skipped(tmp_path: Path) -> None:
     records = _records(tmp_path, n_per_site=1)
     out = prepare_cache(records, tmp_path / "cache", min_foreground=0.2, progress=False)

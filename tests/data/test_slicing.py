@@ -14,7 +14,7 @@ from segrenorm.data.listing import SubjectRecord
 from segrenorm.data.manifest import open_manifest
 from segrenorm.data.prepare import prepare_cache
 from segrenorm.data.slicing import SliceRecipe
-from segrenorm.errors import ConfigError
+from segrenorm.errors import CacheError, ConfigError
 from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
 from segrenorm.volumes.intensity import fit_scaling, foreground_mask
@@ -65,6 +65,25 @@ def test_recipe_from_manifest_and_old_manifest_defaults() -> None:
     assert SliceRecipe().bias == NO_BIAS_CORRECTION
     with pytest.raises(ConfigError, match="bias-correction shrink=0 must be 1 to 8"):
         SliceRecipe.from_manifest({**manifest, "bias_correction": {"shrink": 0}})
+
+
+def test_recipe_headroom_from_manifest_and_facts(tiny_kit: SimpleNamespace) -> None:
+    manifest = {"slice_axis": "axial", "spacing": None, "headroom": 1.0}
+    assert SliceRecipe.from_manifest(manifest).headroom == 1.0
+    facts = TrainingFacts.from_dict(tiny_kit.facts(headroom=0.5))
+    assert facts.headroom == 0.5 and SliceRecipe.from_facts(facts).headroom == 0.5
+    assert TrainingFacts.from_dict(tiny_kit.facts()).headroom == 0.0  # older checkpoints
+    with pytest.raises(ConfigError, match=r"headroom -1.0 must be between 0 and 10"):
+        SliceRecipe.from_manifest({**manifest, "headroom": -1})
+    with pytest.raises(CacheError, match=r"malformed inference facts.*headroom 11.0 must be"):
+        TrainingFacts.from_dict(tiny_kit.facts(headroom=11))
+    # The scale step fits with the headroom: 0.5 of the percentile range above the upper one.
+    data = np.zeros((12, 12, 12))
+    data[2:10, 2:10, 2:10] = np.linspace(100.0, 200.0, 512).reshape(8, 8, 8)
+    plain = SliceRecipe().scale(data).scaling
+    roomy = SliceRecipe(headroom=0.5).scale(data).scaling
+    assert roomy.low == plain.low
+    assert roomy.high - roomy.low == pytest.approx(1.5 * (plain.high - plain.low))
 
 
 def test_recipe_from_training_facts(tiny_kit: SimpleNamespace) -> None:

@@ -20,7 +20,7 @@ from segrenorm.models.checkpoint import load_checkpoint
 from segrenorm.volumes.bias import DEFAULT_BIAS_CORRECTION, NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry
 from segrenorm.volumes.intensity import foreground_mask
-from segrenorm.volumes.readwrite import load_image, save_image
+from segrenorm.volumes.readwrite import load_image, load_label, save_image
 from segrenorm.volumes.spatial import pad_to_shape
 
 SHAPE = (20, 24, 16)
@@ -96,3 +96,34 @@ def test_per_view_models_must_share_the_bias_correction(
     )
     pair = Harmonizer.load_per_view({"axial": tiny_checkpoints["identity"], "coronal": other_none})
     assert pair.views == ("axial", "coronal")
+
+
+def test_harmonize_scales_with_the_training_caches_headroom(
+    tmp_path: Path, tiny_kit: SimpleNamespace
+) -> None:
+    from tests.data.test_prepare import _lesion_records
+
+    records = _lesion_records(tmp_path)
+    options = {"bias_correction": NO_BIAS_CORRECTION, "upper_pct": 99.0, "min_foreground": 0.0}
+    cache = prepare_cache(records, tmp_path / "cache", headroom=1.0, progress=False, **options)
+    manifest = open_manifest(cache)
+    facts = inference_facts(manifest)
+    checkpoint = tiny_kit.save_checkpoint(tmp_path / "roomy.pt", **facts)
+    assert TrainingFacts.from_dict(facts).headroom == 1.0
+    harmonized = Harmonizer.load(checkpoint).harmonize(records[0].image)  # identity G
+    # Cut like evaluate cuts outputs, the output gives the cache's rows: harmonize scaled the
+    # input with the cache's headroom, and the bright pocket came through unclipped.
+    recipe = SliceRecipe.from_manifest(manifest)
+    source = recipe.to_grid(load_image(records[0].image))
+    volume = recipe.to_grid(harmonized)
+    rows = recipe.cut(recipe.scale(volume.data, mask_of=source.data).scaled)
+    rows = pad_to_shape(rows, tuple(manifest["slice_shape"]), -1.0)[0]
+    cached = np.load(cache / "A" / "images.npy")[: len(rows)]
+    assert np.abs(rows - cached).max() < 5e-3
+    lesion = np.load(cache / "A" / "labels.npy")[: len(rows)] == 1
+    assert rows[lesion].max() < 0.99 and np.ptp(rows[lesion]) > 0.01  # not flattened at 1
+    # Without the headroom the same model flattens the pocket on the clip: one output value.
+    plain = tiny_kit.save_checkpoint(tmp_path / "plain.pt", **{**facts, "headroom": 0.0})
+    clipped = Harmonizer.load(plain).harmonize(records[0].image).data
+    pocket = load_label(str(records[0].label)).data == 1  # on the input's grid, as outputs are
+    assert np.ptp(clipped[pocket]) < 1e-3 < 1.0 < np.ptp(harmonized.data[pocket])

@@ -169,6 +169,31 @@ def test_fit_scaling_ties_fall_back_to_min_max() -> None:
     assert (scaling.low, scaling.high) == (1.0, 3.0)
 
 
+def test_fit_scaling_headroom_keeps_hyperintensities_below_the_clip() -> None:
+    values = np.arange(101.0)
+    plain = fit_scaling(values, lower_pct=0.0, upper_pct=50.0)
+    roomy = fit_scaling(values, lower_pct=0.0, upper_pct=50.0, headroom=0.5)
+    assert (plain.low, plain.high) == (0.0, 50.0)
+    assert (roomy.low, roomy.high, roomy.headroom) == (0.0, 75.0, 0.5)  # 50 + 0.5 * (50 - 0)
+    # 60 clips at 1 without headroom; with it, (60 - 0) / 75 * 2 - 1 = 0.6.
+    assert plain.apply(np.array([60.0])).tolist() == [1.0]
+    np.testing.assert_allclose(roomy.apply(np.array([0.0, 60.0, 75.0, 90.0])), [-1, 0.6, 1, 1])
+    np.testing.assert_allclose(roomy.invert(roomy.apply(np.array([60.0]))), [60.0], rtol=1e-6)
+    stored = roomy.to_dict()
+    assert stored["headroom"] == 0.5 and IntensityScaling.from_dict(stored) == roomy
+    old = {"low": 0.0, "high": 50.0, "lower_pct": 0.0, "upper_pct": 50.0}  # before headroom
+    assert IntensityScaling.from_dict(old) == plain and plain.headroom == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), 10.5])
+def test_headroom_out_of_range_is_refused(bad: float) -> None:
+    message = r"headroom .* must be between 0 and 10: the fraction of the percentile range"
+    with pytest.raises(ConfigError, match=message):
+        fit_scaling(np.arange(10.0), headroom=bad)
+    with pytest.raises(ConfigError, match=message):
+        IntensityScaling(low=0.0, high=1.0, headroom=bad)
+
+
 def test_fit_scaling_errors() -> None:
     with pytest.raises(InputError, match="foreground mask is empty"):
         fit_scaling(np.ones(4), np.zeros(4, dtype=bool))

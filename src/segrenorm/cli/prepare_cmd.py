@@ -125,6 +125,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="foreground intensity percentiles mapped to -1 and 1 (default: 0.5 99.5)",
     )
     parser.add_argument(
+        "--headroom",
+        type=float,
+        default=None,
+        metavar="F",
+        help="map the upper percentile plus F times the percentile range to 1, so that "
+        "hyperintensities keep their contrast instead of clipping at 1: FLAIR lesions are the "
+        "brightest half-percent of a brain (default: 1 with --dataset msseg, else 0)",
+    )
+    parser.add_argument(
         "--min-foreground",
         type=float,
         default=0.05,
@@ -230,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         lower_pct=args.percentiles[0],
         upper_pct=args.percentiles[1],
+        headroom=_headroom(args),
         min_foreground=args.min_foreground,
         pad_multiple=args.pad_multiple,
         val_fraction=args.val_fraction,
@@ -258,6 +268,19 @@ def _modality(args: argparse.Namespace, dataset: str | None) -> str:
             f"{dataset} volumes: leave --modality out (or give --modality {dataset})"
         )
     return str(args.modality or dataset or "mri")
+
+
+#: ``--headroom`` when not given, per ``--dataset`` layout: MS-SEG's FLAIR lesions would
+#: otherwise clip at 1 (``segrenorm.data.clipping``).
+DATASET_HEADROOM = {"msseg": 1.0}
+
+
+def _headroom(args: argparse.Namespace) -> float:
+    """``--headroom``, else the dataset layout's default, else 0."""
+    if args.headroom is not None:
+        return float(args.headroom)
+    dataset = args.dataset[0] if args.dataset else None
+    return DATASET_HEADROOM.get(str(dataset), 0.0)
 
 
 def _records(

@@ -27,7 +27,7 @@ from segrenorm.data.grid import on_grid
 from segrenorm.errors import CacheError, SegrenormError
 from segrenorm.vocabulary import SITES, SLICE_AXES, check_modality, source_site, target_site
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
-from segrenorm.volumes.intensity import IntensityScaling
+from segrenorm.volumes.intensity import IntensityScaling, check_headroom
 
 __all__ = ["INFERENCE_KEY", "TrainingFacts", "inference_facts"]
 
@@ -35,7 +35,9 @@ __all__ = ["INFERENCE_KEY", "TrainingFacts", "inference_facts"]
 INFERENCE_KEY = "inference"
 
 
-def _median_scaling(subjects: list[Mapping[str, Any]], percentiles: list[float]) -> dict[str, Any]:
+def _median_scaling(
+    subjects: list[Mapping[str, Any]], percentiles: list[float], headroom: float
+) -> dict[str, Any]:
     """Median low/high of the subjects' scalings: a typical volume of the site."""
     lows = [float(s["scaling"]["low"]) for s in subjects]
     highs = [float(s["scaling"]["high"]) for s in subjects]
@@ -44,6 +46,7 @@ def _median_scaling(subjects: list[Mapping[str, Any]], percentiles: list[float])
         "high": float(np.median(highs)),
         "lower_pct": float(percentiles[0]),
         "upper_pct": float(percentiles[1]),
+        "headroom": float(headroom),
         "n_subjects": len(subjects),
     }
 
@@ -77,7 +80,8 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         A JSON-serialisable dict: ``slice_axis``, ``orientation``, ``spacing``,
         ``resampled`` (whether any training volume was resampled onto the grid: off it by
-        more than :data:`~segrenorm.data.grid.GRID_TOLERANCE`), ``percentiles``,
+        more than :data:`~segrenorm.data.grid.GRID_TOLERANCE`), ``percentiles``, ``headroom``
+        (0 for a cache from before it existed),
         ``use_mask``, ``pad_multiple``, ``bias_correction`` (a
         :class:`~segrenorm.volumes.bias.BiasCorrection` dict; ``method`` ``"none"`` for a cache
         prepared before bias correction existed), ``modality`` (``"mri"`` for a cache from
@@ -88,12 +92,13 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """
     subjects = list(manifest["subjects"])
     percentiles = [float(p) for p in manifest.get("percentiles", [0.5, 99.5])]
+    headroom = float(manifest.get("headroom", 0.0))
     scaling = {}
     for key in SITES:
         site = [s for s in subjects if s["site"] == key and "scaling" in s]
         trained = [s for s in site if s.get("split") == "train"] or site
         if trained:
-            scaling[key] = _median_scaling(trained, percentiles)
+            scaling[key] = _median_scaling(trained, percentiles, headroom)
     if manifest.get("spacing") is not None:
         spacing = [float(s) for s in manifest["spacing"]]
     else:
@@ -105,6 +110,7 @@ def inference_facts(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "spacing": [float(s) for s in spacing],
         "resampled": _any_resampled(subjects, manifest.get("spacing")),
         "percentiles": percentiles,
+        "headroom": headroom,
         "use_mask": bool(manifest.get("use_mask", True)),
         "pad_multiple": int(manifest.get("pad_multiple", 16)),
         "bias_correction": BiasCorrection.from_dict(manifest.get("bias_correction")).to_dict(),
@@ -124,6 +130,8 @@ class TrainingFacts:
             which harmonize puts its inputs on.
         percentiles: foreground percentiles mapped to -1 and 1.
         use_mask: whether scaling used a foreground mask (background -1).
+        headroom: the scaling's headroom above the upper percentile (0 for checkpoints from
+            before it existed).
         pad_multiple: the cache's padding multiple.
         site_names: human names of sites ``A`` and ``B`` of the training cache or, for a
             cache of more than two sites, of the pair trained on (``data.source``,
@@ -147,6 +155,7 @@ class TrainingFacts:
     train_direction: str = "AB"
     bias_correction: BiasCorrection = NO_BIAS_CORRECTION
     modality: str = "mri"
+    headroom: float = 0.0
 
     def target_site(self, direction: str) -> str:
         """Cache site key (``A``/``B``) that ``direction``'s generator translates into.
@@ -250,6 +259,7 @@ class TrainingFacts:
                 train_direction=train_direction,
                 bias_correction=BiasCorrection.from_dict(facts.get("bias_correction")),
                 modality=check_modality(str(facts.get("modality", "mri"))),
+                headroom=check_headroom(float(facts.get("headroom", 0.0))),
             )
         except (KeyError, TypeError, ValueError, SegrenormError) as exc:
             raise CacheError(f"malformed inference facts ({type(exc).__name__}: {exc})") from None

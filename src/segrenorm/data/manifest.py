@@ -193,8 +193,8 @@ def _grid_text(grid: dict[str, Any]) -> str:
 
 def summarize(manifest: dict[str, Any], where: str) -> str:
     """A few lines describing a cache: slices per site and split, slice shape, classes, the
-    bias correction when there is one, and the grid; an OCT cache and a pseudo-labelled site
-    say so.
+    bias correction and the scaling's headroom when there are, and the grid; an OCT cache and
+    a pseudo-labelled site say so.
 
     The val split is listed only when the cache has val subjects (older caches have none).
 
@@ -209,12 +209,14 @@ def summarize(manifest: dict[str, Any], where: str) -> str:
         subjects[subject["site"], subject["split"]] += 1
     height, width = manifest["slice_shape"]
     bias = BiasCorrection.from_dict(manifest.get("bias_correction"))
+    headroom = float(manifest.get("headroom", 0.0))
     oct_note = "OCT (retina mask, background kept) " if manifest.get("modality") == "oct" else ""
     lines = [
         f"cache {where}: {oct_note}{manifest['slice_axis']} slices {height}x{width}, "
         f"{manifest['n_classes']} classes"
         + ("" if manifest["has_labels"] else " (no labels)")
         + (f", bias-corrected ({bias.method}, shrink {bias.shrink})" if bias.enabled else "")
+        + (f", headroom {headroom:g}" if headroom > 0 else "")
         + (_grid_text(manifest["grid"]) if manifest.get("grid") else "")  # none in old caches
     ]
     has_val = any(subject["split"] == "val" for subject in manifest["subjects"])

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from segrenorm._version import __version__
 from segrenorm.atomic import remove_stale_temporaries, replace_dir, temporary_dir
 from segrenorm.data.autolabels import PseudoLabeller, pseudo_label_name, write_pseudo_label
+from segrenorm.data.clipping import clipped_counts, clipping_warnings
 from segrenorm.data.folds import LOSO, loso_folds
 from segrenorm.data.grid import choose_grid
 from segrenorm.data.labelplan import plan_auto_labels
@@ -113,6 +114,7 @@ def _process_subject(
     np.save(work / f"{index}_labels.npy", recipe.cut(labels)[keep].astype(np.uint8))
     np.save(work / f"{index}_masks.npy", mask_slices[keep].astype(np.uint8))
     np.save(work / f"{index}_keep.npy", keep.astype(np.int32))
+    clipped = clipped_counts(scaled, labels, mask, n_classes=256)  # the whole foreground
     if keep.size == 0:
         logger.warning(
             "%s: no slice has %.0f%% foreground; none kept", record.image, 100 * min_foreground
@@ -127,6 +129,7 @@ def _process_subject(
         "max_label": max_label,
         "label": label_path,
         "label_source": source,
+        "clipped": clipped,
     }
 
 
@@ -174,6 +177,7 @@ def prepare_cache(
     target: str | None = None,
     lower_pct: float = 0.5,
     upper_pct: float = 99.5,
+    headroom: float = 0.0,
     min_foreground: float = 0.05,
     pad_multiple: int = 16,
     val_fraction: float = 0.15,
@@ -215,7 +219,11 @@ def prepare_cache(
         target: the site whose median voxel size is the grid; default the second site when
             there are two. With more sites, give ``target`` or ``spacing``.
         lower_pct: intensity percentile mapped to -1.
-        upper_pct: intensity percentile mapped to 1.
+        upper_pct: intensity percentile mapped to 1 (with ``headroom`` 0).
+        headroom: map the upper percentile plus this fraction of the percentile range to 1
+            instead, so that hyperintense classes (FLAIR lesions: 1) keep their
+            contrast; a class with most of its voxels clipped at +1 at some site is warned
+            about (``segrenorm.data.clipping``).
         min_foreground: minimum fraction of a slice inside the foreground mask to keep it.
         pad_multiple: slice height and width are rounded up to a multiple of this.
         val_fraction: fraction of subjects without a listed split drawn as val (the split for
@@ -256,6 +264,7 @@ def prepare_cache(
         axis=slice_axis,
         spacing=spacing,
         percentiles=(lower_pct, upper_pct),
+        headroom=headroom,
         use_mask=use_mask,
         pad_multiple=pad_multiple,
         bias=bias_correction,
@@ -377,6 +386,14 @@ def prepare_cache(
                 )
                 first_row += info["n_slices"]
         shutil.rmtree(work)
+        clipped = {
+            name: np.sum([infos[i]["clipped"] for i in range(first, first + len(group))], axis=0)
+            for name, first, group in zip(site_names, starts, by_site, strict=False)
+        }
+        for message in clipping_warnings(
+            clipped, names, upper_pct=upper_pct, headroom=recipe.headroom
+        ):
+            logger.warning(message)
         manifest = {
             "format_version": FORMAT_VERSION,
             "complete": True,
@@ -394,6 +411,7 @@ def prepare_cache(
             "slice_shape": list(slice_shape),
             "pad_multiple": pad_multiple,
             "percentiles": [lower_pct, upper_pct],
+            "headroom": recipe.headroom,
             "min_foreground": min_foreground,
             "use_mask": use_mask,
             "bias_correction": bias_correction.to_dict(),

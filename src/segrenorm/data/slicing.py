@@ -55,7 +55,12 @@ from segrenorm.errors import ConfigError
 from segrenorm.vocabulary import SLICE_AXES, check_modality
 from segrenorm.volumes.bias import NO_BIAS_CORRECTION, BiasCorrection
 from segrenorm.volumes.images import Geometry, LabelMap, ScalarImage
-from segrenorm.volumes.intensity import IntensityScaling, fit_scaling, foreground_mask
+from segrenorm.volumes.intensity import (
+    IntensityScaling,
+    check_headroom,
+    fit_scaling,
+    foreground_mask,
+)
 from segrenorm.volumes.retina import retina_mask
 from segrenorm.volumes.spatial import (
     from_canonical,
@@ -99,10 +104,14 @@ class SliceRecipe:
         bias: the bias-field correction before scaling; the default ``method="none"`` is what
             a cache or checkpoint without the setting means (``prepare`` chooses N4).
         modality: ``"mri"`` (default) or ``"oct"`` (see the module docstring).
+        headroom: raise the intensity mapped to 1 by this fraction of the percentile range,
+            so that hyperintensities (FLAIR lesions) stay below the clip (see
+            :func:`~segrenorm.volumes.intensity.fit_scaling`); 0 keeps the percentile itself.
 
     Raises:
         ConfigError: an unknown axis or modality, a spacing that is not three positive
-            numbers, percentiles outside ``0 <= lower < upper <= 100``, a ``pad_multiple``
+            numbers, percentiles outside ``0 <= lower < upper <= 100``, a headroom outside
+            ``[0, MAX_HEADROOM]``, a ``pad_multiple``
             below 1, or an OCT recipe with a bias correction.
     """
 
@@ -113,6 +122,7 @@ class SliceRecipe:
     pad_multiple: int = 16
     bias: BiasCorrection = NO_BIAS_CORRECTION
     modality: str = "mri"
+    headroom: float = 0.0
 
     def __post_init__(self) -> None:
         if self.axis not in SLICE_AXES:
@@ -129,6 +139,7 @@ class SliceRecipe:
             raise ConfigError(
                 f"percentiles {lower_pct}, {upper_pct} must be 0 <= lower < upper <= 100"
             )
+        object.__setattr__(self, "headroom", check_headroom(self.headroom))
         if self.pad_multiple < 1:
             raise ConfigError(f"pad_multiple {self.pad_multiple} must be >= 1")
         if not isinstance(self.bias, BiasCorrection):
@@ -171,6 +182,7 @@ class SliceRecipe:
             pad_multiple=int(manifest.get("pad_multiple", 16)),
             bias=BiasCorrection.from_dict(manifest.get("bias_correction")),
             modality=str(manifest.get("modality", "mri")),  # absent before OCT: MRI
+            headroom=float(manifest.get("headroom", 0.0)),  # absent before it existed: none
         )
 
     @classmethod
@@ -185,6 +197,7 @@ class SliceRecipe:
             axis=facts.slice_axis,
             spacing=facts.spacing,
             percentiles=facts.percentiles,
+            headroom=facts.headroom,
             use_mask=facts.use_mask,
             pad_multiple=facts.pad_multiple,
             bias=facts.bias_correction,
@@ -288,7 +301,7 @@ class SliceRecipe:
                     "needs the grid's voxel spacing: pass spacing="
                 )
             data = self.bias.apply(data, spacing, mask)
-        scaling = fit_scaling(data, mask, *self.percentiles)
+        scaling = fit_scaling(data, mask, *self.percentiles, headroom=self.headroom)
         # OCT keeps its background (clipped, not -1): the stripes a translator may paint there
         # must stay measurable against the target scanner's own background.
         return ScaledVolume(scaling.apply(data, None if self.is_oct else mask), mask, scaling)

@@ -335,6 +335,8 @@ def export_model(
             "slice_axis": facts.slice_axis,
             "spacing_mm": list(facts.spacing),
             "percentiles": list(facts.percentiles),
+            # the upper percentile plus headroom times the percentile range maps to 1
+            "headroom": facts.headroom,
             "foreground_mask": facts.use_mask,
             "modality": facts.modality,
             # What the modality changes (segrenorm.data.slicing.SliceRecipe): OCT volumes are

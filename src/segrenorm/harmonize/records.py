@@ -122,14 +122,15 @@ def check_prepared_alike(models: Mapping[str, ViewModel]) -> None:
     """
     first = next(iter(models.values()))
     for view, model in models.items():
-        same = (model.facts.percentiles, model.facts.use_mask, model.facts.modality)
-        if same != (first.facts.percentiles, first.facts.use_mask, first.facts.modality):
+        facts, ref = model.facts, first.facts
+        same = (facts.percentiles, facts.headroom, facts.use_mask, facts.modality)
+        if same != (ref.percentiles, ref.headroom, ref.use_mask, ref.modality):
             raise ConfigError(
-                f"{model.source} ({view}) scaled its {model.facts.modality} training slices "
-                f"with percentiles {model.facts.percentiles} and mask={model.facts.use_mask}"
-                f", but {first.source} its {first.facts.modality} slices with "
-                f"{first.facts.percentiles} and mask={first.facts.use_mask}: fuse only "
-                "models prepared the same way"
+                f"{model.source} ({view}) scaled its {facts.modality} training slices "
+                f"with percentiles {facts.percentiles}, headroom {facts.headroom:g} and "
+                f"mask={facts.use_mask}, but {first.source} its {ref.modality} slices with "
+                f"{ref.percentiles}, headroom {ref.headroom:g} and mask={ref.use_mask}: fuse "
+                "only models prepared the same way"
             )
         bias, first_bias = model.facts.bias_correction, first.facts.bias_correction
         if bias != first_bias and (bias.enabled or first_bias.enabled):

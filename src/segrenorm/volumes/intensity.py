@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from segrenorm.errors import ConfigError, InputError
 
-__all__ = ["IntensityScaling", "fit_scaling", "foreground_mask"]
+__all__ = ["MAX_HEADROOM", "IntensityScaling", "check_headroom", "fit_scaling", "foreground_mask"]
 
 
 def _check_percentiles(lower_pct: float, upper_pct: float) -> None:
@@ -23,6 +23,26 @@ def _check_percentiles(lower_pct: float, upper_pct: float) -> None:
         raise ConfigError(
             f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower_pct}, {upper_pct}"
         )
+
+
+#: Largest accepted headroom: 10 percentile ranges above the upper percentile would leave the
+#: tissue a tenth of [-1, 1].
+MAX_HEADROOM = 10.0
+
+
+def check_headroom(headroom: float) -> float:
+    """Return ``headroom`` as a float if it lies in ``[0, MAX_HEADROOM]``, else raise.
+
+    Raises:
+        ConfigError: a negative, non-finite or too large value.
+    """
+    value = float(headroom)
+    if not (np.isfinite(value) and 0.0 <= value <= MAX_HEADROOM):
+        raise ConfigError(
+            f"headroom {headroom!r} must be between 0 and {MAX_HEADROOM:g}: the fraction of the "
+            "percentile range kept above the upper percentile (1 for FLAIR lesions)"
+        )
+    return value
 
 
 def _check_mask_shape(mask: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -37,15 +57,19 @@ def _check_mask_shape(mask: np.ndarray, shape: tuple[int, ...]) -> None:
 class IntensityScaling:
     """A linear map of one volume's intensities to ``[-1, 1]``, clipped, and its inverse.
 
-    ``low`` maps to -1 and ``high`` to 1; both are the volume's ``lower_pct``/``upper_pct``
-    intensity percentiles inside its foreground (see :func:`fit_scaling`). Stored per subject in
-    the cache manifest so that harmonized slices can be put back on the scanner's scale.
+    ``low`` maps to -1 and ``high`` to 1. ``low`` is the volume's ``lower_pct`` intensity
+    percentile inside its foreground; ``high`` is its ``upper_pct`` percentile, raised by
+    ``headroom`` times the percentile range so that hyperintensities above it (FLAIR lesions)
+    keep their contrast instead of clipping at 1 (see :func:`fit_scaling`). Stored per subject
+    in the cache manifest so that harmonized slices can be put back on the scanner's scale.
 
     Args:
         low: intensity mapped to -1.
         high: intensity mapped to 1 (must be greater than ``low``).
         lower_pct: percentile that ``low`` was taken at (kept for the record).
-        upper_pct: percentile that ``high`` was taken at.
+        upper_pct: percentile that the range above ``low`` was measured at.
+        headroom: fraction of that percentile range added above it to give ``high`` (kept for
+            the record; 0 means ``high`` is the percentile itself).
 
     Example:
         >>> s = IntensityScaling(low=0.0, high=100.0, lower_pct=0.5, upper_pct=99.5)
@@ -57,6 +81,7 @@ class IntensityScaling:
     high: float
     lower_pct: float = 0.5
     upper_pct: float = 99.5
+    headroom: float = 0.0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.low) and np.isfinite(self.high)) or self.high <= self.low:
@@ -64,6 +89,7 @@ class IntensityScaling:
                 f"intensity scaling needs finite low < high, got low={self.low}, high={self.high}"
             )
         _check_percentiles(self.lower_pct, self.upper_pct)
+        check_headroom(self.headroom)
 
     def apply(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Scale intensities to float32 in ``[-1, 1]``; voxels outside ``mask`` become -1.
@@ -95,6 +121,7 @@ class IntensityScaling:
             "high": float(self.high),
             "lower_pct": float(self.lower_pct),
             "upper_pct": float(self.upper_pct),
+            "headroom": float(self.headroom),
         }
 
     @classmethod
@@ -102,7 +129,8 @@ class IntensityScaling:
         """Rebuild from :meth:`to_dict` output.
 
         Args:
-            values: mapping with keys ``low``, ``high``, ``lower_pct``, ``upper_pct``.
+            values: mapping with keys ``low``, ``high``, ``lower_pct``, ``upper_pct`` and,
+                optionally, ``headroom`` (0 when absent: caches from before it existed).
 
         Raises:
             ConfigError: on a missing key or a non-numeric value.
@@ -113,11 +141,13 @@ class IntensityScaling:
             raise ConfigError(f"intensity scaling {dict(values)!r} lacks {', '.join(missing)}")
         try:
             numbers = [float(values[k]) for k in keys]
+            headroom = float(values.get("headroom", 0.0))
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"intensity scaling {dict(values)!r} has a non-numeric value"
             ) from exc
-        return cls(*numbers)
+        low, high, lower_pct, upper_pct = numbers
+        return cls(low, high, lower_pct, upper_pct, headroom)
 
 
 def fit_scaling(
@@ -125,6 +155,7 @@ def fit_scaling(
     mask: np.ndarray | None = None,
     lower_pct: float = 0.5,
     upper_pct: float = 99.5,
+    headroom: float = 0.0,
 ) -> IntensityScaling:
     """Fit an :class:`IntensityScaling` to the robust intensity range of one volume.
 
@@ -135,12 +166,23 @@ def fit_scaling(
         data: the volume's intensities.
         mask: optional boolean foreground of the same shape.
         lower_pct: percentile mapped to -1.
-        upper_pct: percentile mapped to 1.
+        upper_pct: percentile mapped to 1 when ``headroom`` is 0.
+        headroom: map ``p_upper + headroom * (p_upper - p_lower)`` to 1 instead, so that
+            intensities up to that far above the upper percentile stay unclipped. FLAIR lesions
+            are the brightest fraction of a percent of the brain: at the default 99.5th
+            percentile and no headroom nearly all lesion voxels clip to 1.
+
+    Example:
+        >>> values = np.arange(101.0)
+        >>> fit_scaling(values, lower_pct=0.0, upper_pct=50.0, headroom=0.5).high
+        75.0
 
     Raises:
+        ConfigError: percentiles or headroom out of range.
         InputError: if the mask is empty or the intensities inside it are constant.
     """
     _check_percentiles(lower_pct, upper_pct)
+    headroom = check_headroom(headroom)
     values = np.asarray(data)
     if mask is not None:
         _check_mask_shape(mask, values.shape)
@@ -155,7 +197,10 @@ def fit_scaling(
         raise InputError(
             f"cannot fit an intensity scaling: every foreground intensity equals {low:g}"
         )
-    return IntensityScaling(low=low, high=high, lower_pct=lower_pct, upper_pct=upper_pct)
+    high += headroom * (high - low)
+    return IntensityScaling(
+        low=low, high=high, lower_pct=lower_pct, upper_pct=upper_pct, headroom=headroom
+    )
 
 
 # --------------------------------------------------------------------------- foreground
