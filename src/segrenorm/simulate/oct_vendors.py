@@ -21,6 +21,7 @@ import numpy as np
 from segrenorm.errors import ConfigError
 from segrenorm.simulate.profile_files import (
     check_fields,
+    check_number,
     check_range,
     packaged_files,
     read_device_file,
@@ -96,9 +97,9 @@ class OctVendor:
             object.__setattr__(self, key, value)
         for key in ("rolloff_mm", "psf_axial_um", "psf_lateral_um", "noise_floor",
                     "dynamic_range_db", "power", "gain", "stripe"):  # fmt: skip
-            _check_number(where, key, getattr(self, key), float)
+            check_number(where, key, getattr(self, key), float)
         for key in ("speckle_looks", "levels"):
-            _check_number(where, key, getattr(self, key), int)
+            check_number(where, key, getattr(self, key), int)
         check_range(where, "rolloff_mm", self.rolloff_mm, 1e-3, 1e6)
         check_range(where, "psf_axial_um", self.psf_axial_um, 0.0, 1000.0)
         check_range(where, "psf_lateral_um", self.psf_lateral_um, 0.0, 1000.0)
@@ -186,13 +187,6 @@ class OctVendor:
                 lateral / sz / _FWHM_PER_SIGMA)  # fmt: skip
 
 
-def _check_number(where: str, key: str, value: object, kind: type) -> None:
-    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or not math.isfinite(value):  # type: ignore[arg-type]
-        wanted = "an integer" if kind is int else "a finite number"
-        raise ConfigError(f"{where}: field {key!r} must be {wanted}, got {value!r}")
-
-
 def _numbers(
     where: str,
     key: str,
@@ -206,7 +200,7 @@ def _numbers(
         raise ConfigError(f"{where}: field {key!r} must hold {count} numbers, got {value!r}")
     items: tuple[object, ...] = tuple(value)
     for item in items:
-        _check_number(where, key, item, kind)
+        check_number(where, key, item, kind)
         check_range(where, key, item, low, high)
     return tuple(kind(item) for item in items)
 

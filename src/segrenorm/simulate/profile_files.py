@@ -9,6 +9,7 @@ mapping. A file without a ``name`` field is named after its stem.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -126,3 +127,12 @@ def check_range(where: str, key: str, value: Any, low: float, high: float) -> No
     """Raise :class:`ConfigError` naming field ``key`` unless ``low <= value <= high``."""
     if not low <= value <= high:
         raise ConfigError(f"{where}: field {key!r} = {value!r} is outside [{low:g}, {high:g}]")
+
+
+def check_number(where: str, key: str, value: object, kind: type) -> None:
+    """Raise :class:`ConfigError` naming field ``key`` unless ``value`` is an ``int`` (for
+    ``kind`` int) or a finite int or float (otherwise); booleans are refused."""
+    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or not math.isfinite(value):  # type: ignore[arg-type]
+        wanted = "an integer" if kind is int else "a finite number"
+        raise ConfigError(f"{where}: field {key!r} must be {wanted}, got {value!r}")

@@ -33,6 +33,7 @@ from scipy import ndimage
 from segrenorm.errors import ConfigError
 from segrenorm.simulate.profile_files import (
     check_fields,
+    check_number,
     check_range,
     packaged_files,
     read_device_file,
@@ -113,11 +114,7 @@ class ScannerProfile:
             value = getattr(self, key)
             if key == "lesion" and value is None:
                 continue
-            wanted_int = key == "slice_axis"
-            ok_type = isinstance(value, int) if wanted_int else isinstance(value, int | float)
-            if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-                kind = "an integer" if wanted_int else "a finite number"
-                raise ConfigError(f"{where}: field {key!r} must be {kind}, got {value!r}")
+            check_number(where, key, value, int if key == "slice_axis" else float)
         check_range(where, "csf", self.csf, 0.0, _MAX_OUTPUT_LEVEL)
         check_range(where, "gm", self.gm, 0.0, _MAX_OUTPUT_LEVEL)
         check_range(where, "wm", self.wm, 1e-6, _MAX_OUTPUT_LEVEL)
