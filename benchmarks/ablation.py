@@ -147,6 +147,7 @@ def main() -> None:
         config=apply_overrides(EvaluationConfig(), args.eval_overrides),
         split=args.split,
         title=f"ablation: {len(args.seeds)} training seeds, {args.split} split",
+        segmentors=Path(args.out) / "segmentors",  # the val run's serve the test run
     )
     groups = _summarise(results, args.seeds)
     (Path(args.out) / f"summary-{args.split}.json").write_text(json.dumps(groups, indent=1))

@@ -15,7 +15,9 @@ Issue 12, Deliver items 2 and 6. Steps, each skipped when its output is already 
    reused, one stopped part-way resumed; ``--train-only --shard I/N`` trains every N-th job
    from I (run N such processes with ``OMP_NUM_THREADS=1`` after one ``--prepare-only``);
 4. one ``evaluate`` per direction on ``--split`` (val or test) with every run of that
-   direction and every classical pipeline, into ``OUT/report-<source>-to-<target>-<split>/``.
+   direction and every classical pipeline, into ``OUT/report-<source>-to-<target>-<split>/``;
+   the post-hoc segmentors are kept in ``OUT/segmentors/``, so that each site's train once
+   for every direction and split (``evaluate --segmentors``).
 
 It prints, per direction and method (mean ± std over the training seeds for the learned
 ones), paired SSIM/PSNR against the noisy and the clean target render, the KID ratio, the
@@ -367,6 +369,7 @@ def evaluate_directions(
             baselines=BASELINES if args.baselines is None else args.baselines,
             config=apply_overrides(EvaluationConfig(), args.eval_overrides), split=args.split,
             title=f"FLAIR benchmark {source} -> {target}, {args.split} split",
+            segmentors=out / "segmentors",  # shared by the directions and the splits
         )  # fmt: skip
         entry = {**direction_table(results, args.seeds), "report": str(report)}
         summary["directions"][f"{source}->{target}"] = entry

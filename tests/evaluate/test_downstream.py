@@ -166,3 +166,36 @@ def test_segmentor_seeds_must_be_a_positive_integer() -> None:
         with pytest.raises(ConfigError, match=f"segmentor_seeds={bad!r} must be an integer >= 1"):
             EvaluationConfig(segmentor_seeds=bad)  # type: ignore[arg-type]
     assert EvaluationConfig(segmentor_seeds=2).with_seed(7).segmentor_seed_list == [7, 8]
+
+
+def test_methods_sharing_one_array_are_segmented_once(
+    controls: SimpleNamespace, eval_kit: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An n4- row on an N4 cache is the plain row's array: one prediction per seed, and the
+    same rows as for an equal copy, which is segmented on its own."""
+    import segrenorm.evaluate.downstream as downstream
+    from segrenorm.evaluate.downstream import segmentation_lens
+
+    calls: list[int] = []
+    original = downstream.predict_labels
+
+    def counting(net: Any, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        calls.append(id(images))
+        return original(net, images, **kwargs)
+
+    monkeypatch.setattr(downstream, "predict_labels", counting)
+    data = controls.data
+    config = eval_kit.evaluation(segmentor_seeds=1)
+    shared = controls.oracle
+    slices = {"none": data.source.images, "a": shared, "b": shared, "copy": shared.copy()}
+    results, predictions = segmentation_lens(
+        data, slices, config.segmentor, seeds=[0], batch_size=config.batch_size
+    )
+    # source on source, target on target, then none, a (b reuses a's), copy.
+    assert len(calls) == 5 and calls.count(id(shared)) == 1
+    assert predictions["a"] is predictions["b"]
+    np.testing.assert_array_equal(predictions["a"], predictions["copy"])
+    rows = results["rows"]
+    assert _same(rows["target→a"], rows["target→b"]) and _same(
+        rows["target→a"], rows["target→copy"]
+    )

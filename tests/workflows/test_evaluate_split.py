@@ -51,3 +51,32 @@ def test_evaluate_refuses_other_splits(val_cache: Path, tmp_path: Path) -> None:
     assert chosen.split == "val"
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--cache", "c", "--out", "o", "--split", "all"])
+
+
+def test_the_test_run_reuses_the_val_runs_segmentors(
+    val_cache: Path, eval_kit: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Segmentors train on the training split only: the val run's serve the test run, which
+    scores exactly as one that trains its own."""
+    store = tmp_path / "segmentors"
+    config = eval_kit.evaluation(segmentor_seeds=2)
+    run = {"baselines": ["histogram"], "config": config}
+    _, val = evaluate_cache(val_cache, tmp_path / "val", split="val", segmentors=store, **run)
+    _, test = evaluate_cache(val_cache, tmp_path / "test", split="test", segmentors=store, **run)
+    _, fresh = evaluate_cache(val_cache, tmp_path / "fresh", split="test", **run)
+    trained = val["segmentation"]["segmentor_store"]["trained"]
+    assert len(set(trained)) == 4  # 2 seeds x (source, target)
+    assert val["segmentation"]["segmentor_store"]["loaded"] == []
+    assert sorted(p.name for p in store.iterdir()) == sorted(trained)
+    assert test["segmentation"]["segmentor_store"] == {
+        "folder": str(store),
+        "loaded": trained,
+        "trained": [],
+    }
+    assert "segmentor_store" not in fresh["segmentation"]
+    reused = {k: v for k, v in test["segmentation"].items() if k != "segmentor_store"}
+    assert json.dumps(reused, sort_keys=True) == json.dumps(fresh["segmentation"], sort_keys=True)
+    parser = build_parser()
+    parsed = parser.parse_args(["evaluate", "--cache", "c", "--out", "o", "--segmentors", "s"])
+    assert parsed.segmentors == "s"
+    assert parser.parse_args(["evaluate", "--cache", "c", "--out", "o"]).segmentors is None

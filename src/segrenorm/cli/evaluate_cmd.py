@@ -93,6 +93,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "whole slices, auto overlapping tiles of the training crop size for a run trained "
         "on crops, N tiles of N pixels",
     )
+    parser.add_argument(
+        "--segmentors",
+        metavar="DIR",
+        help="a folder that keeps the post-hoc segmentors: one trained by an earlier "
+        "evaluation on the same training slices with the same settings (a val run before "
+        "the test run, another direction of the same cache) is loaded instead of trained "
+        "again; new ones are stored there. Default: train every one",
+    )
     for flag, role in (("--source", "source"), ("--target", "target")):
         parser.add_argument(
             flag,
@@ -167,9 +175,15 @@ def run(args: argparse.Namespace) -> int:
         args.cache, args.out, models=models, harmonized=harmonized, baselines=baselines,
         config=config, device=args.device, title=args.title, on_stage=on_stage,
         split=args.split, tiles=args.tiles, source=args.source, target=args.target,
-        fold=args.fold,
+        fold=args.fold, segmentors=args.segmentors,
     )  # fmt: skip
     for line in check_lines(results):
         print(line)
+    stored = results.get("segmentation", {}).get("segmentor_store")
+    if stored:
+        print(
+            f"segmentors: {len(stored['loaded'])} loaded from {stored['folder']}, "
+            f"{len(stored['trained'])} trained and stored there"
+        )
     print(f"report: {paths.html} (also {paths.markdown.name}, {paths.json.name}, {paths.csv.name})")
     return 0

@@ -24,6 +24,9 @@ keys a single-seed lens had, with the spread beside it:
     per class, Dice[source→source] - Dice[target→none]: ``mean``, ``seed_std``, ``per_seed``.
 ``segmentor_seeds``
     the seeds used.
+``segmentor_store``
+    only with a store (``evaluate --segmentors DIR``): its ``folder`` and the file names it
+    ``loaded`` and ``trained``.
 ``segmentor``
     the steps, class weights and labelled-slice share the segmentors trained with, automatic
     ones filled in (:meth:`~segrenorm.evaluate.segmentors.SegmentorConfig.resolved`: a cache
@@ -50,6 +53,7 @@ import numpy as np
 from segrenorm.errors import ConfigError
 from segrenorm.evaluate.data import EvalData
 from segrenorm.evaluate.overlap import subject_scores
+from segrenorm.evaluate.segmentor_store import SegmentorStore
 from segrenorm.evaluate.segmentors import SegmentorConfig, predict_labels, train_segmentor
 
 __all__ = ["SEED_STD_DDOF", "seed_mean_std", "segmentation_lens"]
@@ -86,6 +90,7 @@ def _one_seed(
     slices: Mapping[str, np.ndarray],
     segmentor: SegmentorConfig,
     batch_size: int,
+    store: SegmentorStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every row of one segmentor pair, and the target segmentor's label maps."""
     n = data.n_classes
@@ -93,7 +98,10 @@ def _one_seed(
     nets = {}
     for site in ("source", "target"):
         images, labels = data.train_slices(site)
-        nets[site] = train_segmentor(images, labels, n, segmentor)
+        if store is None:
+            nets[site] = train_segmentor(images, labels, n, segmentor)
+        else:
+            nets[site] = store.get(images, labels, n, segmentor)[0]
     rows: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     own = predict_labels(nets["source"], data.source.images, batch_size=batch_size)
@@ -101,8 +109,11 @@ def _one_seed(
     target_own = predict_labels(nets["target"], data.target.images, batch_size=batch_size)
     predictions["target"] = target_own
     rows["target→target"] = subject_scores(target_own, data.target.labels, data.target.subjects, n)
-    for name, images in slices.items():
-        pred = predict_labels(nets["target"], images, batch_size=batch_size)
+    done: dict[int, np.ndarray] = {}  # by array identity: an n4- row on an N4 cache is
+    for name, images in slices.items():  # the plain row's array, segmented once
+        if id(images) not in done:
+            done[id(images)] = predict_labels(nets["target"], images, batch_size=batch_size)
+        pred = done[id(images)]
         predictions[name] = pred
         rows[f"target→{name}"] = subject_scores(pred, truth, subjects, n)
     return rows, predictions
@@ -175,6 +186,7 @@ def segmentation_lens(
     seeds: Sequence[int],
     batch_size: int = 32,
     on_seed: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    store: SegmentorStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score every method's slices with segmentor pairs of several seeds.
 
@@ -189,6 +201,8 @@ def segmentation_lens(
         batch_size: slices per forward pass.
         on_seed: called after each seed with the seed and its target-segmentor label maps
             per method (and ``"target"``), e.g. by the lesion lens, which reuses them.
+        store: where trained segmentors are looked up before training and kept after
+            (:mod:`segrenorm.evaluate.segmentor_store`); None trains every one.
 
     Returns:
         ``(results, predictions)``: the JSON-ready lens (see the module docstring) and the
@@ -202,10 +216,11 @@ def segmentation_lens(
     if "none" not in slices:
         raise ConfigError("the segmentation lens needs the 'none' method: the gap refers to it")
     per_seed, predictions = [], {}
+    mark = 0 if store is None else len(store.log)  # this lens's entries follow
     segmentor = segmentor.resolved(data.class_names)  # sparse pockets: weights, budget
     for k, seed in enumerate(seeds):
         config = dataclasses.replace(segmentor, seed=int(seed))
-        rows, preds = _one_seed(data, slices, config, batch_size)
+        rows, preds = _one_seed(data, slices, config, batch_size, store)
         per_seed.append(rows)
         if on_seed is not None:
             on_seed(int(seed), preds)
@@ -221,6 +236,7 @@ def segmentation_lens(
         values[name] = stats["per_seed"]
     gaps = [_dice(r["source→source"]) - _dice(r["target→none"]) for r in per_seed]
     gap_lists = [[None if math.isnan(v) else float(v) for v in gap] for gap in gaps]
+    stored = {} if store is None else {"segmentor_store": _store_summary(store, mark)}
     return {
         "rows": {row: _combine_row([r[row] for r in per_seed]) for row in per_seed[0]},
         "gap_recovery": recovery,
@@ -237,4 +253,16 @@ def segmentation_lens(
             "labelled_slices": segmentor.labelled_slices,
         },
         "class_names": list(data.class_names),
+        **stored,  # absent without a store, as before the store existed
     }, predictions
+
+
+def _store_summary(store: SegmentorStore, mark: int) -> dict[str, Any]:
+    """The store's folder and which of its files this lens (log entries from ``mark``)
+    loaded and which it trained."""
+    log = store.log[mark:]
+    return {
+        "folder": str(store.folder),
+        "loaded": [name for name, loaded in log if loaded],
+        "trained": [name for name, loaded in log if not loaded],
+    }

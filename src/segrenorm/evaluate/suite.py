@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ from segrenorm.evaluate.lesion_lens import LesionLens
 from segrenorm.evaluate.methods import omitted_baselines
 from segrenorm.evaluate.paired import paired_scores
 from segrenorm.evaluate.robustness import DEFAULT_SIGMAS, noise_sensitivity
+from segrenorm.evaluate.segmentor_store import SegmentorStore
 from segrenorm.evaluate.segmentors import SegmentorConfig
 from segrenorm.models.translator import Translator
 
@@ -230,11 +232,13 @@ def _segmentation(
     config: EvaluationConfig,
     artifacts: EvaluationArtifacts,
     lesions: LesionLens | None = None,
+    store: SegmentorStore | None = None,
 ) -> dict[str, Any]:
     slices = {name: method.slices for name, method in methods.items()}
     results, predictions = segmentation_lens(
         data, slices, config.segmentor, seeds=config.segmentor_seed_list,
         batch_size=config.batch_size, on_seed=None if lesions is None else lesions.add_seed,
+        store=store,
     )  # fmt: skip
     artifacts.target_predictions.update(predictions)
     return results
@@ -325,6 +329,7 @@ def run_evaluation(
     config: EvaluationConfig | None = None,
     *,
     on_stage: StageCallback | None = None,
+    segmentors: str | Path | None = None,
 ) -> tuple[dict[str, Any], EvaluationArtifacts]:
     """Evaluate every method with the four lenses.
 
@@ -333,6 +338,8 @@ def run_evaluation(
         methods: name -> harmonized slices (must include ``"none"``).
         config: budgets and seeds.
         on_stage: progress callback (stage descriptions).
+        segmentors: a folder of trained post-hoc segmentors to reuse and add to
+            (:mod:`segrenorm.evaluate.segmentor_store`); None trains every one.
 
     Returns:
         ``(results, artifacts)``: JSON-ready results (see the module docstring) and the
@@ -344,6 +351,7 @@ def run_evaluation(
     """
     config = config or EvaluationConfig()
     _check_methods(data, methods)
+    store = None if segmentors is None else SegmentorStore(segmentors)
     say = on_stage or (lambda text: log.info("%s", text))
     artifacts = EvaluationArtifacts(
         harmonized={k: m.slices for k, m in methods.items()},
@@ -375,7 +383,7 @@ def run_evaluation(
         ("distribution", "autoencoder features, KID and FID",
          lambda: _distribution(data, methods, config)),
         ("segmentation", "post-hoc segmentors, Dice and IoU",
-         lambda: _segmentation(data, methods, config, artifacts, lesions)),
+         lambda: _segmentation(data, methods, config, artifacts, lesions, store)),
         *([("lesions", "lesion-wise fidelity", lesions.results)] if lesions else []),
         *([("artefacts", "background artefacts", lambda: artefact_lens(data, slices))]
           if oct_cache else []),

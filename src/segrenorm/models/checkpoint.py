@@ -42,6 +42,7 @@ __all__ = [
     "config_of",
     "load_checkpoint",
     "load_translator",
+    "read_tensor_file",
     "resolve_checkpoint",
 ]
 
@@ -86,6 +87,34 @@ def resolve_checkpoint(path: str | Path, *, prefer: tuple[str, ...] = ("last.pt"
     raise InputError(f"checkpoint {given} does not exist: check the path.")
 
 
+def read_tensor_file(
+    file: Path, *, map_location: str | torch.device, foreign: str, damaged: str
+) -> Any:
+    """``torch.load(file, weights_only=True)``, with errors that say what to do.
+
+    Args:
+        file: an existing file.
+        map_location: where tensors are placed, as in :func:`torch.load`.
+        foreign: the end of the message when the file holds other Python objects.
+        damaged: the end of the message when the file is truncated or corrupt.
+
+    Raises:
+        CheckpointError: the file holds objects ``weights_only`` refuses, or cannot be read.
+    """
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{file} holds Python objects other than tensors and plain values, which segrenorm "
+            f"refuses to unpickle (weights_only=True): {foreign}"
+        ) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for damaged files
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0][:160]
+        raise CheckpointError(
+            f"{file} is truncated or corrupt ({type(exc).__name__}: {detail}); {damaged}"
+        ) from None
+
+
 def load_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -103,20 +132,12 @@ def load_checkpoint(
     file = Path(path)
     if not file.is_file():
         raise InputError(f"checkpoint {file} does not exist: check the path.")
-    try:
-        payload = torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{file} holds Python objects other than tensors and plain values, which segrenorm "
-            "refuses to unpickle (weights_only=True): it was not written by segrenorm; use a "
-            "checkpoint from `segrenorm train`."
-        ) from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for damaged files
-        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0][:160]
-        raise CheckpointError(
-            f"{file} is truncated or corrupt ({type(exc).__name__}: {detail}); use another "
-            "checkpoint, e.g. the run's checkpoints/step-*.pt or last.pt."
-        ) from None
+    payload = read_tensor_file(
+        file,
+        map_location=map_location,
+        foreign="it was not written by segrenorm; use a checkpoint from `segrenorm train`.",
+        damaged="use another checkpoint, e.g. the run's checkpoints/step-*.pt or last.pt.",
+    )
     if not isinstance(payload, dict):
         raise CheckpointError(
             f"{file} holds a {type(payload).__name__}, not a segrenorm checkpoint dict."

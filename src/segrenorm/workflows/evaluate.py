@@ -80,6 +80,7 @@ def evaluate_cache(
     source: str | None = None,
     target: str | None = None,
     fold: int | None = None,
+    segmentors: str | Path | None = None,
 ) -> tuple[ReportPaths, dict[str, Any]]:
     """Evaluate baselines, trained runs and harmonized folders on a cache's held-out data.
 
@@ -110,6 +111,10 @@ def evaluate_cache(
             (at both sites) with runs trained with ``data.fold`` equal to it (segmentors
             and references train on every other subject); None (the default) scores
             ``split``. Recorded in ``results.json`` as ``fold`` (absent without one).
+        segmentors: a folder of trained post-hoc segmentors: each one this evaluation needs
+            is loaded from it when an earlier evaluation trained it on the same slices with
+            the same settings, and trained and stored there otherwise
+            (:mod:`segrenorm.evaluate.segmentor_store`); None (the default) trains them all.
 
     Returns:
         ``(paths, results)``: the report's files and its numbers.
@@ -187,7 +192,7 @@ def evaluate_cache(
                 _wrong_segmentation(translator, data, stacks, config, device, tile_of[name]),
                 kind=CONTROL_KIND,
             )
-    results, artifacts = run_evaluation(data, methods, config, on_stage=say)
+    results, artifacts = run_evaluation(data, methods, config, on_stage=say, segmentors=segmentors)
     # Which classical rows saw N4-corrected source volumes (the report says so).
     results["n4_corrected_baselines"] = n4_corrected_baselines(data, chosen)
     extra = {
