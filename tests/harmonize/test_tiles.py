@@ -89,7 +89,9 @@ def test_evaluate_rows_translate_as_harmonize_does(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def capture(data: Any, methods: dict[str, Any], config: Any, on_stage: Any) -> Any:
+    def capture(
+        data: Any, methods: dict[str, Any], config: Any, on_stage: Any, segmentors: Any
+    ) -> Any:
         seen.update(methods)
         return {}, None
 
