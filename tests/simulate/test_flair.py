@@ -244,6 +244,11 @@ def test_preview_shows_every_scanner(flair: Path, tmp_path: Path) -> None:
         ({"subjects_per_scanner": 0}, r"subjects_per_scanner=0 must be an integer >= 1"),
         ({"workers": True}, r"workers=True must be an integer >= 1"),
         ({"resolution": 3}, r"resolution=3 is not supported"),
+        (
+            {"labels": "tissue"},
+            r"labels='tissue' is not a FLAIR label set; use one of lesion, "
+            r"tissue\+lesion",
+        ),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, object], message: str, tmp_path: Path) -> None:
@@ -260,3 +265,26 @@ def test_clean_folder_names_and_busy_out_dir_are_refused(tmp_path: Path) -> None
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(InputError, match=r"full: output folder is not empty"):
         simulate_flair(tmp_path / "full")
+
+
+def test_tissue_plus_lesion_labels_put_lesions_over_the_tissue_map(tmp_path: Path) -> None:
+    out = tmp_path / "tl"
+    argv = ["simulate", "flair", "--out", str(out), "--subjects-per-scanner", "1",
+            "--scanners", "SA", "PI", "--test-fraction", "0", "--val-fraction", "0",
+            "--labels", "tissue+lesion", "--seed", "2"]  # fmt: skip
+    assert _cli(argv) == 0
+    rows = _rows(out)
+    assert rows and all(r["label"].endswith("_tissue-lesions.nii.gz") for r in rows)
+    lesion_voxels = 0
+    for row in rows:
+        combined = _array(out / row["label"])
+        tissue = _array(out / row["tissue"])
+        mask = _array(out / row["label"].replace("_tissue-lesions", "_lesions"))
+        expected = tissue.copy()
+        expected[mask > 0] = 4  # by hand: the lesion class sits over whatever tissue was there
+        np.testing.assert_array_equal(combined, expected)
+        lesion_voxels += int((mask > 0).sum())
+    assert lesion_voxels > 0  # the overlay was exercised
+    meta = json.loads((out / "simulation.json").read_text())
+    names = ["background", "CSF", "GM", "WM", "lesion"]
+    assert meta["labels"] == {"set": "tissue+lesion", "class_names": names}

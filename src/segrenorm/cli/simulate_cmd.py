@@ -137,6 +137,14 @@ def _add_flair(sub: argparse._SubParsersAction) -> None:
     flair.add_argument(
         "--resolution", type=int, choices=(1, 2), default=2, help="grid spacing in mm"
     )
+    flair.add_argument(
+        "--labels",
+        choices=("lesion", "tissue+lesion"),
+        default="lesion",
+        help="what the CSV's label column names: binary lesion masks (default; prepare with "
+        "--class-names background lesion) or tissue labels with lesions as class 4 (prepare "
+        "with --class-names background CSF GM WM lesion)",
+    )
     flair.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     flair.add_argument("--workers", type=int, default=1, help="worker processes")
     flair.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -243,6 +251,7 @@ def _run_flair(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        labels=args.labels,
     )
     print(csv_path)
     return 0

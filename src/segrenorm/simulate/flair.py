@@ -17,6 +17,8 @@ Output folder::
     images/<scanner>-clean/<id>_FLAIR.nii.gz   clean renders of held-out subjects
     labels/<scanner>/<id>_lesions.nii.gz       binary lesion masks (0 background, 1 lesion)
     labels/<scanner>/<id>_tissue.nii.gz        tissue labels (0-3; lesions count as WM)
+    labels/<scanner>/<id>_tissue-lesions.nii.gz  with ``labels="tissue+lesion"``: tissue labels
+                                               with lesions as class 4 (the ``label`` column)
     subjects.csv                               subject,site,image,label,split,clean,tissue
     simulation.json                            scanners, splits, lesion statistics per subject
 
@@ -66,6 +68,15 @@ __all__ = ["FLAIR_COLUMNS", "FLAIR_SCANNERS", "render_flair", "simulate_flair"]
 FORMAT_VERSION = 1
 #: The default scanners, from the weakest to the best (each a source toward later ones).
 FLAIR_SCANNERS: tuple[str, ...] = ("SA", "SV", "PI")
+#: The label maps the ``label`` column can name, and their class names (``prepare
+#: --class-names``). "lesion" is the paper's MS-SEG setting; "tissue+lesion" gives the
+#: segmentation network (and so segrenorm's conditioning) anatomy to see on lesion-free slices,
+#: where a background/lesion mask is background everywhere.
+FLAIR_LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "lesion": ("background", "lesion"),
+    "tissue+lesion": ("background", "CSF", "GM", "WM", "lesion"),
+}
+
 #: The columns of a FLAIR ``subjects.csv``: the T1 ones and the tissue label map.
 FLAIR_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, "tissue")
 # Purposes of the random streams derived from the user's seed.
@@ -113,6 +124,11 @@ class _Job:
     scans: tuple[tuple[ScannerProfile, int], ...]  # (scanner, noise seed)
     cleans: tuple[ScannerProfile, ...]  # noise-free truths, for held-out subjects
     settings: LesionSettings
+    labels: str = "lesion"
+
+
+def _label_file(labels: str, subject: str) -> str:
+    return f"{subject}_lesions.nii.gz" if labels == "lesion" else f"{subject}_tissue-lesions.nii.gz"
 
 
 def _render_job(job: _Job) -> tuple[str, dict[str, Any]]:
@@ -129,6 +145,10 @@ def _render_job(job: _Job) -> tuple[str, dict[str, Any]]:
         labels = job.root / "labels" / site
         _save_nifti(lesions.mask, affine, labels / f"{job.subject}_lesions.nii.gz")
         _save_nifti(tissue, affine, labels / f"{job.subject}_tissue.nii.gz")
+        if job.labels == "tissue+lesion":
+            lesion_class = len(FLAIR_LABEL_SETS["tissue+lesion"]) - 1
+            combined = np.where(lesions.mask > 0, lesion_class, tissue).astype(tissue.dtype)
+            _save_nifti(combined, affine, labels / _label_file(job.labels, job.subject))
     for scanner in job.cleans:
         # No noise and no bias field: the generator is never drawn from.
         image = render_flair(subject, lesions, scanner, np.random.default_rng(0))
@@ -225,6 +245,7 @@ def simulate_flair(
     workers: int = 1,
     progress: bool = False,
     lesions: LesionSettings | None = None,
+    labels: str = "lesion",
 ) -> Path:
     """Write the FLAIR lesion benchmark: images, masks, ``subjects.csv``, ``simulation.json``.
 
@@ -248,6 +269,8 @@ def simulate_flair(
         progress: Show a progress bar.
         lesions: Lesion count, placement, volume and shape rules; defaults to
             :class:`~segrenorm.simulate.lesions.LesionSettings`.
+        labels: What the ``label`` column names (:data:`FLAIR_LABEL_SETS`): ``"lesion"``
+            (binary masks) or ``"tissue+lesion"`` (tissue labels with lesions as class 4).
 
     Returns:
         Path of ``subjects.csv`` in ``out_dir``.
@@ -261,6 +284,9 @@ def simulate_flair(
     _check_int("workers", workers, 1)
     if resolution not in (1, 2):
         raise ConfigError(f"resolution={resolution!r} is not supported; use 1 or 2 (mm)")
+    if labels not in FLAIR_LABEL_SETS:
+        raise ConfigError(f"labels={labels!r} is not a FLAIR label set; use one of "
+                          f"{', '.join(FLAIR_LABEL_SETS)}")  # fmt: skip
     profiles = _resolve_scanners(scanners)
     n_train = subjects_per_scanner * len(profiles)
     n_test, n_val = _held_out_counts(n_train, test_fraction, val_fraction)
@@ -292,6 +318,7 @@ def simulate_flair(
                     ),
                     tuple(p.clean() for p in profiles) if held_out else (),
                     settings,
+                    labels,
                 )
             )
         stats = dict(_map_jobs(_render_job, jobs, workers, progress, "simulate flair"))
@@ -306,7 +333,7 @@ def simulate_flair(
                         "subject": subject,
                         "site": name,
                         "image": f"images/{name}/{subject}_FLAIR.nii.gz",
-                        "label": f"labels/{name}/{subject}_lesions.nii.gz",
+                        "label": f"labels/{name}/{_label_file(labels, subject)}",
                         "split": split_of.get(subject, "train"),
                         "clean": (
                             f"images/{name}{CLEAN_SUFFIX}/{subject}_FLAIR.nii.gz"
@@ -321,6 +348,7 @@ def simulate_flair(
             writer.writeheader()
             writer.writerows(rows)
         meta = _metadata(anatomy, profiles, seed, resolution, (test, val, train), stats, settings)
+        meta["labels"] = {"set": labels, "class_names": list(FLAIR_LABEL_SETS[labels])}
         (tmp / "simulation.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _publish(tmp, out, overwrite)
     except BaseException:
