@@ -74,7 +74,7 @@ FLAIR_SCANNERS: tuple[str, ...] = ("SA", "SV", "PI")
 #: where a background/lesion mask is background everywhere.
 FLAIR_LABEL_SETS: dict[str, tuple[str, ...]] = {
     "lesion": ("background", "lesion"),
-    "tissue+lesion": ("background", "CSF", "GM", "WM", "lesion"),
+    "tissue+lesion": (*(LABEL_NAMES[k] for k in sorted(LABEL_NAMES)), "lesion"),
 }
 
 #: The columns of a FLAIR ``subjects.csv``: the T1 ones and the tissue label map.
@@ -124,7 +124,7 @@ class _Job:
     scans: tuple[tuple[ScannerProfile, int], ...]  # (scanner, noise seed)
     cleans: tuple[ScannerProfile, ...]  # noise-free truths, for held-out subjects
     settings: LesionSettings
-    labels: str = "lesion"
+    labels: str  # a key of FLAIR_LABEL_SETS
 
 
 def _label_file(labels: str, subject: str) -> str:
