@@ -2,10 +2,14 @@
 
 Issue 12, Deliver items 2 and 6. Steps, each skipped when its output is already there:
 
-1. ``segrenorm simulate flair --out OUT/data --resolution R`` (or ``--data DIR``);
+1. ``segrenorm simulate flair --out OUT/data --resolution R --labels L`` (or ``--data DIR``);
 2. ``segrenorm prepare --csv DATA/subjects.csv --out OUT/cache --target GRID --headroom H``
-   (3 sites on the grid of ``--grid``, SV by default; classes ``background, lesion``; headroom
-   1 by default, so that lesions keep their contrast instead of clipping at 1);
+   (3 sites on the grid of ``--grid``, SV by default; headroom 1 by default, so that lesions
+   keep their contrast instead of clipping at 1). The classes are the label set's:
+   ``background, lesion`` for ``--labels lesion`` (the default), ``background, CSF, GM, WM,
+   lesion`` for ``tissue+lesion``; a ``--data`` folder's own set (its ``simulation.json``)
+   is used when ``--labels`` is not given, and one that differs from ``--labels`` is refused.
+   The training configs get ``data.n_classes`` = the number of classes;
 3. for each direction (``--directions``, default the paper's SA:SV,SA:PI,SV:PI), translator
    (``--translators``, default segrenorm s-cyclegan cyclegan: SemGAN is excluded on lesion
    masks, as in the paper) and seed (``--seeds``): the ``--config`` preset (default
@@ -29,7 +33,8 @@ same numbers go to ``OUT/flair.json``, under the split (a val run and a test run
 
 Usage:
     .venv/bin/python benchmarks/flair.py --out OUT [--data DIR] [--resolution 2]
-        [--subjects-per-scanner 5] [--grid SV] [--headroom 1] [--bias-correction n4|none]
+        [--subjects-per-scanner 5] [--labels lesion|tissue+lesion] [--grid SV]
+        [--headroom 1] [--bias-correction n4|none]
         [--baselines ...]
         [--config msseg-cpu] [--set optim.iterations=3000] [--seeds 0 1 2]
         [--translators segrenorm s-cyclegan cyclegan] [--directions SA:SV,SA:PI,SV:PI]
@@ -56,6 +61,7 @@ from segrenorm.config.load import load_config
 from segrenorm.config.presets import PRESETS
 from segrenorm.config.schema import Config, TranslatorKind
 from segrenorm.evaluate.lesion_lens import lesion_results
+from segrenorm.simulate.flair import FLAIR_LABEL_SETS
 from segrenorm.workflows.compare import translator_config
 from segrenorm.workflows.pairs import find_pair_run, finished_pair_run, pair_config
 
@@ -265,7 +271,8 @@ def _data(args: argparse.Namespace, out: Path) -> Path:
             return data
         if args.shard != "0/1":
             sys.exit(f"flair: {data} is missing: run once with --prepare-only, then the shards")
-        argv = ["simulate", "flair", "--out", str(data), "--resolution", str(args.resolution)]
+        argv = ["simulate", "flair", "--out", str(data), "--resolution", str(args.resolution),
+                "--labels", args.labels or "lesion"]  # fmt: skip
         if args.subjects_per_scanner is not None:
             argv += ["--subjects-per-scanner", str(args.subjects_per_scanner)]
         if cli(argv) != 0:
@@ -273,9 +280,28 @@ def _data(args: argparse.Namespace, out: Path) -> Path:
     return data
 
 
-def _cache(args: argparse.Namespace, data: Path, out: Path) -> Path:
+def class_names(data: Path, labels: str | None) -> list[str]:
+    """The classes of the data's label set (its ``simulation.json``), else of ``labels``.
+
+    Exits naming both when the data folder holds another set than ``labels`` asks for.
+    """
+    record = data / "simulation.json"
+    held = json.loads(record.read_text()).get("labels") if record.is_file() else None
+    if isinstance(held, dict) and isinstance(held.get("class_names"), list):
+        if labels is not None and held.get("set") != labels:
+            sys.exit(f"flair: {data} holds the {held.get('set')!r} label set, not --labels "
+                     f"{labels!r}: drop --labels, or simulate into another folder")  # fmt: skip
+        return [str(name) for name in held["class_names"]]
+    return list(FLAIR_LABEL_SETS[labels or "lesion"])
+
+
+def _cache(args: argparse.Namespace, data: Path, out: Path, names: Sequence[str]) -> Path:
     cache = out / "cache"
     if (cache / "manifest.json").is_file():
+        held = json.loads((cache / "manifest.json").read_text()).get("class_names")
+        if held != list(names):
+            sys.exit(f"flair: {cache} was prepared with classes {held}, not {list(names)}: "
+                     "use another --out, or the label set it was made with")  # fmt: skip
         return cache
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)  # with --data nothing else has made it
@@ -285,8 +311,8 @@ def _cache(args: argparse.Namespace, data: Path, out: Path) -> Path:
     if args.shard != "0/1":
         sys.exit(f"flair: {cache} is missing: run once with --prepare-only, then the shards")
     argv = ["prepare", "--csv", str(data / "subjects.csv"), "--out", str(cache), "--target",
-            args.grid, "--class-names", "background", "lesion", "--bias-correction",
-            args.bias_correction, "--headroom", str(args.headroom), "--quiet"]  # fmt: skip
+            args.grid, "--class-names", *names, "--bias-correction", args.bias_correction,
+            "--headroom", str(args.headroom), "--quiet"]  # fmt: skip
     if cli(argv) != 0:
         sys.exit(f"flair: segrenorm {' '.join(argv)} failed (see above)")
     return cache
@@ -306,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", help="a segrenorm simulate flair folder (default: simulate)")
     parser.add_argument("--resolution", type=int, choices=(1, 2), default=2)
     parser.add_argument("--subjects-per-scanner", type=int, help="simulate flair's (default 5)")
+    labels_help = "simulate flair's label set (default: the data's, else lesion)"
+    parser.add_argument("--labels", choices=tuple(FLAIR_LABEL_SETS), help=labels_help)
     parser.add_argument("--grid", default="SV", help="prepare --target: the grid's site")
     parser.add_argument("--bias-correction", default="n4", help="prepare --bias-correction")
     parser.add_argument("--headroom", type=float, default=1.0, help="prepare --headroom")
@@ -327,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shard[1] > 1 and not args.train_only:
         sys.exit("flair: --shard trains only: add --train-only, then evaluate in one process")
     directions = parse_pairs(args.directions)
-    config = base_config(args.config, args.overrides)
-    cache = _cache(args, _data(args, out), out)
+    data = _data(args, out)
+    names = class_names(data, args.labels)
+    config = base_config(args.config, [f"data.n_classes={len(names)}", *args.overrides])
+    cache = _cache(args, data, out, names)
     if args.prepare_only:
         return 0
     if (cache / "manifest.json").is_file():

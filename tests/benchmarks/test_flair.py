@@ -276,8 +276,11 @@ def test_main_runs_simulate_prepare_train_and_evaluate(
     assert "SA -> SV segrenorm-s0: would train" in capsys.readouterr().out
     assert flair.main(argv) == 0
     assert [c[:2] for c in called] == [["simulate", "flair"], ["prepare", "--csv"]]
-    assert called[0][2:] == ["--out", str(out / "data"), "--resolution", "2"]
+    assert called[0][2:] == ["--out", str(out / "data"), "--resolution", "2", "--labels",
+                             "lesion"]  # fmt: skip
     assert called[1][called[1].index("--target") + 1] == "SV"
+    classes = called[1][called[1].index("--class-names") + 1 : called[1].index("--bias-correction")]
+    assert classes == ["background", "lesion"]
     printed = capsys.readouterr().out
     assert "\nSA -> SV (lesion Dice:" in printed and "\nSV -> PI (lesion Dice:" in printed
     record = json.loads((out / "flair.json").read_text())
@@ -316,3 +319,28 @@ def test_main_runs_simulate_prepare_train_and_evaluate(
     said = capsys.readouterr().out
     assert "SA -> SV segrenorm-s0: left to shard 0/2" in said
     assert "SV -> PI segrenorm-s0: training" in said
+
+
+def test_class_names_follow_the_data_folders_label_set_and_refuse_another(tmp_path: Path) -> None:
+    assert flair.class_names(tmp_path, None) == ["background", "lesion"]  # nothing recorded
+    assert flair.class_names(tmp_path, "tissue+lesion") == ["background", "CSF", "GM", "WM",
+                                                           "lesion"]  # fmt: skip
+    held = ["background", "CSF", "GM", "WM", "lesion"]
+    record = {"labels": {"set": "tissue+lesion", "class_names": held}}
+    (tmp_path / "simulation.json").write_text(json.dumps(record))
+    assert flair.class_names(tmp_path, None) == held
+    assert flair.class_names(tmp_path, "tissue+lesion") == held
+    with pytest.raises(SystemExit, match=r"holds the 'tissue\+lesion' label set, not --labels "
+                       r"'lesion': drop --labels"):  # fmt: skip
+        flair.class_names(tmp_path, "lesion")
+
+
+def test_a_cache_prepared_with_other_classes_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "manifest.json").write_text(json.dumps({"class_names": ["background", "lesion"]}))
+    args = SimpleNamespace(dry_run=False, shard="0/1")
+    assert flair._cache(args, tmp_path, tmp_path, ["background", "lesion"]) == cache
+    with pytest.raises(SystemExit, match=r"prepared with classes \['background', 'lesion'\], "
+                       r"not \['background', 'CSF', 'GM', 'WM', 'lesion'\]"):  # fmt: skip
+        flair._cache(args, tmp_path, tmp_path, ["background", "CSF", "GM", "WM", "lesion"])
