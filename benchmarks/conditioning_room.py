@@ -78,9 +78,9 @@ def fit_errors(
         "global": _fit(x_all, y_all, degree),
         "per-slice": np.concatenate(pieces),
     }
+    regions = {int(label): c_all == label for label in np.unique(c_all)}
     per_class = predicted["global"].copy()
-    for label in np.unique(c_all):
-        inside = c_all == label
+    for inside in regions.values():
         if inside.sum() > degree + 1:  # a rarer class keeps the global map
             per_class[inside] = _fit(x_all[inside], y_all[inside], degree)
     predicted["per-class"] = per_class
@@ -88,8 +88,8 @@ def fit_errors(
     for name in FITS:
         error = np.abs(y_all - predicted[name])
         out[name] = {"all": float(error.mean())}
-        for label in np.unique(c_all):
-            out[name][f"class {int(label)}"] = float(error[c_all == label].mean())
+        for label, inside in regions.items():
+            out[name][f"class {label}"] = float(error[inside].mean())
     return out
 
 
@@ -128,11 +128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the fits' errors (see the module docstring); returns 0."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="a prepared cache with paired subjects")
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--degrees", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--min-pixels", type=int, default=200)
+    parser.add_argument("--source", required=True, help="the source site's name or key")
+    parser.add_argument("--target", required=True, help="the target site's name or key")
+    parser.add_argument("--split", default="val", choices=("val", "test"), help="default val")
+    parser.add_argument(
+        "--degrees",
+        type=int,
+        nargs="+",
+        default=[1, 3],
+        help="polynomial degrees, one table each (default 1 3)",
+    )
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=200,
+        help="leave out paired slices with fewer shared foreground pixels",
+    )
     parser.add_argument("--classes", action="store_true", help="the errors inside each class")
     parser.add_argument("--clean", action="store_true", help="against the clean target render")
     args = parser.parse_args(argv)
