@@ -25,11 +25,13 @@ Issue 12, Deliver items 2 and 6. Steps, each skipped when its output is already 
 
 It prints, per direction and method (mean ± std over the training seeds for the learned
 ones), paired SSIM/PSNR against the noisy and the clean target render, the KID ratio, the
-target segmentor's lesion Dice and IoU, its Dice-gap recovery (with the direction's two reference
-Dice values: target segmentor on the source, source in-domain), and, where ``results.json``
-has a ``lesions`` key, the removed (false negative) and hallucinated (false positive) lesion
-counts, per-lesion Dice, the lesion-to-NAWM contrast ratio and the contrast inversions. The
-same numbers go to ``OUT/flair.json``, under the split (a val run and a test run keep both).
+target segmentor's lesion Dice and IoU, its Dice-gap recovery (with the direction's two
+reference Dice values: target segmentor on the source, source in-domain), the Dice-gap
+recovery of every other class (``recovery WM`` and so on, with ``--labels tissue+lesion``),
+and, where ``results.json`` has a ``lesions`` key, the removed (false negative) and
+hallucinated (false positive) lesion counts, per-lesion Dice, the lesion-to-NAWM contrast
+ratio and the contrast inversions. The same numbers go to ``OUT/flair.json``, under the
+split (a val run and a test run keep both).
 
 Usage:
     .venv/bin/python benchmarks/flair.py --out OUT [--data DIR] [--resolution 2]
@@ -205,6 +207,11 @@ def method_figures(results: dict[str, Any], method: str) -> dict[str, float]:
         "lesion Dice": found.get("lesion_dice"), "contrast": contrast.get("ratio_mean"),
         "inversions": contrast.get("inversions"),
     }  # fmt: skip
+    if isinstance(recovery, list):  # the tissue classes of a tissue+lesion set, by name
+        names = list(results.get("class_names", []))
+        for index, name in enumerate(names[1 : len(recovery)], start=1):
+            if index != k:
+                values[f"recovery {name}"] = recovery[index]
     return {key: v for key, value in values.items() if (v := _mean(value)) is not None}
 
 
@@ -246,7 +253,13 @@ def direction_table(results: dict[str, Any], seeds: Sequence[int]) -> dict[str, 
 def print_table(direction: str, entry: dict[str, Any], out: Callable[[str], None] = print) -> None:
     """The direction's table: a row per method, a column per figure any method has."""
     methods = entry["methods"]
-    keys = [k for k in FIGURES if any(k in row for row in methods.values())]
+    present = {key for row in methods.values() for key in row}
+    keys = []
+    for key in FIGURES:  # the per-class recoveries follow the lesion's, in class order
+        keys += [key] if key in present else []
+        if key == "recovery":
+            keys += [k for k in dict.fromkeys(k for r in methods.values() for k in r)
+                     if k.startswith("recovery ")]  # fmt: skip
     refs = ", ".join(f"{name} {value:.3f}" for name, value in entry["reference"].items())
     out(f"\n{direction}" + (f" (lesion Dice: {refs})" if refs else ""))
     out(f"{'method':26s}" + "".join(f"{k:>18s}" for k in keys))

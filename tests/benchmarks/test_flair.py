@@ -217,6 +217,34 @@ def test_direction_table_without_lesions_or_paired_truth_leaves_those_columns_ou
                               "recovery"]  # fmt: skip
 
 
+def test_direction_table_gives_each_tissue_class_its_own_recovery_column(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = hand_results()
+    results["class_names"] = ["background", "CSF", "WM", "lesion"]
+    # Per method: CSF and WM recoveries by hand, the lesion's from hand_results (index 1 before).
+    tissue = {"none": (0.0, 0.0), "histogram": (-2.5, 0.1), "segrenorm-s0": (0.5, 0.8),
+              "segrenorm-s1": (0.3, 0.6), "segrenorm-s0 (wrong seg)": (0.1, math.nan),
+              "cyclegan-s0": (0.2, 0.4)}  # fmt: skip
+    recovery = results["segmentation"]["gap_recovery"]
+    for method, (csf, wm) in tissue.items():
+        recovery[method] = [None, {"mean": csf}, wm, recovery[method][1]]
+    table = flair.direction_table(results, [0, 1])
+    seg = table["methods"]["segrenorm"]
+    assert seg["recovery CSF"]["mean"] == pytest.approx(0.4)
+    assert seg["recovery CSF"]["std"] == pytest.approx(statistics.stdev([0.5, 0.3]))
+    assert seg["recovery WM"]["mean"] == pytest.approx(0.7) and seg["recovery WM"]["n"] == 2
+    assert seg["recovery"]["mean"] == pytest.approx((0.48 - 0.37) / 0.16)  # still the lesion's
+    assert "recovery lesion" not in seg and "recovery background" not in seg
+    assert "recovery WM" not in table["methods"]["segrenorm (wrong seg)"]  # NaN: left out
+    assert table["methods"]["histogram"]["recovery CSF"]["mean"] == -2.5
+    flair.print_table("SA -> SV", table)
+    header = capsys.readouterr().out.splitlines()[2].split()
+    at = header.index("recovery")
+    assert header[at : at + 5] == ["recovery", "recovery", "CSF", "recovery", "WM"]
+    assert header[at + 5] == "removed"
+
+
 def stub_listing(root: Path) -> Path:
     """What ``simulate flair`` will write, in miniature: SA, SV, PI with binary lesion masks."""
     from segrenorm.volumes.images import Geometry
