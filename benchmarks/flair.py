@@ -253,13 +253,12 @@ def direction_table(results: dict[str, Any], seeds: Sequence[int]) -> dict[str, 
 def print_table(direction: str, entry: dict[str, Any], out: Callable[[str], None] = print) -> None:
     """The direction's table: a row per method, a column per figure any method has."""
     methods = entry["methods"]
-    present = {key for row in methods.values() for key in row}
+    present = dict.fromkeys(key for row in methods.values() for key in row)  # in row order
     keys = []
     for key in FIGURES:  # the per-class recoveries follow the lesion's, in class order
         keys += [key] if key in present else []
         if key == "recovery":
-            keys += [k for k in dict.fromkeys(k for r in methods.values() for k in r)
-                     if k.startswith("recovery ")]  # fmt: skip
+            keys += [k for k in present if k.startswith("recovery ")]
     refs = ", ".join(f"{name} {value:.3f}" for name, value in entry["reference"].items())
     out(f"\n{direction}" + (f" (lesion Dice: {refs})" if refs else ""))
     out(f"{'method':26s}" + "".join(f"{k:>18s}" for k in keys))
