@@ -261,16 +261,20 @@ def print_table(direction: str, entry: dict[str, Any], out: Callable[[str], None
             keys += [k for k in present if k.startswith("recovery ")]
     refs = ", ".join(f"{name} {value:.3f}" for name, value in entry["reference"].items())
     out(f"\n{direction}" + (f" (lesion Dice: {refs})" if refs else ""))
-    out(f"{'method':26s}" + "".join(f"{k:>18s}" for k in keys))
-    for label, row in methods.items():
-        cells = []
-        for key in keys:
-            cell = row.get(key)
-            text = "" if cell is None else f"{cell['mean']:.4f}"
-            if cell is not None and cell["n"] > 1:
-                text += f" ± {cell['std']:.4f}"
-            cells.append(f"{text:>18s}")
-        out(f"{label:26s}" + "".join(cells))
+    texts = {label: [_cell(row.get(key)) for key in keys] for label, row in methods.items()}
+    # A column is as wide as its widest cell or name plus one space, at least 18 (labels 26).
+    widths = [max(17, len(k), *(len(t[i]) for t in texts.values())) + 1 for i, k in enumerate(keys)]
+    first = max([26, *(len(label) + 1 for label in texts)])
+    out(f"{'method':{first}s}" + "".join(f"{k:>{w}s}" for k, w in zip(keys, widths, strict=True)))
+    for label, cells in texts.items():
+        out(f"{label:{first}s}" + "".join(f"{t:>{w}s}" for t, w in zip(cells, widths, strict=True)))
+
+
+def _cell(cell: dict[str, float] | None) -> str:
+    """``mean`` to 4 decimals, with `` ± std`` over more than one seed; "" when absent."""
+    if cell is None:
+        return ""
+    return f"{cell['mean']:.4f}" + (f" ± {cell['std']:.4f}" if cell["n"] > 1 else "")
 
 
 def _data(args: argparse.Namespace, out: Path) -> Path:

@@ -245,6 +245,22 @@ def test_direction_table_gives_each_tissue_class_its_own_recovery_column(
     assert header[at + 5] == "removed"
 
 
+def test_print_table_widens_a_column_to_its_widest_cell(capsys: pytest.CaptureFixture[str]) -> None:
+    cell = {"mean": 149.8333, "std": 18.6205, "n": 2}  # 18 characters with its spread
+    entry = {"reference": {},
+             "methods": {"a much longer method label (wrong seg)": {"hallucinated": cell},
+                         "none": {"hallucinated": {"mean": 3.0, "std": 0.0, "n": 1},
+                                  "SSIM": {"mean": 0.5, "std": 0.0, "n": 1}}}}  # fmt: skip
+    flair.print_table("SA -> SV", entry)
+    header, wide, short = capsys.readouterr().out.splitlines()[2:5]
+    assert wide == "a much longer method label (wrong seg) " + " " * 18 + " 149.8333 ± 18.6205"
+    # Every column ends where its header ends, so the cells stay under their names.
+    assert len(header) == len(wide) == len(short)
+    assert header.split() == ["method", "SSIM", "hallucinated"]
+    assert short.split() == ["none", "0.5000", "3.0000"] and short.endswith(" " * 13 + "3.0000")
+    assert header.index("SSIM") == len("a much longer method label (wrong seg) ") + 18 - 4
+
+
 def stub_listing(root: Path) -> Path:
     """What ``simulate flair`` will write, in miniature: SA, SV, PI with binary lesion masks."""
     from segrenorm.volumes.images import Geometry
